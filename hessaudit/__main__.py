@@ -1,0 +1,3 @@
+from hessaudit.cli import main
+
+main()

@@ -1,0 +1,340 @@
+"""A whole audit: checkpoints + model + data in, per-layer measure and bound out.
+
+This is the library entry point behind ``hessaudit measure`` (and ``finetune --audit``):
+:func:`run_audit` takes an :class:`AuditRequest` and returns an :class:`AuditResult`, whose
+:meth:`AuditResult.to_dict` is the one place where the ``hessaudit.audit/1`` JSON schema is built.
+
+Decisions (also in docs/measure.md):
+
+* The training loss Lhat and the empirical loss bound C are computed over *all* of ``data``
+  (forward passes only), while the Hessian reductions run over the audit examples (``samples``
+  of them, a seeded subset, or all of ``data`` in order).
+* n defaults to the size of ``data``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hessaudit._atomic import write_text
+from hessaudit._version import __version__
+from hessaudit.bound import BoundResult, compute_bound
+from hessaudit.errors import HessauditError
+from hessaudit.measure import LayerMeasure, MeasureSettings, ProgressCallback, measure_layers
+
+SCHEMA = "hessaudit.audit/1"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class AuditRequest:
+    """Everything ``hessaudit measure`` needs; field names follow the CLI flags."""
+
+    pretrained: str
+    finetuned: str
+    model: str
+    data: str
+    eval_data: str | None = None
+    num_classes: int | None = None
+    samples: int | None = None
+    batch_size: int = 32
+    input_size: int | None = None
+    n_train: int | None = None
+    loss_bound: float | None = None
+    epsilon: float = 0.0
+    reduce: str = "example-max"
+    form: str = "positive"
+    engine: str = "auto"
+    lanczos_steps: int = 40
+    tol: float = 1e-3
+    spectrum: bool = True
+    spectrum_samples: int = 32
+    trace_probes: int = 8
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    include_bias: bool = False
+    include_norm: bool = False
+    exclude_new_head: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    allow_hub: bool = False
+
+    def settings(self) -> MeasureSettings:
+        return MeasureSettings(
+            reduce=self.reduce,
+            form=self.form,
+            engine=self.engine,
+            lanczos_steps=self.lanczos_steps,
+            tol=self.tol,
+            batch_size=self.batch_size,
+            spectrum=self.spectrum,
+            spectrum_samples=self.spectrum_samples,
+            trace_probes=self.trace_probes,
+        )
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    request: AuditRequest
+    inputs: dict[str, Any]
+    layers: list[LayerMeasure]
+    bound: BoundResult
+    unpaired: dict[str, Any]
+    created: str
+    torch_version: str
+    gates: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return all(gate["passed"] for gate in self.gates)
+
+    @property
+    def clamped_layers(self) -> list[str]:
+        return [layer.name for layer in self.layers if layer.clamped]
+
+    def with_gates(self, gates: list[dict[str, Any]]) -> AuditResult:
+        return dataclasses.replace(self, gates=gates)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``hessaudit.audit/1`` document. Contract keys are listed in docs/json-schema.md."""
+        request = self.request
+        settings = request.settings().to_dict()
+        settings.pop("batch_size")
+        bound = self.bound.to_dict()
+        return {
+            "schema": SCHEMA,
+            "tool_version": __version__,
+            "torch_version": self.torch_version,
+            "created": self.created,
+            "inputs": self.inputs,
+            "settings": {**settings, "batch_size": request.batch_size},
+            "layers": [layer.to_dict() for layer in self.layers],
+            "clamped_layers": self.clamped_layers,
+            "unpaired": self.unpaired,
+            "train_loss": bound["train_loss"],
+            "eval_loss": bound["eval_loss"],
+            "gap": bound["gap"],
+            "ratio_to_gap": bound["ratio_to_gap"],
+            "n": bound["n"],
+            "C": bound["C"],
+            "C_source": bound["C_source"],
+            "epsilon": bound["epsilon"],
+            "hessian_term": bound["hessian_term"],
+            "bound": bound["bound"],
+            "bound_note": bound["note"],
+            "gates": self.gates,
+            "success": self.success,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    """Validate ``--device``: ``cpu``, ``cuda`` or ``cuda:N``, failing fast without CUDA."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise HessauditError(
+                f"--device {name}: CUDA is not available on this machine", hint="use --device cpu"
+            )
+        try:
+            device = torch.device(name)
+        except RuntimeError as exc:
+            raise HessauditError(f"--device {name}: {exc}") from exc
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise HessauditError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+        return device
+    raise HessauditError(f"--device must be cpu, cuda or cuda:N, not {name!r}")
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise HessauditError(f"--dtype must be float32 or float64, not {name!r}")
+    return DTYPES[name]
+
+
+def per_example_losses(model: torch.nn.Module, dataset, *, batch_size: int) -> torch.Tensor:
+    """Cross-entropy of every example of ``dataset`` (forward passes only)."""
+    losses = []
+    with torch.no_grad():
+        for x, y in dataset.batches(batch_size):
+            losses.append(torch.nn.functional.cross_entropy(model(x), y, reduction="none"))
+    return torch.cat(losses)
+
+
+def run_audit(request: AuditRequest, *, progress: ProgressCallback | None = None) -> AuditResult:
+    """Run one audit end to end. Raises :class:`HessauditError` for anything the user can fix."""
+    from hessaudit.checkpoints import load_checkpoint
+    from hessaudit.data import load_data
+    from hessaudit.layers import pair_layers
+    from hessaudit.models import input_config, load_model
+
+    settings = request.settings()
+    device = resolve_device(request.device)
+    dtype = resolve_dtype(request.dtype)
+    if request.samples is not None and request.samples < 1:
+        raise HessauditError("--samples must be at least 1")
+    if request.loss_bound is not None and not (
+        math.isfinite(request.loss_bound) and request.loss_bound > 0
+    ):
+        raise HessauditError("--loss-bound must be a positive finite number")
+    if request.n_train is not None and request.n_train < 1:
+        raise HessauditError("--n-train must be at least 1")
+    # TF32 would silently change float32 results on Ampere+ GPUs.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    pretrained = load_checkpoint(request.pretrained)
+    finetuned = load_checkpoint(request.finetuned)
+    model = load_model(
+        request.model,
+        finetuned.tensors,
+        num_classes=request.num_classes,
+        allow_hub=request.allow_hub,
+        source=request.finetuned,
+    )
+    model = model.to(device=device, dtype=dtype).eval()
+    pairing = pair_layers(
+        pretrained.tensors,
+        finetuned.tensors,
+        include=tuple(request.include),
+        exclude=tuple(request.exclude),
+        include_bias=request.include_bias,
+        include_norm=request.include_norm,
+        new_heads="exclude" if request.exclude_new_head else "from-zero",
+        parameter_names={name for name, _ in model.named_parameters()},
+    )
+    num_classes = _model_num_classes(model, finetuned.tensors)
+    config = input_config(model, input_size=request.input_size)
+    train = load_data(request.data, role="train", input_config=config, num_classes=num_classes)
+    train = _to(train, device, dtype)
+    audit_data = train if request.samples is None else _take_samples(train, request)
+
+    train_losses = per_example_losses(model, train, batch_size=request.batch_size)
+    if not bool(torch.isfinite(train_losses).all()):
+        raise HessauditError(
+            f"the fine-tuned model gives a non-finite loss on {request.data}",
+            hint="check the checkpoint and the data's preprocessing",
+        )
+    eval_loss = None
+    eval_record = None
+    if request.eval_data is not None:
+        held_out = load_data(
+            request.eval_data, role="eval", input_config=config, num_classes=num_classes
+        )
+        eval_record = held_out.to_dict()
+        eval_loss = float(
+            per_example_losses(
+                model, _to(held_out, device, dtype), batch_size=request.batch_size
+            ).mean()
+        )
+
+    generator = torch.Generator(device="cpu").manual_seed(request.seed)
+    layer_measures = measure_layers(
+        model, pairing.layers, audit_data, settings, generator=generator, progress=progress
+    )
+    if request.loss_bound is None:
+        loss_bound, loss_bound_source = float(train_losses.max()), "empirical_max"
+    else:
+        loss_bound, loss_bound_source = float(request.loss_bound), "user"
+    bound = compute_bound(
+        [layer.hcal for layer in layer_measures],
+        train_loss=float(train_losses.mean()),
+        n=request.n_train if request.n_train is not None else len(train),
+        loss_bound=loss_bound,
+        loss_bound_source=loss_bound_source,
+        epsilon=request.epsilon,
+        eval_loss=eval_loss,
+    )
+    inputs = {
+        "pretrained": pretrained.record.to_dict(),
+        "finetuned": finetuned.record.to_dict(),
+        "model": request.model,
+        "num_classes": num_classes,
+        "data": request.data,
+        "data_summary": train.to_dict(),
+        "eval_data": request.eval_data,
+        "eval_data_summary": eval_record,
+        "samples": request.samples,
+        "audit_examples": len(audit_data),
+        "seed": request.seed,
+        "device": str(device),
+        "dtype": request.dtype,
+        "input_config": config.to_dict(),
+        "layer_selection": {
+            "include": list(request.include),
+            "exclude": list(request.exclude),
+            "include_bias": request.include_bias,
+            "include_norm": request.include_norm,
+            "new_heads": "exclude" if request.exclude_new_head else "from-zero",
+        },
+    }
+    unpaired = {
+        "only_in_pretrained": list(pairing.only_in_pretrained),
+        "only_in_finetuned": list(pairing.only_in_finetuned),
+        "shape_mismatches": [
+            {"name": name, "pretrained": list(a), "finetuned": list(b)}
+            for name, a, b in pairing.shape_mismatches
+        ],
+    }
+    return AuditResult(
+        request=request,
+        inputs=inputs,
+        layers=layer_measures,
+        bound=bound,
+        unpaired=unpaired,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        torch_version=torch.__version__,
+    )
+
+
+def audit_to_json(result: AuditResult) -> str:
+    return json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
+def write_audit_json(path: str, result: AuditResult) -> None:
+    """Write the audit JSON atomically."""
+    write_text(path, audit_to_json(result))
+
+
+def layers_frame(result: AuditResult):
+    """The per-layer rows as a pandas DataFrame (the CSV output)."""
+    import pandas as pd
+
+    return pd.DataFrame([layer.to_dict() for layer in result.layers])
+
+
+def _model_num_classes(model: torch.nn.Module, tensors) -> int:
+    from hessaudit.models import classifier_names, infer_num_classes
+
+    count = infer_num_classes(tensors, head_names=classifier_names(model))
+    if count is None:
+        raise HessauditError("cannot tell the number of classes; pass --num-classes")
+    return count
+
+
+def _to(dataset, device: torch.device, dtype: torch.dtype):
+    return dataclasses.replace(
+        dataset, x=dataset.x.to(device=device, dtype=dtype), y=dataset.y.to(device)
+    )
+
+
+def _take_samples(dataset, request: AuditRequest):
+    if request.samples > len(dataset):
+        raise HessauditError(
+            f"--samples {request.samples} is more than the {len(dataset)} examples in "
+            f"{request.data}"
+        )
+    generator = torch.Generator().manual_seed(request.seed)
+    chosen = torch.randperm(len(dataset), generator=generator)[: request.samples]
+    return dataset.subset(torch.sort(chosen).values)

@@ -1,0 +1,67 @@
+"""The ``hessaudit`` command line: a thin Typer layer over the library.
+
+Each command lives in ``hessaudit/commands/<name>.py`` and only parses options, calls library
+functions and hands results to ``hessaudit.report``. Nothing heavy (torch, timm) is imported
+here, so ``hessaudit --help`` and ``hessaudit --version`` answer instantly.
+
+Exit codes (the same for every command and every output format):
+
+* 0: the job ran, and every gate passed (or none was given);
+* 1: the tool could not do its job (bad input, missing file, crash); one line on stderr;
+* 2: the job ran and a gate failed;
+* 130: interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from hessaudit._version import __version__
+from hessaudit.commands import _common
+from hessaudit.commands.inspect import inspect_command
+from hessaudit.commands.measure import measure_command
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 = success (all gates passed), 1 = error (bad input, crash), "
+    "2 = a gate failed, 130 = interrupted."
+)
+
+app = typer.Typer(
+    name="hessaudit",
+    help=(
+        "Audit fine-tuned networks with Hessian-based generalization bounds "
+        "(Ju, Li & Zhang, ICML 2022), and fine-tune robustly under label noise.\n\n"
+        + EXIT_CODES_HELP
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"hessaudit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Audit fine-tuned networks with Hessian-based generalization bounds."""
+
+
+app.command("inspect", epilog=EXIT_CODES_HELP)(inspect_command)
+app.command("measure", epilog=EXIT_CODES_HELP)(measure_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app and map every outcome to an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    sys.exit(_common.run_app(typer.main.get_command(app), args, prog_name="hessaudit"))

@@ -1,0 +1,1 @@
+"""One module per CLI command: option parsing and rendering only, no numerics."""

@@ -1,0 +1,87 @@
+"""Shared plumbing for the CLI commands: exit codes, error handling, common options."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Annotated
+
+import click
+import typer
+
+from hessaudit.errors import HessauditError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_GATE_FAILED = 2
+EXIT_INTERRUPTED = 130
+
+# Options every command accepts. ``--debug`` is read by ``run_app`` from the raw arguments, so
+# that a failure while parsing the other options can still show its traceback.
+DebugOption = Annotated[
+    bool, typer.Option("--debug", help="Show the full Python traceback on errors.")
+]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No tables or progress bars; logs and errors only.")
+]
+
+
+def debug_requested(args: Sequence[str]) -> bool:
+    return "--debug" in args or os.environ.get("HESSAUDIT_DEBUG", "") not in ("", "0")
+
+
+def _print_error(message: str) -> None:
+    # Plain stderr write: rich may not be importable in a broken environment, and one line
+    # is all a pipeline log needs.
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
+def run_app(command: click.Command, args: Sequence[str], *, prog_name: str) -> int:
+    """Run a click command and translate every outcome into hessaudit's exit codes.
+
+    Click reports usage errors with exit code 2, which hessaudit reserves for failed gates;
+    they are mapped to 1 here.
+    """
+    debug = debug_requested(args)
+    try:
+        result = command.main(list(args), prog_name=prog_name, standalone_mode=False)
+    except HessauditError as exc:
+        if debug:
+            traceback.print_exc()
+        _print_error(str(exc))
+        return EXIT_ERROR
+    except click.exceptions.Abort:
+        sys.stderr.write("\ninterrupted\n")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        if debug:
+            traceback.print_exc()
+        _print_error(exc.format_message().replace("\n", " "))
+        return EXIT_ERROR
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        _print_error("out of memory; try a smaller --batch-size or fewer --samples")
+        return EXIT_ERROR
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        text = str(exc).strip().splitlines()
+        if "out of memory" in str(exc).lower():
+            _print_error("out of memory; try a smaller --batch-size or fewer --samples")
+        else:
+            first = text[0] if text else ""
+            _print_error(
+                f"internal error: {type(exc).__name__}: {first} "
+                "(rerun with --debug for the traceback, and please report it)"
+            )
+        return EXIT_ERROR
+    if isinstance(result, int):
+        return result
+    return EXIT_OK

@@ -1,0 +1,185 @@
+"""``hessaudit measure``: per-layer Hessian distances and the generalization bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hessaudit._atomic import check_writable
+from hessaudit.commands._common import DebugOption, QuietOption
+
+_DATA = "Data"
+_MEASURE = "Measure"
+_LAYERS = "Layers"
+_OUTPUT = "Output"
+
+
+def measure_command(
+    pretrained: Annotated[Path, typer.Argument(help="Pretrained checkpoint (.safetensors/.pt).")],
+    finetuned: Annotated[Path, typer.Argument(help="Fine-tuned checkpoint (.safetensors/.pt).")],
+    model: Annotated[
+        str,
+        typer.Option(help="timm model name, or a factory 'file.py:function' / 'pkg.mod:function'."),
+    ],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Fine-tuning data: ImageFolder dir, .npz (x, y), or 'digits'.",
+            rich_help_panel=_DATA,
+        ),
+    ],
+    eval_data: Annotated[
+        str | None, typer.Option(help="Held-out data, for the observed gap.", rich_help_panel=_DATA)
+    ] = None,
+    num_classes: Annotated[
+        int | None, typer.Option(help="Classes (default: from the fine-tuned head).")
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            help="Audit a seeded subset of N examples (default: all).", rich_help_panel=_DATA
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.", rich_help_panel=_DATA)] = 32,
+    input_size: Annotated[
+        int | None, typer.Option(help="Resize images to this size.", rich_help_panel=_DATA)
+    ] = None,
+    n_train: Annotated[
+        int | None, typer.Option(help="Training-set size n (default: size of --data).")
+    ] = None,
+    loss_bound: Annotated[
+        float | None, typer.Option(help="Loss bound C (default: largest per-example loss seen).")
+    ] = None,
+    epsilon: Annotated[float, typer.Option(help="The bound's epsilon.")] = 0.0,
+    reduce: Annotated[
+        str,
+        typer.Option(help="example-max | batch-max | mean.", rich_help_panel=_MEASURE),
+    ] = "example-max",
+    form: Annotated[
+        str, typer.Option(help="positive | raw | cross.", rich_help_panel=_MEASURE)
+    ] = "positive",
+    engine: Annotated[
+        str, typer.Option(help="auto | jvp | lanczos.", rich_help_panel=_MEASURE)
+    ] = "auto",
+    lanczos_steps: Annotated[
+        int, typer.Option(help="Most Lanczos steps per estimate.", rich_help_panel=_MEASURE)
+    ] = 40,
+    tol: Annotated[
+        float, typer.Option(help="Relative tolerance of the estimates.", rich_help_panel=_MEASURE)
+    ] = 1e-3,
+    spectrum: Annotated[
+        bool,
+        typer.Option(
+            help="Also estimate each block's top eigenvalue and trace.", rich_help_panel=_MEASURE
+        ),
+    ] = True,
+    spectrum_samples: Annotated[
+        int,
+        typer.Option(
+            help="Examples (the first N audited) for top eigenvalue and trace.",
+            rich_help_panel=_MEASURE,
+        ),
+    ] = 32,
+    trace_probes: Annotated[
+        int, typer.Option(help="Hutchinson probes for the trace.", rich_help_panel=_MEASURE)
+    ] = 8,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(help="Only layers matching this glob (repeatable).", rich_help_panel=_LAYERS),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="Skip layers matching this glob (repeatable).", rich_help_panel=_LAYERS),
+    ] = None,
+    include_bias: Annotated[
+        bool, typer.Option(help="Also measure biases.", rich_help_panel=_LAYERS)
+    ] = False,
+    include_norm: Annotated[
+        bool, typer.Option(help="Also measure normalization scales.", rich_help_panel=_LAYERS)
+    ] = False,
+    exclude_new_head: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out a new head (no pretrained counterpart).", rich_help_panel=_LAYERS
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32 | float64.")] = "float32",
+    seed: Annotated[int, typer.Option(help="Seed for subsets and random probes.")] = 0,
+    allow_hub: Annotated[
+        bool, typer.Option(help="Allow timm to download a hub model (off: never use the network).")
+    ] = False,
+    json_path: Annotated[
+        str | None,
+        typer.Option(
+            "--json", help="Write the audit JSON here ('-' for stdout).", rich_help_panel=_OUTPUT
+        ),
+    ] = None,
+    csv_path: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Write per-layer rows as CSV.", rich_help_panel=_OUTPUT),
+    ] = None,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> int:
+    """Per-layer Hessian distances between two checkpoints and the generalization bound."""
+    from hessaudit.audit import AuditRequest, audit_to_json, layers_frame, run_audit
+    from hessaudit.report.audit import print_audit
+    from hessaudit.report.progress import step_progress
+
+    outputs = [p for p in (json_path, csv_path) if p is not None and str(p) != "-"]
+    for path in outputs:
+        check_writable(path)
+    request = AuditRequest(
+        pretrained=str(pretrained),
+        finetuned=str(finetuned),
+        model=model,
+        data=data,
+        eval_data=eval_data,
+        num_classes=num_classes,
+        samples=samples,
+        batch_size=batch_size,
+        input_size=input_size,
+        n_train=n_train,
+        loss_bound=loss_bound,
+        epsilon=epsilon,
+        reduce=reduce,
+        form=form,
+        engine=engine,
+        lanczos_steps=lanczos_steps,
+        tol=tol,
+        spectrum=spectrum,
+        spectrum_samples=spectrum_samples,
+        trace_probes=trace_probes,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        include_bias=include_bias,
+        include_norm=include_norm,
+        exclude_new_head=exclude_new_head,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        allow_hub=allow_hub,
+    )
+    to_stdout = json_path == "-"
+    with step_progress("auditing layers", enabled=not quiet) as advance:
+        result = run_audit(request, progress=advance)
+    document = result.to_dict()
+    text = audit_to_json(result)
+    if json_path is not None:
+        if to_stdout:
+            typer.echo(text, nl=False)
+        else:
+            from hessaudit._atomic import write_text
+
+            write_text(json_path, text)
+    if csv_path is not None:
+        from hessaudit._atomic import atomic_path
+
+        with atomic_path(csv_path) as tmp:
+            layers_frame(result).to_csv(tmp, index=False)
+    if not quiet and not to_stdout:
+        print_audit(document)
+    return 0 if document["success"] else 2

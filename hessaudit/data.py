@@ -1,0 +1,597 @@
+"""Load audit data into memory: built-in digits, ImageFolder directories and ``.npz`` files.
+
+Sources (``--data`` / ``--eval-data``):
+
+* ``digits``: scikit-learn's 1797 8x8 handwritten digits (shipped with scikit-learn, no
+  download), pixel values divided by 16 into [0, 1], shaped (N, 1, 8, 8), 10 classes. A fixed
+  split holds out one third of every class (rounded down; 596 of 1797 examples): each class's
+  examples are permuted by ``torch.Generator().manual_seed(0)`` and the first third of the
+  permutation is held out; both parts keep the original order. ``digits`` is the training part
+  for ``role="train"`` and the held-out part for ``role="eval"``; ``digits:train``,
+  ``digits:test`` and ``digits:all`` name a part explicitly.
+* ``digits-pretrain`` (also ``:train``, ``:test``, ``:all``): a different task on the same split
+  for "pretrain on one task, fine-tune on another" demos: 5 classes, label ``y % 5`` (digit
+  pairs 0/5, 1/6, 2/7, 3/8, 4/9 share a class). A model pretrained on it and fine-tuned on
+  ``digits`` gets a new 10-class head; the held-out third is seen by neither.
+* a directory in ImageFolder layout: one sub-folder per class, sorted names -> labels 0, 1, ...
+  Files are found recursively; hidden files and folders are ignored. Images (``.png``, ``.jpg``,
+  ``.jpeg``, ``.bmp``, ``.gif``, ``.ppm``, ``.pgm``, ``.tif``, ``.tiff``, ``.webp``) are read with
+  PIL, converted to RGB, or to L (grayscale) when the model takes one channel (without an input
+  config: L only when every image is single-channel), resized (bilinear) to the input size when
+  one is set, else they must all share one size, and scaled to [0, 1]. Files with other
+  extensions and images PIL cannot read are **skipped with a** :class:`DataWarning` and listed
+  in :attr:`Dataset.skipped`; a class folder without image files, or nothing readable at all,
+  is an error.
+* a ``.npz`` file with arrays ``x`` (N, ...) and ``y`` (N,) integer labels (float labels are
+  accepted when they are whole numbers), and optionally ``clean_y`` (N,) for noisy-label
+  experiments. ``x`` is used as it is, converted to float32 (no scaling); store images as
+  (N, C, H, W). Read with ``allow_pickle=False``.
+
+With an :class:`~hessaudit.models.InputConfig`, image tensors (N, C, H, W) are then adapted to
+the model: grayscale repeated to the model's channels, resized (bilinear, antialiased) to its
+size when that is set and different, and normalized with its mean/std when set.
+
+``samples`` takes a seeded random subset: ``torch.randperm(N, generator=seed)[:samples]``, then
+**kept in the data's order** (sorted indices). For ImageFolder the subset is drawn among the
+image files before they are decoded, so unreadable ones can leave fewer examples.
+
+All data is held in memory as float32; the audit works on hundreds to a few thousand examples.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from hessaudit.errors import HessauditError
+
+if TYPE_CHECKING:
+    from hessaudit.models import InputConfig
+
+__all__ = [
+    "BUILTIN_SOURCES",
+    "IMAGE_EXTENSIONS",
+    "DataWarning",
+    "Dataset",
+    "digits_split",
+    "load_data",
+    "prepare_images",
+]
+
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp",
+)
+BUILTIN_SOURCES = (
+    "digits", "digits:train", "digits:test", "digits:all",
+    "digits-pretrain", "digits-pretrain:train", "digits-pretrain:test", "digits-pretrain:all",
+)
+_ROLES = ("train", "eval")
+_DIGITS_SEED = 0
+_SHOW = 5
+
+
+class DataWarning(UserWarning):
+    """Something in the data was skipped (an unreadable image, a non-image file)."""
+
+
+_KEEP: Any = object()
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Examples in memory: inputs ``x`` (float32), labels ``y`` (int64, (N,)).
+
+    ``clean_y`` holds the true labels when ``y`` carries injected noise; ``classes`` the class
+    names when known (ImageFolder folder names); ``skipped`` the files left out while loading.
+    """
+
+    x: Tensor
+    y: Tensor
+    num_classes: int
+    source: str
+    clean_y: Tensor | None = None
+    classes: tuple[str, ...] | None = None
+    skipped: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
+            raise HessauditError(
+                f"{self.source}: {self.x.shape[0]} inputs but labels of shape {tuple(self.y.shape)}"
+            )
+        if self.clean_y is not None and tuple(self.clean_y.shape) != tuple(self.y.shape):
+            raise HessauditError(
+                f"{self.source}: clean labels of shape {tuple(self.clean_y.shape)} do not match "
+                f"labels of shape {tuple(self.y.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, indices: Sequence[int] | Tensor) -> Dataset:
+        """The examples at ``indices``, in the order given."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        if idx.numel() and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):
+            raise HessauditError(
+                f"{self.source}: subset index out of range for {len(self)} examples"
+            )
+        return Dataset(
+            x=self.x[idx.to(self.x.device)],
+            y=self.y[idx.to(self.y.device)],
+            num_classes=self.num_classes,
+            source=self.source,
+            clean_y=None if self.clean_y is None else self.clean_y[idx.to(self.clean_y.device)],
+            classes=self.classes,
+            skipped=self.skipped,
+        )
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield ``(x, y)`` batches in order; the last one may be smaller."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise HessauditError(f"--batch-size {batch_size}: must be a positive integer")
+        for start in range(0, len(self), batch_size):
+            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+
+    def with_labels(self, y: Tensor | Sequence[int], *, clean_y: Tensor | None = _KEEP) -> Dataset:
+        """The same inputs with labels ``y`` (e.g. noisy ones); ``clean_y`` defaults to the
+        current clean labels (pass ``clean_y=dataset.y`` to keep the originals as clean)."""
+        new_y = _check_labels(
+            torch.as_tensor(y), self.num_classes, f"{self.source} (new labels)", len(self)
+        ).to(self.y.device)
+        new_clean = self.clean_y if clean_y is _KEEP else clean_y
+        if new_clean is not None:
+            new_clean = _check_labels(
+                torch.as_tensor(new_clean), self.num_classes, f"{self.source} (clean labels)",
+                len(self),
+            ).to(self.y.device)
+        return Dataset(
+            x=self.x, y=new_y, num_classes=self.num_classes, source=self.source,
+            clean_y=new_clean, classes=self.classes, skipped=self.skipped,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary: source, size, classes, per-example shape."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "n": len(self),
+            "num_classes": self.num_classes,
+            "shape": list(self.x.shape[1:]),
+            "has_clean_labels": self.clean_y is not None,
+        }
+        if self.classes is not None:
+            out["classes"] = list(self.classes)
+        if self.skipped:
+            out["skipped"] = list(self.skipped)
+        return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_data(
+    source: str,
+    *,
+    role: str = "train",
+    input_config: InputConfig | None = None,
+    num_classes: int | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Load ``source`` (a built-in name, an ImageFolder directory or a ``.npz``) as a Dataset.
+
+    Args:
+        source: ``digits[...]``, ``digits-pretrain[...]``, a directory or a ``.npz`` file.
+        role: ``"train"`` or ``"eval"``; picks the part of a built-in dataset named without
+            ``:train`` / ``:test``.
+        input_config: The model's input expectations; images are adapted to it.
+        num_classes: Labels must lie in [0, num_classes); default: max label + 1 (the folder
+            count for ImageFolder, the task's for built-ins).
+        samples: Keep a seeded random subset of this many examples, in the data's order.
+        seed: Seed of that subset.
+
+    Raises:
+        HessauditError: missing or unknown source, unreadable or malformed data, labels out of
+            range, an impossible ``samples``.
+    """
+    if role not in _ROLES:
+        raise HessauditError(f"data role {role!r}: must be one of {', '.join(_ROLES)}")
+    if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
+        raise HessauditError(f"--num-classes {num_classes}: must be a positive integer")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)):
+        raise HessauditError(f"--samples {samples!r}: must be an integer")
+    text = str(source)
+    name, _, part = text.partition(":")
+    if name in ("digits", "digits-pretrain") and not Path(text).exists():
+        ds = _load_digits(name, part, role)
+        ds = _take(ds, samples, seed)
+    else:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise HessauditError(
+                f"data {text} does not exist",
+                hint="give an ImageFolder directory, a .npz file, or a built-in: "
+                + ", ".join(BUILTIN_SOURCES[:4]),
+            )
+        if path.is_dir():
+            ds = _load_image_folder(path, input_config, samples, seed)
+        elif path.suffix.lower() == ".npz":
+            ds = _take(_load_npz(path), samples, seed)
+        else:
+            raise HessauditError(
+                f"data {text}: unknown kind of file (extension {path.suffix or '(none)'!r})",
+                hint="give an ImageFolder directory, a .npz file with x and y, or 'digits'",
+            )
+    if input_config is not None:
+        ds = _replace_x(ds, prepare_images(ds.x, input_config, source=ds.source))
+    return _with_num_classes(ds, num_classes)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _few(names: Sequence[Any], n: int = _SHOW) -> str:
+    shown = ", ".join(str(x) for x in list(names)[:n])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def _oneline(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _replace_x(ds: Dataset, x: Tensor) -> Dataset:
+    return Dataset(
+        x=x, y=ds.y, num_classes=ds.num_classes, source=ds.source, clean_y=ds.clean_y,
+        classes=ds.classes, skipped=ds.skipped,
+    )
+
+
+def _check_labels(y: Tensor, num_classes: int | None, what: str, n: int | None = None) -> Tensor:
+    if y.dtype.is_floating_point:
+        if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
+            raise HessauditError(f"{what}: labels must be integers, found non-integer values")
+    elif y.dtype.is_complex:
+        raise HessauditError(f"{what}: labels must be integers, found {y.dtype}")
+    if y.ndim != 1:
+        raise HessauditError(f"{what}: labels must be 1-D, found shape {tuple(y.shape)}")
+    if n is not None and y.shape[0] != n:
+        raise HessauditError(f"{what}: {y.shape[0]} labels for {n} examples")
+    y = y.to(torch.int64)
+    if y.numel():
+        low, high = int(y.min()), int(y.max())
+        if low < 0:
+            raise HessauditError(f"{what}: label {low} is negative")
+        if num_classes is not None and high >= num_classes:
+            raise HessauditError(
+                f"{what}: label {high} is outside [0, {num_classes}) for {num_classes} classes",
+                hint="check --num-classes, or that the data belongs to this model",
+            )
+    return y
+
+
+def _with_num_classes(ds: Dataset, num_classes: int | None) -> Dataset:
+    _check_labels(ds.y, num_classes, ds.source)
+    if ds.clean_y is not None:
+        _check_labels(ds.clean_y, num_classes, f"{ds.source} (clean_y)")
+    if num_classes is None or num_classes == ds.num_classes:
+        return ds
+    return Dataset(
+        x=ds.x, y=ds.y, num_classes=num_classes, source=ds.source, clean_y=ds.clean_y,
+        classes=ds.classes, skipped=ds.skipped,
+    )
+
+
+def _choose(n: int, samples: int | None, seed: int, what: str) -> Tensor | None:
+    if samples is None:
+        return None
+    if samples <= 0 or samples > n:
+        raise HessauditError(
+            f"--samples {samples}: must be between 1 and the {n} examples of {what}"
+        )
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.sort(torch.randperm(n, generator=generator)[:samples]).values
+
+
+def _take(ds: Dataset, samples: int | None, seed: int) -> Dataset:
+    idx = _choose(len(ds), samples, seed, ds.source)
+    return ds if idx is None else ds.subset(idx)
+
+
+# --------------------------------------------------------------------------- digits
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[Tensor, Tensor]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise HessauditError(
+            "the built-in 'digits' data needs scikit-learn", hint="pip install scikit-learn"
+        ) from None
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    return x, y
+
+
+def digits_split() -> tuple[Tensor, Tensor]:
+    """Indices (train, held out) of the fixed digits split, each sorted.
+
+    One third of every class (rounded down) is held out: the class's examples are permuted with
+    ``torch.Generator().manual_seed(0)`` and the first third of the permutation is held out.
+    """
+    _, y = _digits_arrays()
+    generator = torch.Generator().manual_seed(_DIGITS_SEED)
+    held: list[Tensor] = []
+    for c in range(int(y.max()) + 1):
+        members = torch.nonzero(y == c).flatten()
+        perm = torch.randperm(members.numel(), generator=generator)
+        held.append(members[perm[: members.numel() // 3]])
+    test = torch.sort(torch.cat(held)).values
+    mask = torch.ones(y.numel(), dtype=torch.bool)
+    mask[test] = False
+    train = torch.nonzero(mask).flatten()
+    return train, test
+
+
+def _load_digits(name: str, part: str, role: str) -> Dataset:
+    if part == "":
+        part = "train" if role == "train" else "test"
+    if part not in ("train", "test", "all"):
+        raise HessauditError(
+            f"data {name}:{part}: unknown part of the built-in data",
+            hint=f"use {name}, {name}:train, {name}:test or {name}:all",
+        )
+    x, y = _digits_arrays()
+    if part != "all":
+        train, test = digits_split()
+        idx = train if part == "train" else test
+        x, y = x[idx], y[idx]
+    else:
+        x = x.clone()
+    classes: tuple[str, ...]
+    if name == "digits-pretrain":
+        y = y % 5
+        classes = tuple(f"{d} or {d + 5}" for d in range(5))
+    else:
+        classes = tuple(str(d) for d in range(10))
+    return Dataset(
+        x=x, y=y, num_classes=len(classes), source=f"{name}:{part}", classes=classes
+    )
+
+
+# --------------------------------------------------------------------------- npz
+
+
+def _load_npz(path: Path) -> Dataset:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            missing = [k for k in ("x", "y") if k not in names]
+            if missing:
+                raise HessauditError(
+                    f"data {path}: no array named {' or '.join(repr(m) for m in missing)} "
+                    f"(arrays found: {_few(names) or 'none'})",
+                    hint="save with numpy.savez(path, x=inputs, y=labels)",
+                )
+            x = archive["x"]
+            y = archive["y"]
+            clean = archive["clean_y"] if "clean_y" in names else None
+    except HessauditError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise HessauditError(
+                f"data {path}: holds Python objects (object arrays), which are not loaded",
+                hint="store x as a numeric array and y as an integer array",
+            ) from None
+        raise HessauditError(f"data {path} is not a readable .npz: {_oneline(exc)}") from None
+    except Exception as exc:
+        raise HessauditError(f"data {path} is not a readable .npz: {_oneline(exc)}") from None
+    if x.dtype.kind not in "biuf":
+        raise HessauditError(f"data {path}: x must be numeric, found dtype {x.dtype}")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise HessauditError(f"data {path}: x holds no examples (shape {x.shape})")
+    labels = {"y": y} if clean is None else {"y": y, "clean_y": clean}
+    for key, arr in labels.items():
+        if arr.dtype.kind not in "biuf":
+            raise HessauditError(f"data {path}: {key} must hold integer labels, found {arr.dtype}")
+        if arr.ndim != 1:
+            raise HessauditError(f"data {path}: {key} must be 1-D (N,), found shape {arr.shape}")
+        if arr.shape[0] != x.shape[0]:
+            raise HessauditError(
+                f"data {path}: x has {x.shape[0]} examples but {key} has {arr.shape[0]} labels"
+            )
+    xt = torch.from_numpy(np.ascontiguousarray(x).astype(np.float32, copy=False))
+    if not bool(torch.isfinite(xt).all()):
+        raise HessauditError(f"data {path}: x contains NaN or Inf values")
+    source = str(path)
+    yt = _check_labels(torch.from_numpy(np.ascontiguousarray(y)), None, f"data {path} (y)")
+    ct = None
+    if clean is not None:
+        ct = _check_labels(
+            torch.from_numpy(np.ascontiguousarray(clean)), None, f"data {path} (clean_y)"
+        )
+    high = int(yt.max()) if yt.numel() else 0
+    if ct is not None and ct.numel():
+        high = max(high, int(ct.max()))
+    return Dataset(x=xt, y=yt, num_classes=high + 1, source=source, clean_y=ct)
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    files: list[Path] = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
+    return files
+
+
+def _warn_skipped(root: Path, skipped: list[tuple[Path, str]]) -> None:
+    if not skipped:
+        return
+    shown = "; ".join(f"{p.relative_to(root)} ({why})" for p, why in skipped[:_SHOW])
+    more = f"; ... ({len(skipped)} in all)" if len(skipped) > _SHOW else ""
+    warnings.warn(
+        f"data {root}: skipped {len(skipped)} file(s): {shown}{more}", DataWarning, stacklevel=4
+    )
+
+
+def _load_image_folder(
+    root: Path, cfg: InputConfig | None, samples: int | None, seed: int
+) -> Dataset:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    if not classes:
+        raise HessauditError(
+            f"data {root}: no class sub-folders",
+            hint="an ImageFolder directory has one sub-folder of images per class",
+        )
+    skipped: list[tuple[Path, str]] = []
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        found = 0
+        for f in _visible_files(root / name):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(f)
+                labels.append(label)
+                found += 1
+            else:
+                skipped.append((f, "not an image file"))
+        if not found:
+            raise HessauditError(f"data {root}: class folder {name!r} has no image files")
+    idx = _choose(len(files), samples, seed, str(root))
+    if idx is not None:
+        files = [files[i] for i in idx.tolist()]
+        labels = [labels[i] for i in idx.tolist()]
+
+    mode = None
+    if cfg is not None:
+        mode = "L" if cfg.channels == 1 else "RGB"
+    size = None if cfg is None else cfg.size
+    opened: list[tuple[Path, Any, int]] = []
+    for f, label in zip(files, labels, strict=True):
+        try:
+            with Image.open(f) as img:
+                img.load()
+                image = img.copy()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            skipped.append((f, f"unreadable: {type(exc).__name__}"))
+            continue
+        opened.append((f, image, label))
+    _warn_skipped(root, skipped)
+    if not opened:
+        raise HessauditError(f"data {root}: no readable images")
+    if mode is None:
+        single = all(image.mode in _GRAY_MODES for _, image, _ in opened)
+        mode = "L" if single else "RGB"
+
+    arrays: list[Tensor] = []
+    for f, image, _ in opened:
+        t = _decode(image, mode, size)
+        if arrays and t.shape != arrays[0].shape:
+            a, b = arrays[0].shape, t.shape
+            raise HessauditError(
+                f"data {root}: images have different sizes ({a[2]}x{a[1]} and {b[2]}x{b[1]}, "
+                f"width x height; {f.relative_to(root)})",
+                hint="pass --input-size to resize them all",
+            )
+        arrays.append(t)
+    x = torch.stack(arrays)
+    y = torch.tensor([label for _, _, label in opened], dtype=torch.int64)
+    return Dataset(
+        x=x, y=y, num_classes=len(classes), source=str(root), classes=tuple(classes),
+        skipped=tuple(str(p) for p, _ in skipped),
+    )
+
+
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def _decode(image: Any, mode: str, size: tuple[int, int] | None) -> Tensor:
+    """A PIL image as a float32 (C, H, W) tensor in [0, 1], in ``mode`` ("L" or "RGB")."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # wide grayscale: no 8-bit detour
+        arr = np.asarray(image, dtype=np.float32)
+        if image.mode.startswith("I;16"):
+            scale = 65535.0
+        elif image.mode == "I":
+            scale = 65535.0 if arr.size and arr.max() > 255 else 255.0
+        else:
+            scale = 1.0 if not arr.size or arr.max() <= 1.0 else 255.0
+        t = torch.from_numpy(arr / scale)[None]
+        if size is not None and tuple(t.shape[1:]) != tuple(size):
+            t = torch.nn.functional.interpolate(
+                t[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+            )[0]
+        t = t.clamp_(0.0, 1.0)
+        return t.expand(3, -1, -1).contiguous() if mode == "RGB" else t
+    if image.mode != mode:
+        image = image.convert(mode)
+    if size is not None and image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.asarray(image, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def prepare_images(x: Tensor, cfg: InputConfig, *, source: str = "data") -> Tensor:
+    """Adapt images (N, C, H, W) to ``cfg``: channels, size (bilinear, antialiased), mean/std.
+
+    Non-image tensors pass through unchanged when ``cfg`` asks for nothing (no size, no
+    normalization); otherwise they are an error.
+    """
+    if x.ndim != 4:
+        if cfg.size is None and cfg.mean is None and cfg.std is None:
+            return x
+        raise HessauditError(
+            f"{source}: inputs of shape {tuple(x.shape[1:])} are not images (C, H, W), so the "
+            "model's input size / normalization cannot be applied",
+            hint="store images as (N, C, H, W), or give a model without an input size",
+        )
+    channels = x.shape[1]
+    if channels != cfg.channels:
+        if channels == 1:
+            x = x.expand(-1, cfg.channels, -1, -1)
+        else:
+            raise HessauditError(
+                f"{source}: images have {channels} channels but the model takes {cfg.channels}",
+                hint="pass --channels, or convert the images",
+            )
+    if cfg.size is not None and tuple(x.shape[2:]) != tuple(cfg.size):
+        x = torch.nn.functional.interpolate(
+            x, size=tuple(cfg.size), mode="bilinear", align_corners=False, antialias=True
+        )
+    if cfg.mean is not None or cfg.std is not None:
+        mean = torch.tensor(cfg.mean or (0.0,), dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.std or (1.0,), dtype=x.dtype).view(1, -1, 1, 1)
+        for what, t in (("mean", mean), ("std", std)):
+            if t.shape[1] not in (1, x.shape[1]):
+                raise HessauditError(
+                    f"{source}: --{what} has {t.shape[1]} values for {x.shape[1]} channels"
+                )
+        x = (x - mean) / std
+    return x.contiguous()

@@ -1,0 +1,261 @@
+"""Which tensors are layers, and how the pretrained and fine-tuned ones pair up.
+
+A *layer* is one weight tensor of the fine-tuned checkpoint. Selection, in this order:
+
+1. candidates: floating-point tensors, never buffers (names ending in ``running_mean``,
+   ``running_var`` or ``num_batches_tracked``, and anything not in ``parameter_names`` when
+   that is given);
+2. kind: tensors with 2 or more dimensions (conv and linear kernels, embeddings) always;
+   biases (``*.bias`` of a layer whose weight is a kernel, or of no weight) only with
+   ``include_bias``; every other 1-D or 0-D tensor (normalization weights and biases, layer
+   scales) only with ``include_norm``;
+3. ``include`` globs (fnmatch, on names): keep only tensors matching one of them; each glob must
+   match some tensor of the fine-tuned checkpoint;
+4. ``exclude`` globs: drop tensors matching any of them.
+
+A selected tensor that the pretrained checkpoint lacks, or has with another shape, is a *new
+head*: with ``new_heads="from-zero"`` (default, as the paper's released code does) its distance
+is measured from zero (``delta`` = the fine-tuned tensor); with ``"exclude"`` it is left out.
+Layers follow the fine-tuned checkpoint's order, or ``order`` when given (e.g. the model's
+``state_dict()`` names, for safetensors files whose names are stored sorted).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import warnings
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hessaudit.errors import HessauditError
+
+__all__ = ["NEW_HEAD_POLICIES", "Layer", "Pairing", "pair_layers", "tensor_kind"]
+
+NEW_HEAD_POLICIES = ("from-zero", "exclude")
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+_SHOW = 5
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """One weight tensor: its pretrained and fine-tuned values (pretrained None: new head)."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    is_new_head: bool
+    pretrained: Tensor | None
+    finetuned: Tensor
+
+    @property
+    def delta(self) -> Tensor:
+        """Fine-tuned minus pretrained, in the fine-tuned dtype; the fine-tuned tensor itself
+        for a new head (distance from zero)."""
+        if self.pretrained is None:
+            return self.finetuned
+        pre = self.pretrained.to(device=self.finetuned.device, dtype=self.finetuned.dtype)
+        return self.finetuned - pre
+
+    @functools.cached_property
+    def dist_fro(self) -> float:
+        """Frobenius norm of :attr:`delta` (accumulated in float64)."""
+        return float(torch.linalg.vector_norm(self.delta.detach().to(torch.float64)))
+
+    @functools.cached_property
+    def rel_dist(self) -> float | None:
+        """``dist_fro / ||pretrained||``; None for a new head or an all-zero pretrained tensor."""
+        if self.pretrained is None:
+            return None
+        norm = float(torch.linalg.vector_norm(self.pretrained.detach().to(torch.float64)))
+        return None if norm == 0.0 else self.dist_fro / norm
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "numel": self.numel,
+            "is_new_head": self.is_new_head,
+            "dist_fro": self.dist_fro,
+            "rel_dist": self.rel_dist,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Pairing:
+    """Selected layers, and the selectable tensors that did not pair up.
+
+    ``only_in_pretrained`` / ``only_in_finetuned`` / ``shape_mismatches`` list tensors that pass
+    the selection rules but have no counterpart of the same shape in the other checkpoint
+    (the fine-tuned ones are the new heads).
+    """
+
+    layers: list[Layer]
+    only_in_pretrained: list[str]
+    only_in_finetuned: list[str]
+    shape_mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+    @property
+    def new_heads(self) -> list[str]:
+        return [layer.name for layer in self.layers if layer.is_new_head]
+
+    @property
+    def numel(self) -> int:
+        return sum(layer.numel for layer in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": [layer.to_dict() for layer in self.layers],
+            "num_layers": len(self.layers),
+            "numel": self.numel,
+            "new_heads": self.new_heads,
+            "only_in_pretrained": list(self.only_in_pretrained),
+            "only_in_finetuned": list(self.only_in_finetuned),
+            "shape_mismatches": [
+                {"name": name, "pretrained": list(a), "finetuned": list(b)}
+                for name, a, b in self.shape_mismatches
+            ],
+        }
+
+
+def tensor_kind(name: str, tensor: Tensor, tensors: Mapping[str, Tensor]) -> str | None:
+    """Classify a tensor for selection: ``"weight"``, ``"bias"``, ``"norm"`` or None (never a
+    layer: buffers, non-floating tensors)."""
+    if not tensor.is_floating_point() or name.endswith(_BUFFER_SUFFIXES):
+        return None
+    if tensor.ndim >= 2:
+        return "weight"
+    if name.endswith(".bias") or name == "bias":
+        sibling = tensors.get(name[: -len("bias")] + "weight")
+        if sibling is None or sibling.ndim >= 2:
+            return "bias"
+    return "norm"
+
+
+def _few(names: Sequence[str], n: int = _SHOW) -> str:
+    shown = ", ".join(list(names)[:n])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def pair_layers(
+    pretrained: Mapping[str, Tensor],
+    finetuned: Mapping[str, Tensor],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    include_bias: bool = False,
+    include_norm: bool = False,
+    new_heads: str = "from-zero",
+    parameter_names: Collection[str] | None = None,
+    order: Sequence[str] | None = None,
+) -> Pairing:
+    """Select the fine-tuned checkpoint's layers and pair them with the pretrained tensors.
+
+    Args:
+        pretrained: The pretrained state dict (cleaned, as from ``load_checkpoint``).
+        finetuned: The fine-tuned state dict.
+        include: fnmatch globs; keep only matching tensors (``--include``).
+        exclude: fnmatch globs; drop matching tensors (``--exclude``), applied after include.
+        include_bias: Also select biases of kernels.
+        include_norm: Also select other 1-D tensors (normalization parameters, layer scales).
+        new_heads: ``"from-zero"`` (measure new heads from zero) or ``"exclude"``.
+        parameter_names: The model's parameter names; anything else is a buffer, never a layer.
+        order: Names giving the layer order (others follow in checkpoint order).
+
+    Raises:
+        HessauditError: an unknown ``new_heads``; an ``include`` glob matching nothing; no
+            layer selected; no selected layer with a pretrained counterpart.
+    """
+    if new_heads not in NEW_HEAD_POLICIES:
+        raise HessauditError(
+            f"--new-heads {new_heads!r}: must be one of {', '.join(NEW_HEAD_POLICIES)}"
+        )
+    include = tuple(include)
+    exclude = tuple(exclude)
+    allowed = {
+        "weight": True, "bias": bool(include_bias), "norm": bool(include_norm), None: False
+    }
+    params = None if parameter_names is None else set(parameter_names)
+
+    def eligible(
+        name: str, tensor: Tensor, tensors: Mapping[str, Tensor], *, check_params: bool = True
+    ) -> bool:
+        if check_params and params is not None and name not in params:
+            return False
+        return allowed[tensor_kind(name, tensor, tensors)]
+
+    def chosen(name: str) -> bool:
+        if include and not any(fnmatch.fnmatchcase(name, g) for g in include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, g) for g in exclude)
+
+    ft_eligible = [n for n, t in finetuned.items() if eligible(n, t, finetuned)]
+    for glob in include:
+        if not any(fnmatch.fnmatchcase(n, glob) for n in ft_eligible):
+            anywhere = [n for n in finetuned if fnmatch.fnmatchcase(n, glob)]
+            if anywhere:
+                why = (
+                    f"it matches only tensors that are not selected ({_few(anywhere, 3)}): "
+                    "biases need --include-bias, norm parameters --include-norm, and buffers "
+                    "are never layers"
+                )
+            else:
+                why = (
+                    "it matches no tensor of the fine-tuned checkpoint; names look like "
+                    + _few(ft_eligible)
+                )
+            raise HessauditError(f"--include {glob!r}: {why}")
+    for glob in exclude:
+        if not any(fnmatch.fnmatchcase(n, glob) for n in finetuned):
+            warnings.warn(f"--exclude {glob!r} matches no tensor", UserWarning, stacklevel=2)
+
+    selected = [n for n in ft_eligible if chosen(n)]
+    if not selected:
+        raise HessauditError(
+            "no layers selected: every tensor of the fine-tuned checkpoint was filtered out",
+            hint="check --include / --exclude",
+        )
+    if order is not None:
+        rank = {name: i for i, name in enumerate(order)}
+        position = {name: i for i, name in enumerate(selected)}
+        selected.sort(key=lambda n: (rank.get(n, len(rank)), position[n]))
+
+    layers: list[Layer] = []
+    only_in_finetuned: list[str] = []
+    mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    for name in selected:
+        ft = finetuned[name]
+        pre = pretrained.get(name)
+        shape = tuple(int(s) for s in ft.shape)
+        if pre is None:
+            only_in_finetuned.append(name)
+        elif tuple(pre.shape) != shape:
+            mismatches.append((name, tuple(int(s) for s in pre.shape), shape))
+        else:
+            layers.append(Layer(name, shape, ft.numel(), False, pre, ft))
+            continue
+        if new_heads == "from-zero":
+            layers.append(Layer(name, shape, ft.numel(), True, None, ft))
+
+    # the model's parameter names describe the fine-tuned side only
+    only_in_pretrained = [
+        n for n, t in pretrained.items()
+        if n not in finetuned and chosen(n) and eligible(n, t, pretrained, check_params=False)
+    ]
+    if not any(not layer.is_new_head for layer in layers):
+        raise HessauditError(
+            f"the checkpoints share no layers: none of the {len(selected)} selected tensors of "
+            "the fine-tuned checkpoint has a pretrained counterpart of the same name and shape "
+            f"(fine-tuned: {_few(selected, 3)}; pretrained: {_few(list(pretrained), 3)})",
+            hint="the two checkpoints are probably for different architectures",
+        )
+    return Pairing(
+        layers=layers,
+        only_in_pretrained=only_in_pretrained,
+        only_in_finetuned=only_in_finetuned,
+        shape_mismatches=mismatches,
+    )

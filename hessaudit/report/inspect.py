@@ -1,0 +1,52 @@
+"""Rendering of ``hessaudit inspect``: one row per layer, then the tensors left unpaired."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from hessaudit.report._console import stdout
+from hessaudit.report.audit import fmt
+
+
+def print_distances(document: dict[str, Any]) -> None:
+    console = stdout()
+    table = Table(
+        title=f"What fine-tuning changed  ({document['finetuned']['path']})",
+        title_justify="left",
+        header_style="bold",
+    )
+    for column, justify in (
+        ("layer", "left"),
+        ("shape", "left"),
+        ("params", "right"),
+        ("‖W_ft − W_pre‖_F", "right"),
+        ("relative", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    for layer in document["layers"]:
+        name = Text(layer["name"])
+        if layer["is_new_head"]:
+            name.append(" (new head: distance from zero)", style="magenta")
+        table.add_row(
+            name,
+            "×".join(str(d) for d in layer["shape"]),
+            f"{layer['numel']:,}",
+            fmt(layer["dist_fro"]),
+            fmt(layer["rel_dist"]),
+        )
+    console.print(table)
+    for key, label in (
+        ("only_in_pretrained", "only in the pretrained checkpoint"),
+        ("only_in_finetuned", "only in the fine-tuned checkpoint"),
+    ):
+        names = document[key]
+        if names:
+            console.print(f"[bold]{len(names)} tensor(s) {label}:[/bold] " + ", ".join(names))
+    for mismatch in document["shape_mismatches"]:
+        console.print(
+            f"[yellow]shape mismatch[/yellow] {mismatch['name']}: "
+            f"{tuple(mismatch['pretrained'])} -> {tuple(mismatch['finetuned'])}"
+        )
