@@ -213,6 +213,7 @@ def run_audit(request: AuditRequest, *, progress: ProgressCallback | None = None
         include_norm=request.include_norm,
         new_heads="exclude" if request.exclude_new_head else "from-zero",
         parameter_names={name for name, _ in model.named_parameters()},
+        order=list(model.state_dict()),
     )
     num_classes = _model_num_classes(model, finetuned.tensors)
     config = input_config(model, input_size=request.input_size)

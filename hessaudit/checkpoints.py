@@ -289,11 +289,11 @@ def _looks_like_safetensors(p: Path) -> bool:
 
 
 def _looks_like_torch(p: Path) -> bool:
-    head = _read_head(p, 2)
-    if zipfile.is_zipfile(p):
+    head = _read_head(p, 4)
+    if head == b"PK\x03\x04" or zipfile.is_zipfile(p):  # a zip, perhaps a truncated one
         return True
     # Legacy (pre-1.6) torch.save output is a pickle stream: PROTO opcode then a version.
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _detect_format(p: Path) -> str:
@@ -396,8 +396,9 @@ def _unwrap(obj: Any, p: Path) -> tuple[dict[str, torch.Tensor], str | None, dic
         for key, value in obj.items():
             if isinstance(value, torch.Tensor):
                 state[str(key)] = value
-            elif isinstance(value, (bool, int, float, str)) or value is None:
-                metadata[str(key)] = value  # epoch, step, arch... beside a bare state dict
+            elif value is None or isinstance(value, (bool, int, float, str)):
+                if value is not None:
+                    metadata[str(key)] = value  # epoch, step, arch... beside a state dict
             else:
                 raise HessauditError(
                     f"checkpoint {p}: entry {key!r} is a {type(value).__name__}, not a tensor "
@@ -405,7 +406,7 @@ def _unwrap(obj: Any, p: Path) -> tuple[dict[str, torch.Tensor], str | None, dic
                 )
         return state, None, metadata
     for key, value in obj.items():
-        if key != container and (isinstance(value, (bool, int, float, str)) or value is None):
+        if key != container and isinstance(value, (bool, int, float, str)):
             metadata[str(key)] = value
     state = {}
     for key, value in obj[container].items():

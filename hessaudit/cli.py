@@ -15,13 +15,17 @@ Exit codes (the same for every command and every output format):
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
 from hessaudit._version import __version__
 from hessaudit.commands import _common
+from hessaudit.commands.compare import compare_command
+from hessaudit.commands.finetune import finetune_command
 from hessaudit.commands.inspect import inspect_command
 from hessaudit.commands.measure import measure_command
+from hessaudit.commands.report import report_command
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 = success (all gates passed), 1 = error (bad input, crash), "
@@ -50,15 +54,21 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
-    ),
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
 ) -> None:
     """Audit fine-tuned networks with Hessian-based generalization bounds."""
 
 
 app.command("inspect", epilog=EXIT_CODES_HELP)(inspect_command)
 app.command("measure", epilog=EXIT_CODES_HELP)(measure_command)
+app.command("compare", epilog=EXIT_CODES_HELP)(compare_command)
+app.command("report", epilog=EXIT_CODES_HELP)(report_command)
+app.command("finetune", epilog=EXIT_CODES_HELP)(finetune_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,8 @@ Sources (``--data`` / ``--eval-data``):
   examples are permuted by ``torch.Generator().manual_seed(0)`` and the first third of the
   permutation is held out; both parts keep the original order. ``digits`` is the training part
   for ``role="train"`` and the held-out part for ``role="eval"``; ``digits:train``,
-  ``digits:test`` and ``digits:all`` name a part explicitly.
+  ``digits:test`` and ``digits:all`` name a part explicitly. Built-in names win over files of
+  the same name: write ``./digits`` for a folder called ``digits``.
 * ``digits-pretrain`` (also ``:train``, ``:test``, ``:all``): a different task on the same split
   for "pretrain on one task, fine-tune on another" demos: 5 classes, label ``y % 5`` (digit
   pairs 0/5, 1/6, 2/7, 3/8, 4/9 share a class). A model pretrained on it and fine-tuned on
@@ -208,7 +209,7 @@ def load_data(
         raise HessauditError(f"--samples {samples!r}: must be an integer")
     text = str(source)
     name, _, part = text.partition(":")
-    if name in ("digits", "digits-pretrain") and not Path(text).exists():
+    if name in ("digits", "digits-pretrain"):
         ds = _load_digits(name, part, role)
         ds = _take(ds, samples, seed)
     else:
@@ -357,7 +358,7 @@ def _load_digits(name: str, part: str, role: str) -> Dataset:
         idx = train if part == "train" else test
         x, y = x[idx], y[idx]
     else:
-        x = x.clone()
+        x, y = x.clone(), y.clone()  # never hand out the cached tensors
     classes: tuple[str, ...]
     if name == "digits-pretrain":
         y = y % 5
@@ -373,8 +374,15 @@ def _load_digits(name: str, part: str, role: str) -> Dataset:
 
 
 def _load_npz(path: Path) -> Dataset:
+    import zipfile
+
     import numpy as np
 
+    if not zipfile.is_zipfile(path):
+        raise HessauditError(
+            f"data {path} is not a readable .npz (not a zip archive; truncated or corrupt?)",
+            hint="save with numpy.savez(path, x=inputs, y=labels)",
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)

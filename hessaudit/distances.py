@@ -76,7 +76,7 @@ def compare_weights(
 
     pretrained = load_checkpoint(pretrained_path)
     finetuned = load_checkpoint(finetuned_path)
-    parameter_names = None
+    parameter_names = order = None
     if model is not None:
         from hessaudit.models import load_model
 
@@ -88,6 +88,7 @@ def compare_weights(
             source=finetuned_path,
         )
         parameter_names = {name for name, _ in module.named_parameters()}
+        order = list(module.state_dict())
     pairing = pair_layers(
         pretrained.tensors,
         finetuned.tensors,
@@ -97,6 +98,7 @@ def compare_weights(
         include_norm=include_norm,
         new_heads="exclude" if exclude_new_head else "from-zero",
         parameter_names=parameter_names,
+        order=order,
     )
     layers = [
         LayerDistance(

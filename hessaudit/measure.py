@@ -53,6 +53,9 @@ ENGINES = ("auto", "jvp", "lanczos")
 # The per-example Lanczos keeps (steps + 2) vectors of the layer's size per example; chunk the
 # examples so that this stays below a fixed budget.
 _LANCZOS_MEMORY_BUDGET_BYTES = 1 << 30
+# The positive-part estimate can stall for a step while Lanczos finds only negative Ritz
+# values, so one small change is not enough to stop.
+_QUADRATURE_PATIENCE = 2
 # Relative agreement required before the Gauss-Newton fast path is trusted.
 _CONFIRM_RTOL = 1e-4
 
@@ -80,8 +83,8 @@ class MeasureSettings:
             raise HessauditError(f"--engine must be one of {', '.join(ENGINES)}")
         if self.lanczos_steps < 1:
             raise HessauditError("--lanczos-steps must be at least 1")
-        if not self.tol > 0:
-            raise HessauditError("--tol must be positive")
+        if not self.tol >= 0:
+            raise HessauditError("--tol must be non-negative (0: always run --lanczos-steps)")
         if self.batch_size < 1:
             raise HessauditError("--batch-size must be at least 1")
         if self.spectrum_samples < 1:
@@ -327,6 +330,7 @@ def _positive_forms(
                         start_vectors,
                         max_steps=settings.lanczos_steps,
                         tol=settings.tol,
+                        patience=_QUADRATURE_PATIENCE,
                     )
                 )
         values = torch.cat([r.positive.reshape(-1) for r in results])
@@ -348,6 +352,7 @@ def _positive_forms(
                 flat.unsqueeze(0),
                 max_steps=settings.lanczos_steps,
                 tol=settings.tol,
+                patience=_QUADRATURE_PATIENCE,
             )
         )
     values = torch.cat([r.positive.reshape(-1) for r in results])

@@ -193,7 +193,7 @@ def _import_factory_module(name: str, spec: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
             raise HessauditError(
-                f"--model {spec}: no module named {name!r}",
+                f"--model {spec}: no module named {exc.name!r}",
                 hint="give a file as path/to/file.py:function, or install the package",
             ) from None
         raise HessauditError(f"--model {spec}: importing {name} failed: {_oneline(exc)}") from None

@@ -32,7 +32,9 @@ def _pretrained_from(model: torch.nn.Module, *, seed: int, scale: float = 0.3, n
     generator = torch.Generator().manual_seed(seed)
     pretrained = {}
     for name, tensor in model.state_dict().items():
-        if name.startswith(new_head):
+        if not tensor.is_floating_point():
+            pretrained[name] = tensor.clone()
+        elif name.startswith(new_head):
             pretrained[name] = torch.zeros(tensor.shape[0] + 2, *tensor.shape[1:], dtype=tensor.dtype)
         else:
             noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
@@ -75,8 +77,9 @@ def _dense_reduced(model, layer, data, reduce, batch_size):
 
 
 def _settings(**overrides) -> MeasureSettings:
-    # Enough Lanczos steps to exhaust every block of the test networks: quadrature is exact.
-    base = dict(lanczos_steps=80, tol=1e-14, batch_size=4, spectrum=False)
+    # Enough Lanczos steps to exhaust every block of the test networks (tol 0: no early stop),
+    # so the quadrature is exact.
+    base = dict(lanczos_steps=120, tol=0.0, batch_size=4, spectrum=False)
     return MeasureSettings(**{**base, **overrides})
 
 

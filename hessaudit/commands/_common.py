@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
+
+# Recent typer releases vendor their own copy of click, whose exceptions derive from
+# typer.TyperException rather than click's; catch both families.
+_USAGE_ERRORS = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+_ABORTS = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
 
 from hessaudit.errors import HessauditError
 
@@ -39,13 +45,16 @@ def _print_error(message: str) -> None:
     sys.stderr.flush()
 
 
-def run_app(command: click.Command, args: Sequence[str], *, prog_name: str) -> int:
+def run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
     """Run a click command and translate every outcome into hessaudit's exit codes.
 
     Click reports usage errors with exit code 2, which hessaudit reserves for failed gates;
     they are mapped to 1 here.
     """
     debug = debug_requested(args)
+    # torch's forward-mode AD scripts its decompositions on first use and warns about its own
+    # deprecated torch.jit.script; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     try:
         result = command.main(list(args), prog_name=prog_name, standalone_mode=False)
     except HessauditError as exc:
@@ -53,13 +62,13 @@ def run_app(command: click.Command, args: Sequence[str], *, prog_name: str) -> i
             traceback.print_exc()
         _print_error(str(exc))
         return EXIT_ERROR
-    except click.exceptions.Abort:
+    except _ABORTS:
         sys.stderr.write("\ninterrupted\n")
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        sys.stderr.write("\ninterrupted\n")
-        return EXIT_INTERRUPTED
-    except click.ClickException as exc:
+    except _USAGE_ERRORS as exc:
+        # A bare ``hessaudit`` prints the help through this exception: not a failure.
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return EXIT_OK
         if debug:
             traceback.print_exc()
         _print_error(exc.format_message().replace("\n", " "))

@@ -14,6 +14,7 @@ _DATA = "Data"
 _MEASURE = "Measure"
 _LAYERS = "Layers"
 _OUTPUT = "Output"
+_GATES = "Gates (exit 2 when one fails; see docs/gating.md)"
 
 
 def measure_command(
@@ -121,10 +122,64 @@ def measure_command(
         Path | None,
         typer.Option("--csv", help="Write per-layer rows as CSV.", rich_help_panel=_OUTPUT),
     ] = None,
+    max_bound: Annotated[
+        float | None, typer.Option(help="Fail if bound > X.", metavar="X", rich_help_panel=_GATES)
+    ] = None,
+    max_hessian_term: Annotated[
+        float | None,
+        typer.Option(help="Fail if Hessian term G > X.", metavar="X", rich_help_panel=_GATES),
+    ] = None,
+    max_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Fail if G / observed gap > X (needs --eval-data).",
+            metavar="X",
+            rich_help_panel=_GATES,
+        ),
+    ] = None,
+    min_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Fail if G / observed gap < X (needs --eval-data).",
+            metavar="X",
+            rich_help_panel=_GATES,
+        ),
+    ] = None,
+    max_layer_hcal: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="PATTERN=X: fail if a layer matching the glob has Hcal > X (repeatable).",
+            metavar="[PATTERN=]X",
+            rich_help_panel=_GATES,
+        ),
+    ] = None,
+    max_layer_share: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="PATTERN=F: fail if a matching layer's share of G is > F, 0..1 (repeatable).",
+            metavar="[PATTERN=]F",
+            rich_help_panel=_GATES,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read \\[gates] from this TOML file instead of ./pyproject.toml.",
+            rich_help_panel=_GATES,
+        ),
+    ] = None,
+    summary_md: Annotated[
+        str | None,
+        typer.Option(
+            help="Write a markdown report here (e.g. $GITHUB_STEP_SUMMARY; '-' for stdout).",
+            rich_help_panel=_OUTPUT,
+        ),
+    ] = None,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> int:
     """Per-layer Hessian distances between two checkpoints and the generalization bound."""
+    from hessaudit import gates
     from hessaudit.audit import AuditRequest, audit_to_json, layers_frame, run_audit
     from hessaudit.report.audit import print_audit
     from hessaudit.report.progress import step_progress
@@ -132,6 +187,17 @@ def measure_command(
     outputs = [p for p in (json_path, csv_path) if p is not None and str(p) != "-"]
     for path in outputs:
         check_writable(path)
+    gates.check_outputs(json_path, summary_md)
+    gate_specs = gates.measure_gates(
+        max_bound=max_bound,
+        max_hessian_term=max_hessian_term,
+        max_ratio=max_ratio,
+        min_ratio=min_ratio,
+        max_layer_hcal=max_layer_hcal,
+        max_layer_share=max_layer_share,
+        config=config,
+    )
+    gates.check_before_audit(gate_specs, eval_data=eval_data)
     request = AuditRequest(
         pretrained=str(pretrained),
         finetuned=str(finetuned),
@@ -166,6 +232,7 @@ def measure_command(
     to_stdout = json_path == "-"
     with step_progress("auditing layers", enabled=not quiet) as advance:
         result = run_audit(request, progress=advance)
+    result = result.with_gates(gates.evaluate(gate_specs, result.to_dict()))
     document = result.to_dict()
     text = audit_to_json(result)
     if json_path is not None:
@@ -180,6 +247,10 @@ def measure_command(
 
         with atomic_path(csv_path) as tmp:
             layers_frame(result).to_csv(tmp, index=False)
-    if not quiet and not to_stdout:
+    if summary_md is not None:
+        from hessaudit.report.markdown import audit_markdown, write_summary
+
+        write_summary(summary_md, audit_markdown(document))
+    if not quiet and not to_stdout and summary_md != "-":
         print_audit(document)
     return 0 if document["success"] else 2

@@ -29,7 +29,7 @@ def print_distances(document: dict[str, Any]) -> None:
     for layer in document["layers"]:
         name = Text(layer["name"])
         if layer["is_new_head"]:
-            name.append(" (new head: distance from zero)", style="magenta")
+            name.append(" (new head)", style="magenta")
         table.add_row(
             name,
             "×".join(str(d) for d in layer["shape"]),
@@ -38,6 +38,8 @@ def print_distances(document: dict[str, Any]) -> None:
             fmt(layer["rel_dist"]),
         )
     console.print(table)
+    if any(layer["is_new_head"] for layer in document["layers"]):
+        console.print("[magenta]new head[/magenta]: no pretrained counterpart; distance from zero.")
     for key, label in (
         ("only_in_pretrained", "only in the pretrained checkpoint"),
         ("only_in_finetuned", "only in the fine-tuned checkpoint"),

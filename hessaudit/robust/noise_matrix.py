@@ -253,7 +253,7 @@ def estimate_noise_matrix(
     probs: Any,
     noisy_labels: Any,
     *,
-    method: str = "anchor",
+    method: str = "confident",
     num_classes: int | None = None,
     quantile: float = 0.97,
 ) -> np.ndarray:
@@ -318,7 +318,7 @@ def estimate_noise_matrix(
         for j in range(k):
             mask = z == j
             thresholds[j] = P[mask, j].mean() if mask.any() else 1.0
-        above = P >= thresholds[None, :] - 1e-12
+        above = thresholds[None, :] - 1e-12 <= P
         masked = np.where(above, P, -np.inf)
         has_any = above.any(axis=1)
         y_star = np.argmax(masked, axis=1)

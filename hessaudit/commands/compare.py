@@ -1,0 +1,89 @@
+"""``hessaudit compare``: what changed between two audits, with gates on the increase."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hessaudit.commands._common import DebugOption, QuietOption
+
+_GATES = "Gates"
+_OUTPUT = "Output"
+
+
+def compare_command(
+    base: Annotated[Path, typer.Argument(help="The accepted audit (hessaudit.audit/1 JSON).")],
+    new: Annotated[Path, typer.Argument(help="The audit to check against it.")],
+    max_increase: Annotated[
+        float | None,
+        typer.Option(
+            help="Fail (exit 2) when the bound grew by more than PCT percent.",
+            metavar="PCT",
+            rich_help_panel=_GATES,
+        ),
+    ] = None,
+    max_layer_increase: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=(
+                "Fail when a layer's Hcal grew by more than PCT percent; 'PATTERN=PCT' limits "
+                "it to layers matching the glob (repeatable)."
+            ),
+            metavar="[PATTERN=]PCT",
+            rich_help_panel=_GATES,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read \\[compare] gates from this TOML file instead of ./pyproject.toml.",
+            rich_help_panel=_GATES,
+        ),
+    ] = None,
+    json_path: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            help="Write the hessaudit.compare/1 JSON here ('-' for stdout).",
+            rich_help_panel=_OUTPUT,
+        ),
+    ] = None,
+    summary_md: Annotated[
+        str | None,
+        typer.Option(
+            help="Write a markdown report here (e.g. $GITHUB_STEP_SUMMARY; '-' for stdout).",
+            rich_help_panel=_OUTPUT,
+        ),
+    ] = None,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> int:
+    """Compare two audits: per-layer Hcal and bound changes, with gates on the increase."""
+    from hessaudit import gates
+    from hessaudit.compare import compare_audits, compare_to_json, load_audit
+
+    gates.check_outputs(json_path, summary_md)
+    specs = gates.compare_gates(
+        max_increase=max_increase, max_layer_increase=max_layer_increase, config=config
+    )
+    base_doc, new_doc = load_audit(base), load_audit(new)
+    document = compare_audits(base_doc, new_doc, specs, base_path=str(base), new_path=str(new))
+    from hessaudit.report.compare import print_compare, print_warnings
+
+    print_warnings(document["warnings"])
+    text = compare_to_json(document)
+    if json_path == "-":
+        typer.echo(text, nl=False)
+    elif json_path is not None:
+        from hessaudit._atomic import write_text
+
+        write_text(json_path, text)
+    if summary_md is not None:
+        from hessaudit.report.markdown import compare_markdown, write_summary
+
+        write_summary(summary_md, compare_markdown(document))
+    if not quiet and "-" not in (json_path, summary_md):
+        print_compare(document)
+    return 0 if document["success"] else 2

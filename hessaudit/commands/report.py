@@ -1,0 +1,46 @@
+"""``hessaudit report``: one self-contained HTML page for an audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hessaudit.commands._common import DebugOption, QuietOption
+
+
+def report_command(
+    audit: Annotated[Path, typer.Argument(help="An audit JSON file (hessaudit measure --json).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Write the HTML page here (e.g. report.html).")
+    ],
+    title: Annotated[str | None, typer.Option(help="Page title (default: from the audit).")] = None,
+    plots: Annotated[
+        bool,
+        typer.Option(help="Draw the per-layer plot with matplotlib (off: HTML/CSS bars only)."),
+    ] = True,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> int:
+    """Write a self-contained HTML report (summary, gates, per-layer bars) for an audit.
+
+    The page has inline CSS and the plot embedded as a PNG: no scripts, no external URLs.
+    The exit code does not depend on the audit's gates: 0 once the page is written.
+    """
+    from hessaudit._atomic import check_writable, write_text
+    from hessaudit.compare import load_audit
+
+    check_writable(out)
+    document = load_audit(audit)
+    from hessaudit.report.html import audit_html
+
+    page, plotted = audit_html(document, title=title, plots=plots)
+    write_text(out, page)
+    if not quiet:
+        from hessaudit.report._console import info, warn
+
+        if plots and not plotted and document["layers"]:
+            warn("matplotlib is not installed: the page shows HTML bars instead of plots")
+        info(f"wrote {out}")
+    return 0

@@ -1,0 +1,249 @@
+"""The difference between two audits (``hessaudit compare BASE.json NEW.json``).
+
+:func:`compare_audits` takes two ``hessaudit.audit/1`` documents and returns a
+``hessaudit.compare/1`` document::
+
+    schema, tool_version, created
+    base, new          {path, created, model, data, finetuned (path, sha256), bound}
+    warnings           [str]: settings or inputs that differ between the two audits
+    summary            {bound, hessian_term, train_loss, eval_loss, gap, ratio_to_gap, C, n}:
+                       each {base, new, abs_change, rel_change_pct}
+    layers             [{name, base, new, abs_change, rel_change_pct, base_share, new_share}]
+                       for the layers present in both (values are Hcal), in NEW's order
+    only_in_base, only_in_new   [{name, hcal}]
+    gates, success     as in the audit document; thresholds and observed values in percent
+
+``rel_change_pct`` is ``100 * (new - base) / |base|``; it is 0 when both are 0 and null
+(an infinite change) when only the base is 0. A null relative change fails an increase gate.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hessaudit._version import __version__
+from hessaudit.errors import HessauditError
+from hessaudit.gates import Gate, layer_shares, matching, no_match_error, worst_of
+
+SCHEMA = "hessaudit.compare/1"
+AUDIT_SCHEMA = "hessaudit.audit/1"
+SUMMARY_KEYS = (
+    "bound",
+    "hessian_term",
+    "train_loss",
+    "eval_loss",
+    "gap",
+    "ratio_to_gap",
+    "C",
+    "n",
+)
+_REQUIRED = ("layers", "bound", "hessian_term", "train_loss")
+
+# (label, path into the audit document): a difference is worth a warning, since it makes the
+# two audits' numbers not directly comparable.
+SETTING_CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("data", ("inputs", "data")),
+    ("eval data", ("inputs", "eval_data")),
+    ("reduce", ("settings", "reduce")),
+    ("form", ("settings", "form")),
+    ("samples", ("inputs", "samples")),
+    ("seed", ("inputs", "seed")),
+    ("model", ("inputs", "model")),
+    ("pretrained checkpoint", ("inputs", "pretrained", "sha256")),
+    ("layer selection", ("inputs", "layer_selection")),
+    ("dtype", ("inputs", "dtype")),
+    ("n", ("n",)),
+    ("loss bound source", ("C_source",)),
+    ("epsilon", ("epsilon",)),
+)
+
+
+def load_audit(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a ``hessaudit.audit/1`` file; :class:`HessauditError` otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HessauditError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise HessauditError(f"{path} is a directory, not an audit JSON file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HessauditError(f"cannot read {path}: {exc}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HessauditError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
+            hint="give a file written by 'hessaudit measure --json'",
+        ) from None
+    schema = document.get("schema") if isinstance(document, dict) else None
+    if schema != AUDIT_SCHEMA:
+        found = f"schema {schema!r}" if schema is not None else "no schema field"
+        hint = "give a file written by 'hessaudit measure --json'"
+        if isinstance(schema, str) and schema.startswith("hessaudit.compare/"):
+            hint = "that is a compare result; give the audits it was made from"
+        raise HessauditError(f"{path} is not a {AUDIT_SCHEMA} document ({found})", hint=hint)
+    missing = [key for key in _REQUIRED if key not in document]
+    if missing:
+        raise HessauditError(f"{path} is an incomplete audit: missing {', '.join(missing)}")
+    layers = document["layers"]
+    if not isinstance(layers, list) or not all(
+        isinstance(layer, dict)
+        and isinstance(layer.get("name"), str)
+        and _is_number(layer.get("hcal"))
+        for layer in layers
+    ):
+        raise HessauditError(f"{path}: 'layers' must be a list of {{name, hcal, ...}} entries")
+    return document
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _get(document: Mapping[str, Any], path: Sequence[str]) -> Any:
+    value: Any = document
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def setting_warnings(base: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """One line per input or setting that differs between the two audits."""
+    warnings = []
+    for label, path in SETTING_CHECKS:
+        a, b = _get(base, path), _get(new, path)
+        if a != b:
+            warnings.append(f"{label} differs: {_short(a)} (base) vs {_short(b)} (new)")
+    return warnings
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return f"sha256 {value[:12]}…"
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def change(base: float | None, new: float | None) -> dict[str, float | None]:
+    """``{base, new, abs_change, rel_change_pct}``; see the module docstring for the rules."""
+    if base is None or new is None:
+        return {"base": base, "new": new, "abs_change": None, "rel_change_pct": None}
+    diff = new - base
+    if base != 0:
+        rel: float | None = 100.0 * diff / abs(base)
+    else:
+        rel = 0.0 if new == 0 else None
+    return {"base": base, "new": new, "abs_change": diff, "rel_change_pct": rel}
+
+
+def _side(document: Mapping[str, Any], path: str | None) -> dict[str, Any]:
+    finetuned = _get(document, ("inputs", "finetuned")) or {}
+    return {
+        "path": path,
+        "created": document.get("created"),
+        "model": _get(document, ("inputs", "model")),
+        "data": _get(document, ("inputs", "data")),
+        "finetuned": {"path": finetuned.get("path"), "sha256": finetuned.get("sha256")},
+        "success": document.get("success"),
+    }
+
+
+def compare_audits(
+    base: Mapping[str, Any],
+    new: Mapping[str, Any],
+    gates: Sequence[Gate] = (),
+    *,
+    base_path: str | None = None,
+    new_path: str | None = None,
+) -> dict[str, Any]:
+    """The ``hessaudit.compare/1`` document for two audit documents, with ``gates`` evaluated."""
+    summary = {key: change(base.get(key), new.get(key)) for key in SUMMARY_KEYS}
+    base_layers = {layer["name"]: layer for layer in base["layers"]}
+    new_layers = {layer["name"]: layer for layer in new["layers"]}
+    base_share = dict(zip(base_layers, layer_shares(base["layers"]), strict=True))
+    new_share = dict(zip(new_layers, layer_shares(new["layers"]), strict=True))
+    layers = []
+    for name, layer in new_layers.items():
+        if name in base_layers:
+            entry = {"name": name, **change(base_layers[name]["hcal"], layer["hcal"])}
+            entry["base_share"] = base_share[name]
+            entry["new_share"] = new_share[name]
+            layers.append(entry)
+    only_in_base = [
+        {"name": name, "hcal": layer["hcal"]}
+        for name, layer in base_layers.items()
+        if name not in new_layers
+    ]
+    only_in_new = [
+        {"name": name, "hcal": layer["hcal"]}
+        for name, layer in new_layers.items()
+        if name not in base_layers
+    ]
+    document: dict[str, Any] = {
+        "schema": SCHEMA,
+        "tool_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "base": _side(base, base_path),
+        "new": _side(new, new_path),
+        "warnings": setting_warnings(base, new),
+        "summary": summary,
+        "layers": layers,
+        "only_in_base": only_in_base,
+        "only_in_new": only_in_new,
+    }
+    document["gates"] = evaluate_compare_gates(gates, document)
+    document["success"] = all(gate["passed"] for gate in document["gates"])
+    return document
+
+
+def evaluate_compare_gates(
+    gates: Sequence[Gate], document: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Evaluate ``max-increase`` / ``max-layer-increase`` gates on a compare document."""
+    records = []
+    for gate in gates:
+        if gate.key == "max-increase":
+            bound = document["summary"]["bound"]
+            rel = bound["rel_change_pct"]
+            passed = rel is not None and gate.holds(rel)
+            extra = {"unit": "%", "quantity": "bound"}
+            if rel is None:
+                extra["note"] = "the base bound is 0, so any increase is infinite"
+            records.append(gate.record(rel, passed, **extra))
+        elif gate.key == "max-layer-increase":
+            names = [layer["name"] for layer in document["layers"]]
+            matched = matching(names, gate.pattern or "*")
+            if not matched:
+                raise no_match_error(gate, names, what="layer present in both audits")
+            changes = {layer["name"]: layer["rel_change_pct"] for layer in document["layers"]}
+            record = worst_of(gate, {name: changes[name] for name in matched})
+            record["unit"] = "%"
+            record["quantity"] = "hcal"
+            records.append(record)
+        else:  # pragma: no cover - resolve_gates only yields compare keys here
+            raise HessauditError(f"{gate.name} is not a compare gate")
+    return records
+
+
+def compare_to_json(document: Mapping[str, Any]) -> str:
+    return json.dumps(_finite(document), indent=2, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    """Replace non-finite floats by None so that the JSON stays standard."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value

@@ -1,0 +1,78 @@
+"""The Hessian engine: block Hessian-vector products and the estimators built on them.
+
+Loss throughout: softmax cross-entropy (``torch.nn.functional.cross_entropy``), mean over the
+examples. Models must be in eval mode. Estimators take their own ``torch.Generator``.
+
+- :mod:`.operator`: :class:`BlockHessian` (one parameter's diagonal block; ``"autograd"`` double
+  backward or ``"func"`` forward-over-reverse), :func:`cross_term_forms` (the released code's
+  per-layer readout of one full HVP), :func:`batch_quadratic_form`.
+- :mod:`.per_example`: per-example block HVPs and exact per-example quadratic forms, vectorized
+  with ``torch.func``.
+- :mod:`.gauss_newton`: the exact one-JVP fast path for piecewise-linear networks.
+- :mod:`.lanczos`: batched Lanczos with full reorthogonalization, Gauss quadrature for
+  v^T H^+ v, top eigenvalue.
+- :mod:`.power`: power iteration.
+- :mod:`.trace`: Hutchinson and Hutch++ trace estimates with standard errors.
+"""
+
+from hessaudit.hessian.gauss_newton import (
+    BlockGaussNewton,
+    confirm_piecewise_linear,
+    default_rtol,
+    gauss_newton_forms,
+    gauss_newton_matvec,
+    is_piecewise_linear,
+    logit_jvp,
+    non_piecewise_linear_modules,
+    per_example_gauss_newton_forms,
+)
+from hessaudit.hessian.lanczos import (
+    EigenResult,
+    LanczosInfo,
+    LanczosTridiagonal,
+    QuadratureResult,
+    lanczos_quadrature,
+    lanczos_top_eigenvalue,
+    lanczos_tridiagonal,
+)
+from hessaudit.hessian.operator import (
+    BlockHessian,
+    batch_quadratic_form,
+    cross_term_forms,
+)
+from hessaudit.hessian.per_example import (
+    PerExampleBlockHessians,
+    per_example_directional_second_derivative,
+    per_example_hvp,
+)
+from hessaudit.hessian.power import power_iteration
+from hessaudit.hessian.trace import TraceResult, hutchinson_trace, hutchpp_trace
+
+__all__ = [
+    "BlockGaussNewton",
+    "BlockHessian",
+    "EigenResult",
+    "LanczosInfo",
+    "LanczosTridiagonal",
+    "PerExampleBlockHessians",
+    "QuadratureResult",
+    "TraceResult",
+    "batch_quadratic_form",
+    "confirm_piecewise_linear",
+    "cross_term_forms",
+    "default_rtol",
+    "gauss_newton_forms",
+    "gauss_newton_matvec",
+    "hutchinson_trace",
+    "hutchpp_trace",
+    "is_piecewise_linear",
+    "lanczos_quadrature",
+    "lanczos_top_eigenvalue",
+    "lanczos_tridiagonal",
+    "logit_jvp",
+    "non_piecewise_linear_modules",
+    "per_example_directional_second_derivative",
+    "per_example_gauss_newton_forms",
+    "per_example_hvp",
+    "power_iteration",
+]

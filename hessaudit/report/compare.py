@@ -1,0 +1,114 @@
+"""Rendering of a ``hessaudit.compare/1`` document: summary changes, per-layer changes, gates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from hessaudit.report._console import stdout, warn
+from hessaudit.report.audit import fmt
+
+_LABELS = {
+    "bound": "bound",
+    "hessian_term": "Hessian term G",
+    "train_loss": "training loss",
+    "eval_loss": "held-out loss",
+    "gap": "observed gap",
+    "ratio_to_gap": "G / gap",
+    "C": "loss bound C",
+    "n": "n",
+}
+
+
+def _pct(value: float | None, *, worse_if_up: bool = True) -> Text:
+    if value is None:
+        return Text("-", style="dim")
+    style = ""
+    if abs(value) >= 0.05:
+        style = "red" if (value > 0) == worse_if_up else "green"
+    return Text(f"{value:+.1f}%" if abs(value) < 1e4 else f"{value:+.3g}%", style=style)
+
+
+def _signed(value: float | None) -> str:
+    if value is None:
+        return "-"
+    text = fmt(value)
+    return text if text.startswith("-") or text == "0" else "+" + text
+
+
+def summary_table(document: Mapping[str, Any]) -> Table:
+    table = Table(title="Summary (base → new)", title_justify="left", header_style="bold")
+    table.add_column("quantity")
+    for column in ("base", "new", "change", "change %"):
+        table.add_column(column, justify="right")
+    for key, label in _LABELS.items():
+        entry = document["summary"].get(key)
+        if entry is None or (entry["base"] is None and entry["new"] is None):
+            continue
+        table.add_row(
+            label,
+            fmt(entry["base"]),
+            fmt(entry["new"]),
+            _signed(entry["abs_change"]),
+            # A smaller G / gap is not "better" in the same sense: no colour for it.
+            _pct(entry["rel_change_pct"])
+            if key != "ratio_to_gap"
+            else Text(
+                "-" if entry["rel_change_pct"] is None else f"{entry['rel_change_pct']:+.1f}%"
+            ),
+        )
+    return table
+
+
+def layers_table(document: Mapping[str, Any]) -> Table:
+    table = Table(
+        title=f"Hcal per layer ({len(document['layers'])} layers in both audits)",
+        title_justify="left",
+        header_style="bold",
+    )
+    table.add_column("layer", overflow="fold")
+    for column in ("base Hcal", "new Hcal", "change", "change %", "share base → new"):
+        table.add_column(column, justify="right")
+    for layer in document["layers"]:
+        table.add_row(
+            layer["name"],
+            fmt(layer["base"]),
+            fmt(layer["new"]),
+            _signed(layer["abs_change"]),
+            _pct(layer["rel_change_pct"]),
+            f"{100 * layer['base_share']:.1f}% → {100 * layer['new_share']:.1f}%",
+        )
+    return table
+
+
+def print_compare(document: Mapping[str, Any]) -> None:
+    console = stdout()
+    console.print(summary_table(document))
+    console.print(layers_table(document))
+    for key, label in (("only_in_base", "only in base"), ("only_in_new", "only in new")):
+        items = document.get(key) or []
+        if items:
+            names = ", ".join(f"{item['name']} (Hcal {fmt(item['hcal'])})" for item in items)
+            console.print(Text(f"{label}: {names}", style="yellow"))
+    for gate in document.get("gates") or []:
+        unit = gate.get("unit", "")
+        observed = "-" if gate["observed"] is None else f"{gate['observed']:+.2f}{unit}"
+        where = f" at {gate['worst_layer']}" if gate.get("worst_layer") else ""
+        mark = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
+        console.print(
+            Text.from_markup(
+                f"gate {escape(gate['name'])}: {escape(observed + where)} vs {gate['op']} "
+                f"{fmt(gate['threshold'])}{unit} {mark}"
+            )
+        )
+    verdict = "[green]PASS[/green]" if document["success"] else "[red]FAIL[/red]"
+    console.print(Text.from_markup(f"compare: {verdict}"))
+
+
+def print_warnings(warnings: list[str]) -> None:
+    for line in warnings:
+        warn(line)

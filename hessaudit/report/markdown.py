@@ -1,0 +1,250 @@
+"""Short markdown reports for people: a CI job summary or a pull-request comment.
+
+The verdict comes first (PASS / FAIL, with the failing gates named and their numbers), then
+the summary quantities, the gates, and the per-layer table (folded away in ``<details>`` when it
+is long). Everything is rendered from the JSON documents (``hessaudit.audit/1`` and
+``hessaudit.compare/1``), so a report can be rebuilt from a saved file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hessaudit._atomic import write_text
+from hessaudit.gates import layer_shares
+from hessaudit.report.audit import fmt
+
+# Tables with more rows than this are folded into <details>.
+FOLD_ROWS = 15
+_BAR = 10
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _code(text: Any) -> str:
+    return "`" + str(text).replace("`", "'") + "`"
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.1f}%" if abs(value) < 1e4 else f"{value:+.3g}%"
+
+
+def _signed(value: float | None) -> str:
+    if value is None:
+        return "-"
+    text = fmt(value)
+    return text if text.startswith("-") or text == "0" else "+" + text
+
+
+def _bar(share: float) -> str:
+    filled = round(max(0.0, min(1.0, share)) * _BAR)
+    return "█" * filled + "░" * (_BAR - filled)
+
+
+def _table(header: Sequence[str], align: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fold(title: str, body: str, rows: int) -> str:
+    if rows <= FOLD_ROWS:
+        return f"**{title}**\n\n{body}"
+    return f"<details>\n<summary>{title}</summary>\n\n{body}\n\n</details>"
+
+
+def _observed(gate: Mapping[str, Any]) -> str:
+    value = gate["observed"]
+    if value is None:
+        return "-"
+    if gate.get("unit") == "%":
+        return _pct(value)
+    return fmt(value)
+
+
+def gate_line(gate: Mapping[str, Any]) -> str:
+    """One gate in words: ``max-bound``: 1.42 (needs <= 1.2), plus the worst layer if any."""
+    unit = gate.get("unit", "")
+    observed = _observed(gate)
+    text = f"{_code(gate['name'])}: {observed} (needs {gate['op']} {fmt(gate['threshold'])}{unit})"
+    if gate.get("worst_layer") is not None:
+        text += f" at {_code(gate['worst_layer'])}"
+        failing = gate.get("failing_layers") or []
+        if failing:
+            text += f"; {len(failing)} of {gate['layers_matched']} matching layers fail"
+    if gate.get("note"):
+        text += f" — {gate['note']}"
+    return text
+
+
+def verdict(document: Mapping[str, Any], command: str) -> str:
+    """The heading and, on failure, the list of failing gates."""
+    gates = document.get("gates") or []
+    failing = [gate for gate in gates if not gate["passed"]]
+    if failing:
+        names = ", ".join(_code(gate["name"]) for gate in failing)
+        head = (
+            f"### ❌ hessaudit {command}: FAIL — {len(failing)} of {len(gates)} gates failed: "
+            + names
+        )
+        lines = [head, ""]
+        lines += [f"- {gate_line(gate)}" for gate in failing]
+        return "\n".join(lines)
+    if gates:
+        return f"### ✅ hessaudit {command}: PASS — all {len(gates)} gates passed"
+    return f"### ✅ hessaudit {command}: PASS (no gates set)"
+
+
+def _gates_table(gates: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for gate in gates:
+        unit = gate.get("unit", "")
+        observed = _observed(gate)
+        where = gate.get("worst_layer")
+        rows.append(
+            [
+                _code(gate["name"]),
+                observed + (f" ({_code(where)})" if where else ""),
+                f"{gate['op']} {fmt(gate['threshold'])}{unit}",
+                "pass" if gate["passed"] else "**FAIL**",
+            ]
+        )
+    table = _table(["gate", "observed", "threshold", "result"], "lrrl", rows)
+    notes = [f"- {_code(gate['name'])}: {gate['note']}" for gate in gates if gate.get("note")]
+    return "\n\n".join([table, "\n".join(notes)]) if notes else table
+
+
+def audit_markdown(document: Mapping[str, Any]) -> str:
+    """The report for one audit (``hessaudit measure --summary-md``)."""
+    inputs = document.get("inputs") or {}
+    settings = document.get("settings") or {}
+    finetuned = inputs.get("finetuned") or {}
+    parts = [verdict(document, "measure")]
+    context = [
+        f"model {_code(inputs.get('model'))}",
+        f"fine-tuned {_code(finetuned.get('path'))}",
+        f"data {_code(inputs.get('data'))}",
+        f"reduce={settings.get('reduce')}, form={settings.get('form')}",
+    ]
+    parts.append(" · ".join(context))
+    rows = [
+        ["bound", f"**{fmt(document['bound'])}**"],
+        ["Hessian term G", fmt(document["hessian_term"])],
+        ["training loss", fmt(document["train_loss"])],
+    ]
+    if document.get("eval_loss") is not None:
+        ratio = document.get("ratio_to_gap")
+        rows += [
+            ["held-out loss", fmt(document["eval_loss"])],
+            ["observed gap", fmt(document.get("gap"))],
+            ["G / gap", "- (gap <= 0)" if ratio is None else fmt(ratio)],
+        ]
+    c_note = "empirical max loss" if document.get("C_source") == "empirical_max" else "user"
+    rows += [
+        ["loss bound C", f"{fmt(document.get('C'))} ({c_note})"],
+        ["n", str(document.get("n"))],
+    ]
+    parts.append(_table(["quantity", "value"], "lr", rows))
+    gates = document.get("gates") or []
+    if gates:
+        parts.append(_gates_table(gates))
+    layers = document.get("layers") or []
+    layer_rows = [
+        [
+            _code(layer["name"]) + (" (new head)" if layer.get("is_new_head") else ""),
+            f"{layer.get('numel', 0):,}",
+            fmt(layer.get("dist_fro")),
+            fmt(layer["hcal"]),
+            f"{_bar(share)} {100 * share:.1f}%",
+        ]
+        for layer, share in zip(layers, layer_shares(layers), strict=True)
+    ]
+    table = _table(["layer", "params", "‖v‖", "Hcal", "share of G"], "lrrrl", layer_rows)
+    parts.append(_fold(f"Per-layer Hessian distance ({len(layers)} layers)", table, len(layers)))
+    note = document.get("bound_note")
+    if note:
+        parts.append(f"<sub>bound = (1+ε)·Lhat + (1+ε)·G; {note}.</sub>")
+    return "\n\n".join(parts) + "\n"
+
+
+def compare_markdown(document: Mapping[str, Any]) -> str:
+    """The report for a comparison (``hessaudit compare --summary-md``)."""
+    base, new = document["base"], document["new"]
+    parts = [verdict(document, "compare")]
+    parts.append(f"base {_code(base.get('path'))} → new {_code(new.get('path'))}")
+    if document.get("warnings"):
+        parts.append("\n".join(f"> ⚠️ {_cell(w)}" for w in document["warnings"]))
+    labels = {
+        "bound": "bound",
+        "hessian_term": "Hessian term G",
+        "train_loss": "training loss",
+        "eval_loss": "held-out loss",
+        "gap": "observed gap",
+        "ratio_to_gap": "G / gap",
+        "C": "loss bound C",
+        "n": "n",
+    }
+    rows = [
+        [
+            label,
+            fmt(entry["base"]),
+            fmt(entry["new"]),
+            _signed(entry["abs_change"]),
+            _pct(entry["rel_change_pct"]),
+        ]
+        for key, label in labels.items()
+        if (entry := document["summary"].get(key)) is not None
+        and (entry["base"] is not None or entry["new"] is not None)
+    ]
+    parts.append(_table(["quantity", "base", "new", "change", "change %"], "lrrrr", rows))
+    gates = document.get("gates") or []
+    if gates:
+        parts.append(_gates_table(gates))
+    layers = document.get("layers") or []
+    layer_rows = [
+        [
+            _code(layer["name"]),
+            fmt(layer["base"]),
+            fmt(layer["new"]),
+            _signed(layer["abs_change"]),
+            _pct(layer["rel_change_pct"]),
+        ]
+        for layer in layers
+    ]
+    table = _table(["layer", "base Hcal", "new Hcal", "change", "change %"], "lrrrr", layer_rows)
+    parts.append(_fold(f"Hcal per layer ({len(layers)} layers in both)", table, len(layers)))
+    for key, label in (("only_in_base", "Only in base"), ("only_in_new", "Only in new")):
+        if document.get(key):
+            names = ", ".join(
+                f"{_code(item['name'])} (Hcal {fmt(item['hcal'])})" for item in document[key]
+            )
+            parts.append(f"**{label}:** {names}")
+    return "\n\n".join(parts) + "\n"
+
+
+def write_summary(path: str, text: str) -> None:
+    """Write a markdown report ('-': stdout); append when ``path`` is ``$GITHUB_STEP_SUMMARY``.
+
+    GitHub collects whatever a step appends to that file, and several commands of one step
+    may write to it; anywhere else the file is replaced atomically.
+    """
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary and os.path.abspath(path) == os.path.abspath(step_summary):
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+        return
+    write_text(path, text)
