@@ -53,9 +53,6 @@ ENGINES = ("auto", "jvp", "lanczos")
 # The per-example Lanczos keeps (steps + 2) vectors of the layer's size per example; chunk the
 # examples so that this stays below a fixed budget.
 _LANCZOS_MEMORY_BUDGET_BYTES = 1 << 30
-# The positive-part estimate can stall for a step while Lanczos finds only negative Ritz
-# values, so one small change is not enough to stop.
-_QUADRATURE_PATIENCE = 2
 # Relative agreement required before the Gauss-Newton fast path is trusted.
 _CONFIRM_RTOL = 1e-4
 
@@ -330,7 +327,6 @@ def _positive_forms(
                         start_vectors,
                         max_steps=settings.lanczos_steps,
                         tol=settings.tol,
-                        patience=_QUADRATURE_PATIENCE,
                     )
                 )
         values = torch.cat([r.positive.reshape(-1) for r in results])
@@ -352,7 +348,6 @@ def _positive_forms(
                 flat.unsqueeze(0),
                 max_steps=settings.lanczos_steps,
                 tol=settings.tol,
-                patience=_QUADRATURE_PATIENCE,
             )
         )
     values = torch.cat([r.positive.reshape(-1) for r in results])

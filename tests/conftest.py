@@ -17,6 +17,10 @@ import pytest
 import torch
 from torch import nn
 
+# The suite runs many tiny models: on a 2-core machine one intra-op thread is several times
+# faster than two competing ones, and keeps timings stable when other processes share the cores.
+torch.set_num_threads(1)
+
 #: Source of the factory file written by :func:`factory_file`. ``TinyNet`` takes (N, C, 8, 8)
 #: images (any size works: it pools to 2x2), has conv1 / bn1 / fc and a ``num_classes`` head.
 TINY_FACTORY_SOURCE = textwrap.dedent(
