@@ -4,7 +4,7 @@
 ``hessaudit.compare/1`` document::
 
     schema, tool_version, created
-    base, new          {path, created, model, data, finetuned (path, sha256), bound}
+    base, new          {path, created, model, data, finetuned {path, sha256}, success}
     warnings           [str]: settings or inputs that differ between the two audits
     summary            {bound, hessian_term, train_loss, eval_loss, gap, ratio_to_gap, C, n}:
                        each {base, new, abs_change, rel_change_pct}

@@ -26,6 +26,10 @@ rm -f "$out/compare.md" "$out/compare.json"
 
 # 1. The model to gate. A real pipeline fine-tunes its own model here; this one pretrains the
 #    digits CNN on a 5-class task and fine-tunes it on the 10 digits (a few seconds on a CPU).
+#    The fine-tuning could equally be hessaudit's own command, e.g.
+#      hessaudit finetune --model hessaudit._zoo:digits_cnn --data digits --loss ce \
+#        --pretrained "$out/pretrained.safetensors" --epochs 3 --lr 3e-3 --out "$out/run"
+#    and then audit "$out/run/final.safetensors".
 "$python" "$here/make_checkpoints.py" "$out" --epochs 3 || exit 1
 
 # 2. Audit it, with the gates of hessaudit.toml (a flag such as --max-bound would override).
