@@ -35,7 +35,9 @@ def _pretrained_from(model: torch.nn.Module, *, seed: int, scale: float = 0.3, n
         if not tensor.is_floating_point():
             pretrained[name] = tensor.clone()
         elif name.startswith(new_head):
-            pretrained[name] = torch.zeros(tensor.shape[0] + 2, *tensor.shape[1:], dtype=tensor.dtype)
+            pretrained[name] = torch.zeros(
+                tensor.shape[0] + 2, *tensor.shape[1:], dtype=tensor.dtype
+            )
         else:
             noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
             pretrained[name] = tensor - scale * noise
@@ -202,7 +204,7 @@ def test_top_eigenvalue_and_trace_match_eigh():
 
 
 def test_zero_delta_gives_zero_not_nan():
-    model, layers, data = _setup(make_mlp, head="head")
+    model, _, data = _setup(make_mlp, head="head")
     same = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     pairing = pair_layers(same, model.state_dict())
     results = measure_layers(model, pairing.layers, data, _settings(), generator=torch.Generator())
@@ -216,7 +218,9 @@ def test_zero_delta_gives_zero_not_nan():
 def test_same_generator_seed_same_numbers():
     model, layers, data = _setup(make_mlp, head="head")
     settings = _settings(spectrum=True, lanczos_steps=10, tol=1e-3)
-    first = measure_layers(model, layers, data, settings, generator=torch.Generator().manual_seed(3))
+    first = measure_layers(
+        model, layers, data, settings, generator=torch.Generator().manual_seed(3)
+    )
     second = measure_layers(
         model, layers, data, settings, generator=torch.Generator().manual_seed(3)
     )

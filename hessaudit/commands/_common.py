@@ -9,15 +9,34 @@ import warnings
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-import click
 import typer
 
-# Recent typer releases vendor their own copy of click, whose exceptions derive from
-# typer.TyperException rather than click's; catch both families.
-_USAGE_ERRORS = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
-_ABORTS = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
-
 from hessaudit.errors import HessauditError
+
+_Classes = tuple[type[BaseException], ...]
+
+
+def _exception_families() -> tuple[_Classes, _Classes]:
+    """Usage-error and abort classes of typer, and of click when it is installed.
+
+    Recent typer releases vendor their own copy of click, whose exceptions derive from
+    ``typer.TyperException`` rather than click's; older ones raise click's own.
+    """
+    usage: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = [typer.Abort, KeyboardInterrupt]
+    if hasattr(typer, "TyperException"):
+        usage.append(typer.TyperException)
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        usage.append(click.ClickException)
+        aborts.append(click.exceptions.Abort)
+    return tuple(usage), tuple(aborts)
+
+
+_USAGE_ERRORS, _ABORTS = _exception_families()
 
 EXIT_OK = 0
 EXIT_ERROR = 1
