@@ -64,12 +64,31 @@ def _print_error(message: str) -> None:
     sys.stderr.flush()
 
 
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    # One line per warning (e.g. "skipped 2 file(s): ..."), not Python's file:line + source.
+    text = " ".join(str(message).split())
+    stream = file if file is not None else sys.stderr
+    try:
+        stream.write(f"warning: {text}\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
     """Run a click command and translate every outcome into hessaudit's exit codes.
 
     Click reports usage errors with exit code 2, which hessaudit reserves for failed gates;
     they are mapped to 1 here.
     """
+    with warnings.catch_warnings():
+        if not debug_requested(args):
+            warnings.showwarning = _show_warning
+        return _run_app(command, args, prog_name=prog_name)
+
+
+def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
     debug = debug_requested(args)
     # torch's forward-mode AD scripts its decompositions on first use and warns about its own
     # deprecated torch.jit.script; nothing a user can act on.

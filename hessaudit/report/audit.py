@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -122,7 +123,7 @@ def summary_panel(document: dict[str, Any]) -> Panel:
         mark = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
         notes.append(
             Text.from_markup(
-                f"gate {gate['name']}: {fmt(gate['observed'])} vs {gate['op']} "
+                f"gate {escape(gate['name'])}: {fmt(gate['observed'])} vs {gate['op']} "
                 f"{fmt(gate['threshold'])} {mark}"
             )
         )
