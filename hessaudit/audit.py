@@ -263,8 +263,10 @@ def run_audit(request: AuditRequest, *, progress: ProgressCallback | None = None
         "model": request.model,
         "num_classes": num_classes,
         "data": request.data,
+        "data_sha256": _data_sha256(request.data),
         "data_summary": train.to_dict(),
         "eval_data": request.eval_data,
+        "eval_data_sha256": _data_sha256(request.eval_data),
         "eval_data_summary": eval_record,
         "samples": request.samples,
         "audit_examples": len(audit_data),
@@ -322,6 +324,18 @@ def _model_num_classes(model: torch.nn.Module, tensors) -> int:
     if count is None:
         raise HessauditError("cannot tell the number of classes; pass --num-classes")
     return count
+
+
+def _data_sha256(source: str | None) -> str | None:
+    """SHA-256 of a data file (``.npz``); None for built-in sources and directories."""
+    from pathlib import Path
+
+    from hessaudit.checkpoints import sha256_file
+
+    if source is None or source.partition(":")[0] in ("digits", "digits-pretrain"):
+        return None
+    path = Path(source).expanduser()
+    return sha256_file(path) if path.is_file() else None
 
 
 def _to(dataset, device: torch.device, dtype: torch.dtype):

@@ -32,6 +32,7 @@ import json
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -353,7 +354,9 @@ def _read_torch(
     p: Path, map_location: str | torch.device
 ) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # a legacy pickle of another protocol: torch warns, then loads it or refuses it
+            warnings.filterwarnings("ignore", message=r".*pickle protocol", category=UserWarning)
             obj = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "weightsunpickler" in str(exc).lower():

@@ -22,10 +22,12 @@ import typer
 from hessaudit._version import __version__
 from hessaudit.commands import _common
 from hessaudit.commands.compare import compare_command
+from hessaudit.commands.demo import demo_command
 from hessaudit.commands.finetune import finetune_command
 from hessaudit.commands.inspect import inspect_command
 from hessaudit.commands.measure import measure_command
 from hessaudit.commands.report import report_command
+from hessaudit.commands.tune import tune_command
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 = success (all gates passed), 1 = error (bad input, crash), "
@@ -69,6 +71,8 @@ app.command("measure", epilog=EXIT_CODES_HELP)(measure_command)
 app.command("compare", epilog=EXIT_CODES_HELP)(compare_command)
 app.command("report", epilog=EXIT_CODES_HELP)(report_command)
 app.command("finetune", epilog=EXIT_CODES_HELP)(finetune_command)
+app.command("tune", epilog=EXIT_CODES_HELP)(tune_command)
+app.command("demo", epilog=EXIT_CODES_HELP)(demo_command)
 
 
 def main(argv: list[str] | None = None) -> None:

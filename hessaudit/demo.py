@@ -14,9 +14,9 @@ The two checkpoints are cached in ``<cache>/<key>/`` where ``<cache>`` is ``--ca
 ``~/.cache/hessaudit/demo``, and ``<key>`` is ``v<tool version>-<hash of the settings>``, so a
 new version or new settings never reuse stale weights. A cache entry is trusted only when its
 ``manifest.json`` is present and both files match the SHA-256 it records; anything else is
-rebuilt (deterministically: every step is seeded). Files are built in a temporary folder beside
-the entry and moved into place with ``os.replace``, the manifest last, so an interrupted run
-never leaves an entry that looks complete.
+rebuilt (deterministically: every step is seeded and runs on one CPU thread). Files are built
+in a temporary folder beside the entry and moved into place with ``os.replace``, the manifest
+last, so an interrupted run never leaves an entry that looks complete.
 """
 
 from __future__ import annotations
@@ -196,6 +196,19 @@ def build_checkpoints(
 
 
 def _build(tmp: Path, say: Any) -> dict[str, Any]:
+    """Pretrain and fine-tune into ``tmp``, on one CPU thread: the weights then do not depend
+    on the machine's core count (and a model this small trains no slower on one thread)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build_single_thread(tmp, say)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_single_thread(tmp: Path, say: Any) -> dict[str, Any]:
     import torch
 
     from hessaudit._zoo import pretrain_digits_cnn

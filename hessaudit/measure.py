@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from hessaudit.data import Dataset
+from hessaudit.distributed import SINGLE, Context, ShardedOperator
 from hessaudit.errors import HessauditError
 from hessaudit.layers import Layer
 
@@ -55,6 +56,13 @@ ENGINES = ("auto", "jvp", "lanczos")
 _LANCZOS_MEMORY_BUDGET_BYTES = 1 << 30
 # Relative agreement required before the Gauss-Newton fast path is trusted.
 _CONFIRM_RTOL = 1e-4
+# Examples of the first batch on which that agreement is checked, per layer.
+_CONFIRM_EXAMPLES = 8
+# Operators keep their batches' graphs between products (cache_graph=True) up to this many
+# examples per rank; above it they rebuild the graph for every product to bound memory.
+_CACHE_GRAPH_MAX_EXAMPLES = 256
+# Hutchinson probes vectorized together on the JVP path.
+_PROBE_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -137,20 +145,51 @@ def check_determinism(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Non
 
 
 def choose_engine_path(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: Layer, requested: str
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layer: Layer,
+    requested: str,
+    *,
+    piecewise: bool | None = None,
 ) -> str:
-    """Return ``"jvp"`` or ``"lanczos"`` for one layer, as described in the module docstring."""
+    """Return ``"jvp"`` or ``"lanczos"`` for one layer, as described in the module docstring.
+
+    The numerical confirmation uses the first :data:`_CONFIRM_EXAMPLES` examples of ``x``
+    (a smooth operation downstream of the layer moves every example's form, so a few suffice).
+    ``piecewise`` passes a precomputed :func:`~hessaudit.hessian.is_piecewise_linear`.
+    """
     from hessaudit.hessian import confirm_piecewise_linear, is_piecewise_linear
 
     if requested == "lanczos":
         return "lanczos"
     if requested == "jvp":
         return "jvp"
-    if not is_piecewise_linear(model):
+    if piecewise is None:
+        piecewise = is_piecewise_linear(model)
+    if not piecewise:
         return "lanczos"
     v = _delta_like(model, layer)
-    agrees, _ = confirm_piecewise_linear(model, x, y, layer.name, v, rtol=_CONFIRM_RTOL)
+    if not bool(torch.any(v != 0)):
+        return "jvp"
+    xs, ys = x[:_CONFIRM_EXAMPLES], y[:_CONFIRM_EXAMPLES]
+    agrees, _ = confirm_piecewise_linear(model, xs, ys, layer.name, v, rtol=_CONFIRM_RTOL)
     return "jvp" if agrees else "lanczos"
+
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class _Work:
+    """What one rank computes: its audit batches and its share of the spectrum examples."""
+
+    batches: Batches  # all audit batches (every rank sees the first one for checks)
+    local: Batches  # this rank's batches (round-robin), for the per-example forms
+    spectrum_local: Batches  # this rank's contiguous share of the spectrum examples
+    spectrum_local_n: int
+    spectrum_n: int
+    ctx: Context
 
 
 def measure_layers(
@@ -161,12 +200,18 @@ def measure_layers(
     *,
     generator: torch.Generator,
     progress: ProgressCallback | None = None,
+    dist: Context | None = None,
 ) -> list[LayerMeasure]:
     """Compute the per-layer measure of ``layers`` over the audit examples ``data``.
 
     ``model`` holds the fine-tuned weights and must be in eval mode; ``data`` are the audit
     examples, already on the model's device and dtype. ``generator`` drives every random probe.
+    ``dist`` (a :class:`hessaudit.distributed.Context`) shards the examples over the ranks of a
+    torchrun job and all-reduces the results, so every rank returns what one process would.
     """
+    from hessaudit.hessian import is_piecewise_linear
+
+    ctx = dist or SINGLE
     if model.training:
         raise HessauditError("internal: the model must be in eval mode for an audit")
     batches = list(data.batches(settings.batch_size))
@@ -181,17 +226,25 @@ def measure_layers(
             hint="check that --model matches the checkpoints",
         )
 
+    spectrum_n = min(settings.spectrum_samples, len(data))
+    share = ctx.split(spectrum_n)
+    work = _Work(
+        batches=batches,
+        local=[batches[i] for i in ctx.shard(len(batches))],
+        spectrum_local=list(data.subset(share).batches(settings.batch_size)) if len(share) else [],
+        spectrum_local_n=len(share),
+        spectrum_n=spectrum_n,
+        ctx=ctx,
+    )
     cross_values: dict[str, float] = {}
     if settings.form == "cross":
-        cross_values = _cross_forms(model, layers, batches, settings.reduce)
+        cross_values = _cross_forms(model, layers, work, settings.reduce)
 
-    spectrum_batches = list(
-        data.subset(range(min(settings.spectrum_samples, len(data)))).batches(settings.batch_size)
-    )
+    piecewise = settings.engine == "auto" and is_piecewise_linear(model)
     results = []
     for index, layer in enumerate(layers):
         results.append(
-            _measure_one(model, layer, batches, spectrum_batches, settings, generator, cross_values)
+            _measure_one(model, layer, work, settings, generator, cross_values, piecewise)
         )
         if progress is not None:
             progress(index + 1, len(layers), layer.name)
@@ -201,15 +254,18 @@ def measure_layers(
 def _measure_one(
     model: nn.Module,
     layer: Layer,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    spectrum_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    work: _Work,
     settings: MeasureSettings,
     generator: torch.Generator,
     cross_values: dict[str, float],
+    piecewise: bool,
 ) -> LayerMeasure:
     v = _delta_like(model, layer)
-    path = choose_engine_path(model, *batches[0], layer, settings.engine)
+    path = choose_engine_path(
+        model, *work.batches[0], layer, settings.engine, piecewise=piecewise
+    )
     zero = not bool(torch.any(v != 0))
+    ctx = work.ctx
 
     quad_raw: float | None
     quad_pos: float | None
@@ -218,15 +274,19 @@ def _measure_one(
         quad_raw = quad_pos = 0.0
     elif path == "jvp":
         quad_raw = quad_pos = _reduce_per_example(
-            [_gauss_newton_forms(model, x, y, layer.name, v) for x, y in batches], settings.reduce
+            [_gauss_newton_forms(model, x, y, layer.name, v) for x, y in work.local],
+            settings.reduce,
+            ctx,
         )
     else:
         quad_raw = _reduce_per_example(
-            [_second_derivatives(model, x, y, layer.name, v) for x, y in batches], settings.reduce
+            [_second_derivatives(model, x, y, layer.name, v) for x, y in work.local],
+            settings.reduce,
+            ctx,
         )
         if settings.form == "positive":
             quad_pos, steps, last_change, converged = _positive_forms(
-                model, layer.name, v, batches, settings
+                model, layer.name, v, work, settings
             )
         else:
             quad_pos = None
@@ -245,7 +305,7 @@ def _measure_one(
     top_eig = trace = trace_stderr = None
     if settings.spectrum:
         top_eig, trace, trace_stderr, spectrum_converged = _spectrum(
-            model, layer.name, spectrum_batches, path, settings, generator
+            model, layer.name, work, path, settings, generator
         )
         converged = converged and spectrum_converged
 
@@ -287,139 +347,214 @@ def _second_derivatives(model, x, y, name, v) -> torch.Tensor:
     return per_example_directional_second_derivative(model, x, y, name, v)
 
 
-def _reduce_per_example(per_batch: list[torch.Tensor], reduce: str) -> float:
+def _reduce_per_example(
+    per_batch: list[torch.Tensor], reduce: str, ctx: Context = SINGLE
+) -> float:
     """Reduce per-example forms that are linear in the Hessian (raw forms, PSD Gauss-Newton).
 
     For such forms the batch-mean Hessian's form is the mean of the per-example forms, so all
-    three reductions follow from the per-example values.
+    three reductions follow from the per-example values. Across ranks: MAX of the maxima, SUM
+    of sums and counts.
     """
     if reduce == "example-max":
-        return float(max(values.max() for values in per_batch))
+        return ctx.max_float(max((float(v.max()) for v in per_batch), default=-math.inf))
     if reduce == "batch-max":
-        return float(max(values.mean() for values in per_batch))
-    total = sum(float(values.sum()) for values in per_batch)
-    return total / sum(len(values) for values in per_batch)
+        return ctx.max_float(max((float(v.mean()) for v in per_batch), default=-math.inf))
+    totals = torch.tensor(
+        [sum(float(v.double().sum()) for v in per_batch), sum(len(v) for v in per_batch)],
+        dtype=torch.float64,
+    )
+    total, count = ctx.sum(totals).tolist()
+    return total / count
+
+
+def _combine(results: list, ctx: Context) -> tuple[float, int, float, bool]:
+    """(max value, max steps, max last change, all converged) over results and ranks."""
+    if results:
+        values = torch.cat([r.positive.reshape(-1) for r in results])
+        changes = torch.cat([r.last_change.reshape(-1) for r in results])
+        converged = torch.cat([r.converged.reshape(-1) for r in results])
+        local = torch.tensor(
+            [float(values.max()), max(r.steps for r in results), float(changes.max())],
+            dtype=torch.float64,
+        )
+        ok = bool(converged.all())
+    else:
+        local = torch.tensor([-math.inf, 0.0, -math.inf], dtype=torch.float64)
+        ok = True
+    value, steps, change = ctx.max(local).tolist()
+    return value, int(steps), change, ctx.all_true(ok)
+
+
+def _cache_fits(examples: int) -> bool:
+    return examples <= _CACHE_GRAPH_MAX_EXAMPLES
 
 
 def _positive_forms(
     model: nn.Module,
     name: str,
     v: torch.Tensor,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    work: _Work,
     settings: MeasureSettings,
 ) -> tuple[float, int, float, bool]:
     """Reduced v^T H^+ v by Lanczos quadrature; returns (value, steps, last change, converged)."""
     from hessaudit.hessian import BlockHessian, PerExampleBlockHessians, lanczos_quadrature
 
     flat = v.reshape(-1)
+    ctx = work.ctx
     results = []
+
+    def quadrature(matvec, start):
+        return lanczos_quadrature(
+            matvec,
+            start,
+            max_steps=settings.lanczos_steps,
+            tol=settings.tol,
+            patience=_QUADRATURE_PATIENCE,
+        )
+
     if settings.reduce == "example-max":
         bytes_per_example = flat.numel() * flat.element_size() * (settings.lanczos_steps + 2)
         chunk = max(1, _LANCZOS_MEMORY_BUDGET_BYTES // max(bytes_per_example, 1))
-        for x, y in batches:
+        for x, y in work.local:
             for start in range(0, len(x), chunk):
                 xs, ys = x[start : start + chunk], y[start : start + chunk]
                 operator = PerExampleBlockHessians(model, xs, ys, name)
                 start_vectors = flat.unsqueeze(0).expand(len(xs), -1).contiguous()
-                results.append(
-                    lanczos_quadrature(
-                        operator.matvec,
-                        start_vectors,
-                        max_steps=settings.lanczos_steps,
-                        tol=settings.tol,
-                    )
-                )
-        values = torch.cat([r.positive.reshape(-1) for r in results])
-        changes = torch.cat([r.last_change.reshape(-1) for r in results])
-        converged = torch.cat([r.converged.reshape(-1) for r in results])
-        best = int(torch.argmax(values))
-        return (
-            float(values[best]),
-            max(r.steps for r in results),
-            float(changes.max()),
-            bool(converged.all()),
-        )
-    groups = [[batch] for batch in batches] if settings.reduce == "batch-max" else [batches]
-    for group in groups:
-        operator = BlockHessian(model, group, name)
-        results.append(
-            lanczos_quadrature(
-                operator.matvec,
-                flat.unsqueeze(0),
-                max_steps=settings.lanczos_steps,
-                tol=settings.tol,
-            )
-        )
-    values = torch.cat([r.positive.reshape(-1) for r in results])
-    changes = torch.cat([r.last_change.reshape(-1) for r in results])
-    converged = torch.cat([r.converged.reshape(-1) for r in results])
+                results.append(quadrature(operator.matvec, start_vectors))
+        return _combine(results, ctx)
+    if settings.reduce == "batch-max":
+        for batch in work.local:
+            operator = BlockHessian(model, [batch], name, cache_graph=_cache_fits(len(batch[0])))
+            results.append(quadrature(operator.matvec, flat.unsqueeze(0)))
+            operator.clear_cache()
+        return _combine(results, ctx)
+    # mean: one operator over every rank's examples; products are all-reduced, so every rank
+    # runs the same iteration.
+    local_n = sum(len(x) for x, _ in work.local)
+    total = sum(len(x) for x, _ in work.batches)
+    local = (
+        BlockHessian(model, work.local, name, cache_graph=_cache_fits(local_n))
+        if work.local
+        else None
+    )
+    operator = ShardedOperator(
+        local, local_n, total, size=flat.numel(), dtype=flat.dtype, device=flat.device, ctx=ctx
+    )
+    result = quadrature(operator.matvec, flat.unsqueeze(0))
     return (
-        float(values.max()),
-        max(r.steps for r in results),
-        float(changes.max()),
-        bool(converged.all()),
+        float(result.positive.reshape(-1)[0]),
+        result.steps,
+        float(result.last_change.reshape(-1)[0]),
+        bool(result.converged.all()),
     )
 
 
 def _spectrum(
     model: nn.Module,
     name: str,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    work: _Work,
     path: str,
     settings: MeasureSettings,
     generator: torch.Generator,
 ) -> tuple[float, float, float, bool]:
-    """Top eigenvalue and Hutchinson trace of the mean-loss block Hessian over ``batches``."""
+    """Top eigenvalue and Hutchinson trace of the mean-loss block Hessian over the spectrum
+    examples.
+
+    Both run on an operator that keeps each batch's graph between products
+    (``cache_graph=True``). On the ``jvp`` path the block equals the Gauss-Newton block, whose
+    Hutchinson samples z^T G z = mean_n gn_form(J_n z) need only JVPs, vectorized over probes;
+    the probes are drawn exactly as :func:`~hessaudit.hessian.hutchinson_trace` draws them.
+    """
     from hessaudit.hessian import (
         BlockGaussNewton,
         BlockHessian,
+        gauss_newton_probe_forms,
         hutchinson_trace,
         lanczos_top_eigenvalue,
+        trace_from_samples,
     )
+    from hessaudit.hessian._util import random_rademacher
 
-    operator = (
-        BlockGaussNewton(model, batches, name)
-        if path == "jvp"
-        else BlockHessian(model, batches, name)
+    ctx = work.ctx
+    param = dict(model.named_parameters())[name]
+    size, dtype, device = param.numel(), param.dtype, param.device
+    local = None
+    if work.spectrum_local:
+        cache = _cache_fits(work.spectrum_local_n)
+        local = (
+            BlockGaussNewton(model, work.spectrum_local, name, cache_graph=cache)
+            if path == "jvp"
+            else BlockHessian(model, work.spectrum_local, name, cache_graph=cache)
+        )
+    operator = ShardedOperator(
+        local, work.spectrum_local_n, work.spectrum_n, size=size, dtype=dtype, device=device,
+        ctx=ctx,
     )
     eig = lanczos_top_eigenvalue(
         operator.matvec,
-        operator.size,
+        size,
         generator=generator,
         max_steps=settings.lanczos_steps,
         tol=settings.tol,
-        dtype=operator.dtype,
-        device=operator.device,
+        dtype=dtype,
+        device=device,
     )
-    trace = hutchinson_trace(
-        operator.matvec,
-        operator.size,
-        probes=settings.trace_probes,
-        generator=generator,
-        dtype=operator.dtype,
-        device=operator.device,
-    )
+    if path == "jvp":
+        if local is not None:
+            local.clear_cache()
+        probes = random_rademacher(
+            (settings.trace_probes, size), generator=generator, dtype=dtype, device=device
+        )
+        sums = torch.zeros(settings.trace_probes, dtype=torch.float64, device=device)
+        for x, _ in work.spectrum_local:
+            forms = gauss_newton_probe_forms(
+                model, x, name, probes, chunk_size=_PROBE_CHUNK
+            )
+            sums += forms.double().sum(dim=1)
+        samples = ctx.sum(sums) / work.spectrum_n
+        trace = trace_from_samples(samples)
+    else:
+        trace = hutchinson_trace(
+            operator.matvec,
+            size,
+            probes=settings.trace_probes,
+            generator=generator,
+            dtype=dtype,
+            device=device,
+        )
+    if local is not None:
+        local.clear_cache()
     return float(eig.value), float(trace.value), float(trace.stderr), bool(eig.converged)
 
 
 def _cross_forms(
     model: nn.Module,
     layers: Sequence[Layer],
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    work: _Work,
     reduce: str,
 ) -> dict[str, float]:
     """The released code's per-layer v_i^T (H v)_i from full HVPs along all layers at once."""
     from hessaudit.hessian import cross_term_forms
 
+    ctx = work.ctx
     vectors = {layer.name: _delta_like(model, layer) for layer in layers}
+    names = list(vectors)
     if reduce == "mean":
-        return cross_term_forms(model, batches, vectors)
+        local_n = sum(len(x) for x, _ in work.local)
+        total = sum(len(x) for x, _ in work.batches)
+        local = (
+            cross_term_forms(model, work.local, vectors) if work.local else dict.fromkeys(names, 0.0)
+        )
+        weighted = torch.tensor([local[n] * local_n / total for n in names], dtype=torch.float64)
+        return dict(zip(names, ctx.sum(weighted).tolist(), strict=True))
     if reduce == "batch-max":
-        groups = [[batch] for batch in batches]
+        groups = [[batch] for batch in work.local]
     else:
-        groups = [[(x[i : i + 1], y[i : i + 1])] for x, y in batches for i in range(len(x))]
-    best = {name: -math.inf for name in vectors}
+        groups = [[(x[i : i + 1], y[i : i + 1])] for x, y in work.local for i in range(len(x))]
+    best = dict.fromkeys(names, -math.inf)
     for group in groups:
         for name, value in cross_term_forms(model, group, vectors).items():
             best[name] = max(best[name], value)
-    return best
+    reduced = ctx.max(torch.tensor([best[n] for n in names], dtype=torch.float64))
+    return dict(zip(names, reduced.tolist(), strict=True))

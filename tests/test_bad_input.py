@@ -475,12 +475,12 @@ def _finetune_missing_pretrained(e: Env):
 
 
 def _json_missing_folder(e: Env):
-    args = e.measure(outputs=False) + ["--json", e.tmp / "nofolder" / "audit.json"]
+    args = [*e.measure(outputs=False), "--json", e.tmp / "nofolder" / "audit.json"]
     return args, ["audit.json", "nofolder", "does not exist"]
 
 
 def _json_parent_is_file(e: Env):
-    args = e.measure(outputs=False) + ["--json", e.existing_json / "audit.json"]
+    args = [*e.measure(outputs=False), "--json", e.existing_json / "audit.json"]
     return args, ["existing.json", "does not exist"]
 
 
@@ -488,18 +488,18 @@ def _json_read_only(e: Env):
     d = e.tmp / "ro"
     d.mkdir()
     d.chmod(0o555)
-    args = e.measure(outputs=False) + ["--json", d / "audit.json"]
+    args = [*e.measure(outputs=False), "--json", d / "audit.json"]
     return args, ["audit.json", "not writable"]
 
 
 def _json_is_directory(e: Env):
     d = e.tmp / "a_dir"
     d.mkdir()
-    return e.measure(outputs=False) + ["--json", d], ["a_dir", "directory"]
+    return [*e.measure(outputs=False), "--json", d], ["a_dir", "directory"]
 
 
 def _csv_missing_folder(e: Env):
-    args = e.measure(outputs=False) + ["--csv", e.tmp / "nofolder" / "layers.csv"]
+    args = [*e.measure(outputs=False), "--csv", e.tmp / "nofolder" / "layers.csv"]
     return args, ["layers.csv", "does not exist"]
 
 

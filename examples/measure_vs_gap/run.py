@@ -225,9 +225,10 @@ def markdown(frame, corr) -> str:
     lines = ["| sweep | value | train loss | held-out loss | held-out acc | gap | G | G / gap "
              "| ‖W_ft − W_pre‖ |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (sweep, value), r in agg.iterrows():
+        ratio = f"{r.G / r.gap:.2f}" if r.gap > 0 else "n/a (gap ≤ 0)"
         lines.append(
             f"| {sweep} | {value} | {r.train_loss_clean:.4f} | {r.heldout_loss:.4f} | "
-            f"{r.heldout_acc:.3f} | {r.gap:.4f} | {r.G:.4f} | {r.G / r.gap:.2f} | "
+            f"{r.heldout_acc:.3f} | {r.gap:.4f} | {r.G:.4f} | {ratio} | "
             f"{r.distance:.2f} |"
         )
     lines += ["", "| points | Spearman(G, gap) | Pearson(G, gap) | Spearman(dist, gap) "
@@ -273,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, cfg in enumerate(todo, 1):
             row = run_one(cfg, seed, pretrained, work)
             rows.append(row)
+            ratio = row["ratio_G_gap"]
+            ratio_text = "n/a (gap <= 0)" if ratio is None else f"{ratio:.2f}"
             print(f"[seed {seed} {i}/{len(todo)}] {cfg['sweep']}={cfg['value']}: "
-                  f"gap {row['gap']:.4f}  G {row['G']:.4f}  ratio {row['ratio_G_gap']:.2f}",
-                  flush=True)
+                  f"gap {row['gap']:.4f}  G {row['G']:.4f}  ratio {ratio_text}", flush=True)
     frame = pd.DataFrame(rows)
     frame.to_csv(out / "results.csv", index=False)
     corr = correlations(frame)

@@ -120,7 +120,7 @@ def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
         if debug:
             traceback.print_exc()
         text = str(exc).strip().splitlines()
-        if "out of memory" in str(exc).lower():
+        if _is_out_of_memory(exc):
             _print_error("out of memory; try a smaller --batch-size or fewer --samples")
         else:
             first = text[0] if text else ""
@@ -132,3 +132,13 @@ def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
     if isinstance(result, int):
         return result
     return EXIT_OK
+
+
+#: Phrases of allocator failures: CUDA / MPS ("out of memory") and torch's CPU allocator
+#: ("DefaultCPUAllocator: can't allocate memory ... Error code 12 (Cannot allocate memory)").
+_OOM_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(p in text for p in _OOM_PHRASES)

@@ -260,10 +260,35 @@ def finetune_command(
                 hint="hessaudit finetune --model NAME --pretrained CKPT --data SOURCE --out DIR",
             )
         config = FinetuneConfig(**values)
-    run_finetune(
-        config,
-        display=training_display(quiet=quiet),
-        resume=resume is not None,
-        overwrite=overwrite,
-    )
+    try:
+        run_finetune(
+            config,
+            display=training_display(quiet=quiet),
+            resume=resume is not None,
+            overwrite=overwrite,
+        )
+    except KeyboardInterrupt:
+        _interrupted_hint(config.out)
+        raise
     return 0
+
+
+def _interrupted_hint(out: str) -> None:
+    """On Ctrl-C, say where the partial results are and how to continue."""
+    import sys
+    from pathlib import Path
+
+    folder = Path(out)
+    if (folder / "state.pt").is_file():
+        where = f"the last per-epoch checkpoint is {folder / 'state.pt'}"
+        if (folder / "last.safetensors").is_file():
+            where += f" (weights: {folder / 'last.safetensors'})"
+    else:
+        where = "no epoch finished, so there is no per-epoch checkpoint yet"
+    hint = (
+        f"; continue with: hessaudit finetune --resume {folder}"
+        if (folder / "config.json").is_file()
+        else ""
+    )
+    sys.stderr.write(f"\ninterrupted: {where}{hint}\n")
+    sys.stderr.flush()

@@ -230,8 +230,15 @@ def measure_command(
         allow_hub=allow_hub,
     )
     to_stdout = json_path == "-"
-    with step_progress("auditing layers", enabled=not quiet) as advance:
-        result = run_audit(request, progress=advance)
+    try:
+        with step_progress("auditing layers", enabled=not quiet) as advance:
+            result = run_audit(request, progress=advance)
+    except KeyboardInterrupt:
+        import sys
+
+        sys.stderr.write("\ninterrupted: the audit did not finish; nothing was written\n")
+        sys.stderr.flush()
+        raise
     result = result.with_gates(gates.evaluate(gate_specs, result.to_dict()))
     document = result.to_dict()
     text = audit_to_json(result)

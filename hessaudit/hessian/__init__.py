@@ -21,6 +21,7 @@ from hessaudit.hessian.gauss_newton import (
     default_rtol,
     gauss_newton_forms,
     gauss_newton_matvec,
+    gauss_newton_probe_forms,
     is_piecewise_linear,
     logit_jvp,
     non_piecewise_linear_modules,
@@ -46,7 +47,12 @@ from hessaudit.hessian.per_example import (
     per_example_hvp,
 )
 from hessaudit.hessian.power import power_iteration
-from hessaudit.hessian.trace import TraceResult, hutchinson_trace, hutchpp_trace
+from hessaudit.hessian.trace import (
+    TraceResult,
+    hutchinson_trace,
+    hutchpp_trace,
+    trace_from_samples,
+)
 
 __all__ = [
     "BlockGaussNewton",
@@ -63,6 +69,7 @@ __all__ = [
     "default_rtol",
     "gauss_newton_forms",
     "gauss_newton_matvec",
+    "gauss_newton_probe_forms",
     "hutchinson_trace",
     "hutchpp_trace",
     "is_piecewise_linear",
@@ -75,4 +82,5 @@ __all__ = [
     "per_example_gauss_newton_forms",
     "per_example_hvp",
     "power_iteration",
+    "trace_from_samples",
 ]

@@ -214,6 +214,30 @@ def per_example_gauss_newton_forms(
     return gauss_newton_forms(z, u)
 
 
+def gauss_newton_probe_forms(
+    model: nn.Module, x: Tensor, param_name: str, Z: Tensor, *, chunk_size: int | None = None
+) -> Tensor:
+    """``(P, N)`` Gauss-Newton forms z_p^T J_{i,n}^T A_n J_{i,n} z_p for the probe rows of ``Z``.
+
+    Forward-mode only: one JVP per probe, vectorized over probes with ``vmap`` (the primal
+    forward is shared). Summing row p over examples and dividing by N gives z_p^T G_i z_p, the
+    Hutchinson sample of the Gauss-Newton block without any reverse pass.
+    """
+    check_eval_mode(model)
+    param = get_parameter(model, param_name)
+    Z = as_rows(Z, param.numel(), dtype=param.dtype, device=param.device, what="Z")
+    fn = _logits_fn(model, param_name, x)
+    w0, shape = param.detach(), param.shape
+
+    def one(z: Tensor) -> Tensor:
+        logits, u = torch.func.jvp(fn, (w0,), (z.reshape(shape),))
+        return gauss_newton_forms(logits, u)
+
+    if Z.shape[0] == 1:
+        return one(Z[0])[None].detach()
+    return torch.func.vmap(one, chunk_size=chunk_size)(Z).detach()
+
+
 class BlockGaussNewton:
     """The Gauss-Newton block G_i = (1/N) sum_n J_{i,n}^T A_n J_{i,n} over ``batches``.
 
@@ -368,6 +392,7 @@ __all__ = [
     "default_rtol",
     "gauss_newton_forms",
     "gauss_newton_matvec",
+    "gauss_newton_probe_forms",
     "is_piecewise_linear",
     "logit_jvp",
     "non_piecewise_linear_modules",

@@ -175,6 +175,30 @@ def hutchinson_trace(
                        interval)
 
 
+def trace_from_samples(
+    samples: Tensor,
+    *,
+    confidence: float = 0.95,
+    interval: str = "normal",
+    matvecs: int | None = None,
+) -> TraceResult:
+    """A Hutchinson :class:`TraceResult` from precomputed samples z_p^T H z_p (>= 2 of them).
+
+    For callers that evaluate the quadratic forms without a ``matvec`` (e.g. the Gauss-Newton
+    block from JVPs alone, :func:`~hessaudit.hessian.gauss_newton.gauss_newton_probe_forms`).
+    With the probes drawn as :func:`hutchinson_trace` draws them, the result is the same.
+    """
+    _check_common(1, confidence, 1, interval)
+    samples = samples.reshape(-1)
+    if samples.numel() < 2:
+        raise HessauditError(f"Hutchinson needs at least 2 probes for a stderr, got {samples.numel()}")
+    value, stderr = _mean_stderr(samples)
+    low, high = _interval(value, stderr, confidence, interval, samples.numel())
+    count = samples.numel() if matvecs is None else matvecs
+    return TraceResult(value, stderr, low, high, samples.numel(), count, "hutchinson",
+                       confidence, interval)
+
+
 def hutchpp_trace(
     matvec: Callable[[Tensor], Tensor],
     size: int,

@@ -199,15 +199,23 @@ def load_matrix_file(path: str | os.PathLike[str], *, flag: str = "--noise-matri
     if suffix == ".npy":
         try:
             return np.asarray(np.load(p, allow_pickle=False), dtype=np.float64)
-        except (ValueError, OSError) as exc:
-            raise HessauditError(f"{flag}: cannot read {p} as .npy ({exc})") from None
-    if suffix == ".csv":
-        return _load_csv_matrix(p)
-    if suffix == ".json":
-        try:
-            return np.array(_load_json_matrix(p), dtype=np.float64)
-        except (TypeError, ValueError):
-            raise HessauditError(f"{flag}: {p} does not hold a numeric matrix") from None
+        except (ValueError, OSError, EOFError, TypeError) as exc:
+            # EOFError: empty or truncated file; TypeError: an .npz archive, not an array
+            raise HessauditError(
+                f"{flag}: cannot read {p} as .npy ({type(exc).__name__}: {exc})"
+            ) from None
+    try:
+        if suffix == ".csv":
+            return _load_csv_matrix(p)
+        if suffix == ".json":
+            try:
+                return np.array(_load_json_matrix(p), dtype=np.float64)
+            except (TypeError, ValueError, RecursionError):
+                raise HessauditError(f"{flag}: {p} does not hold a numeric matrix") from None
+    except UnicodeDecodeError:
+        raise HessauditError(f"{flag}: {p} is not a UTF-8 text file") from None
+    except OSError as exc:
+        raise HessauditError(f"{flag}: cannot read {p} ({exc.strerror or exc})") from None
     raise HessauditError(
         f"{flag}: unknown matrix file type {p.suffix or '(none)'} for {p}",
         hint="use .csv, .npy or .json",

@@ -1,0 +1,69 @@
+"""``hessaudit demo``: the built-in demo, with no download (see :mod:`hessaudit.demo`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hessaudit.commands._common import DebugOption, QuietOption
+
+
+def demo_command(
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the demo's checkpoints are cached "
+            "(default: $HESSAUDIT_CACHE/demo, else ~/.cache/hessaudit/demo).",
+        ),
+    ] = None,
+    rebuild: Annotated[
+        bool, typer.Option(help="Rebuild the checkpoints even when a cached copy is valid.")
+    ] = False,
+    json_path: Annotated[
+        str | None,
+        typer.Option("--json", help="Write the audit JSON here ('-' for stdout)."),
+    ] = None,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> int:
+    """Pretrain a small CNN on one digits task, fine-tune it on another, and audit the pair.
+
+    Everything runs on the CPU from data that ships with scikit-learn: no download. The two
+    checkpoints are cached, so a second run only repeats the audit (a few seconds).
+    """
+    from hessaudit._atomic import check_writable
+
+    to_stdout = json_path == "-"
+    if json_path is not None and not to_stdout:
+        check_writable(json_path)
+
+    from hessaudit.audit import audit_to_json
+    from hessaudit.demo import run_demo
+    from hessaudit.report._console import info
+    from hessaudit.report.audit import print_audit
+    from hessaudit.report.progress import step_progress
+
+    log = None if quiet else info
+    with step_progress("auditing layers", enabled=not quiet) as advance:
+        result = run_demo(cache_dir, rebuild=rebuild, log=log, progress=advance)
+    if json_path is not None:
+        text = audit_to_json(result.audit)
+        if to_stdout:
+            typer.echo(text, nl=False)
+        else:
+            from hessaudit._atomic import write_text
+
+            write_text(json_path, text)
+    if not quiet and not to_stdout:
+        print_audit(result.audit.to_dict())
+        checkpoints = result.checkpoints
+        typer.echo(
+            f"demo checkpoints: {checkpoints.pretrained} and {checkpoints.finetuned} "
+            f"({'cached' if checkpoints.cached else 'built now'}). Audit them yourself with:\n"
+            f"  hessaudit measure {checkpoints.pretrained} {checkpoints.finetuned} "
+            "--model hessaudit._zoo:digits_cnn --data digits --eval-data digits",
+            err=True,
+        )
+    return 0

@@ -1,0 +1,214 @@
+"""What ``hessaudit tune`` shows: a rich progress bar over the trials with one line per finished
+trial and a table of the best ones, or plain log lines with ``--quiet``."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hessaudit.report._console import stderr, stdout
+from hessaudit.tune import TrialRecord, TuneDisplay, TuneResult
+
+__all__ = ["LogTuneDisplay", "RichTuneDisplay", "trial_line", "tune_display"]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "-"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _params(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def trial_line(record: TrialRecord, best: TrialRecord | None) -> str:
+    """One finished trial as a plain line."""
+    m = record.metrics
+    parts = [f"trial {record.number} {record.state}"]
+    if record.score is not None:
+        parts.append(f"score {_fmt(record.score)}")
+    parts.append(
+        f"noisy val acc {_fmt(m.get('val_acc'))}, corrected val loss "
+        f"{_fmt(m.get('val_loss_corrected'))}"
+        + (f", bound {_fmt(m.get('bound'))}" if m.get("bound") is not None else "")
+        + f", epochs {_fmt(m.get('epochs_run'))}"
+    )
+    parts.append(_params(record.params))
+    if record.seconds is not None:
+        parts.append(f"{record.seconds:.1f}s")
+    if record.error:
+        parts.append(f"error: {record.error}")
+    if best is not None and best.number == record.number:
+        parts.append("(best so far)")
+    return " | ".join(parts)
+
+
+def _start_line(info: Mapping[str, Any]) -> str:
+    return (
+        f"tuning {', '.join(info['space'])} by {info['objective']} ({info['direction']}) on "
+        f"{info['val_size']} noisy validation examples ({info['train_size']} for training): "
+        f"{info['trials']} trials of {info['trial_epochs']} epochs"
+        + (f", {info['done']} done before" if info.get("done") else "")
+        + f", then {info['final_epochs']} epochs for the best; seed {info['seed']}; "
+        f"storage {info['storage']}"
+    )
+
+
+def _table(result: TuneResult, top: int = 5) -> Table:
+    direction = result.settings.objective
+    table = Table(title=f"hessaudit tune: best trials by {direction}")
+    names = list(result.settings.space)
+    for col in ("trial", "score", *names, "noisy val acc", "epochs", "seconds"):
+        table.add_column(col, justify="right")
+    complete = [r for r in result.trials if r.state == "complete" and r.score is not None]
+    sign = -1.0 if result.document.get("direction") == "maximize" else 1.0
+    complete.sort(key=lambda r: (sign * r.score, r.number))
+    for r in complete[:top]:
+        table.add_row(
+            str(r.number), _fmt(r.score), *[_fmt(r.params.get(n)) for n in names],
+            _fmt(r.metrics.get("val_acc")), _fmt(r.metrics.get("epochs_run")),
+            _fmt(r.seconds),
+        )
+    return table
+
+
+def _summary(result: TuneResult) -> list[str]:
+    counts = result.document.get("trials", {})
+    lines = [
+        "trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        + f"; {result.seconds:.0f} s in all",
+    ]
+    if result.best is not None:
+        lines.append(f"best: trial {result.best.number}, {_params(result.best.params)}")
+    final = result.document.get("final")
+    if final:
+        lines.append(
+            f"final model in {final['out']}: held-out acc {_fmt(final.get('heldout_acc'))}"
+        )
+    lines.append(f"reproduce: {result.document.get('command')}")
+    return lines
+
+
+class RichTuneDisplay(TuneDisplay):
+    """A progress bar over the trials (and the epochs of the running one) on stderr, a line
+    per finished trial, the best trials as a table on stdout."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._trials = None
+        self._epochs = None
+
+    def start(self, info: Mapping[str, Any]) -> None:
+        stderr().print(_start_line(info), markup=False, highlight=False)
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=stderr(),
+            transient=True,
+        )
+        self._progress.start()
+        self._trials = self._progress.add_task(
+            "trials", total=info["trials"], completed=info.get("done", 0), note=""
+        )
+        self._epochs = self._progress.add_task(
+            "epochs", total=info["trial_epochs"], note="", visible=False
+        )
+
+    def _print(self, message: str, style: str | None = None) -> None:
+        console = self._progress.console if self._progress is not None else stderr()
+        console.print(message, style=style, markup=False, highlight=False)
+
+    def log(self, message: str) -> None:
+        self._print(message)
+
+    def warn(self, message: str) -> None:
+        self._print(f"warning: {message}", style="yellow")
+
+    def start_trial(self, number: int, params: Mapping[str, Any]) -> None:
+        if self._progress is not None:
+            self._progress.reset(self._epochs, visible=True, note=f"trial {number}")
+
+    def trial_epoch(self, number: int, epoch: int, epochs: int, metrics: Mapping[str, Any]
+                    ) -> None:
+        if self._progress is not None:
+            self._progress.update(
+                self._epochs, completed=epoch,
+                note=f"trial {number}: noisy val acc {_fmt(metrics.get('val_acc'))}",
+            )
+
+    def end_trial(self, record: TrialRecord, best: TrialRecord | None) -> None:
+        style = {"complete": None, "pruned": "dim", "fail": "red"}.get(record.state)
+        self._print(trial_line(record, best), style=style)
+        if self._progress is not None:
+            self._progress.advance(self._trials)
+            self._progress.update(
+                self._trials,
+                note="" if best is None else f"best {_fmt(best.score)} (trial {best.number})",
+            )
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def final_display(self) -> Any:
+        self._stop()
+        from hessaudit.report.training import training_display
+
+        return training_display(quiet=False)
+
+    def finish(self, result: TuneResult) -> None:
+        self._stop()
+        stdout().print(_table(result))
+        for line in _summary(result):
+            stdout().print(line, markup=False, highlight=False)
+
+
+class LogTuneDisplay(TuneDisplay):
+    """Plain lines on stderr, no bars, no table."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+
+    def _write(self, line: str) -> None:
+        stream = self._stream or sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+
+    def start(self, info: Mapping[str, Any]) -> None:
+        self._write(_start_line(info))
+
+    def log(self, message: str) -> None:
+        self._write(message)
+
+    def warn(self, message: str) -> None:
+        self._write(f"warning: {message}")
+
+    def end_trial(self, record: TrialRecord, best: TrialRecord | None) -> None:
+        self._write(trial_line(record, best))
+
+    def final_display(self) -> Any:
+        from hessaudit.report.training import training_display
+
+        return training_display(quiet=True)
+
+    def finish(self, result: TuneResult) -> None:
+        for line in _summary(result):
+            self._write(line)
+
+
+def tune_display(*, quiet: bool) -> TuneDisplay:
+    return LogTuneDisplay() if quiet else RichTuneDisplay()
