@@ -25,6 +25,8 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     folder = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
         raise HessauditError(f"cannot write {target}: it is a directory, not a file")
+    if folder.exists() and not folder.is_dir():
+        raise HessauditError(f"cannot write {target}: {folder} is a file, not a folder")
     if not folder.is_dir():
         raise HessauditError(f"cannot write {target}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):

@@ -410,7 +410,6 @@ def _positive_forms(
             start,
             max_steps=settings.lanczos_steps,
             tol=settings.tol,
-            patience=_QUADRATURE_PATIENCE,
         )
 
     if settings.reduce == "example-max":
@@ -543,9 +542,9 @@ def _cross_forms(
     if reduce == "mean":
         local_n = sum(len(x) for x, _ in work.local)
         total = sum(len(x) for x, _ in work.batches)
-        local = (
-            cross_term_forms(model, work.local, vectors) if work.local else dict.fromkeys(names, 0.0)
-        )
+        local = dict.fromkeys(names, 0.0)
+        if work.local:
+            local = cross_term_forms(model, work.local, vectors)
         weighted = torch.tensor([local[n] * local_n / total for n in names], dtype=torch.float64)
         return dict(zip(names, ctx.sum(weighted).tolist(), strict=True))
     if reduce == "batch-max":

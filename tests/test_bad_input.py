@@ -481,7 +481,7 @@ def _json_missing_folder(e: Env):
 
 def _json_parent_is_file(e: Env):
     args = [*e.measure(outputs=False), "--json", e.existing_json / "audit.json"]
-    return args, ["existing.json", "does not exist"]
+    return args, ["existing.json", "is a file, not a folder"]
 
 
 def _json_read_only(e: Env):

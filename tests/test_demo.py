@@ -43,7 +43,7 @@ def _run(args: list[str]) -> int:
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
     from hessaudit.checkpoints import load_checkpoint
 
-    return dict(load_checkpoint(path).tensors)
+    return {k: v.clone() for k, v in load_checkpoint(path).tensors.items()}
 
 
 def test_cache_key_follows_version_and_settings(monkeypatch) -> None:

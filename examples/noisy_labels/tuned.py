@@ -16,10 +16,11 @@ final-epoch clean held-out accuracy is reported. Noise 40% and 60%, seeds 0, 1, 
 draws the noisy labels, the split, the head's init, the shuffling and the sampler).
 
 ``--bound`` adds ``reweight+proj`` searched by ``--objective bound`` (the audit's generalization
-bound of each trial, on the training split with its noisy labels) at 40% noise, to compare with
-``val-acc``.
+bound of each trial, on the training split with its noisy labels, ``--audit-samples 128``), to
+compare with ``val-acc``; ``--bound-only`` runs just those (into ``tuned_bound.csv/.md``).
 
     python examples/noisy_labels/tuned.py [--jobs 2] [--bound] [--quick]
+    python examples/noisy_labels/tuned.py --final-epochs 3 --name tuned_short  # final = trial
 
 Writes ``examples/noisy_labels/tuned_out/tuned.csv`` (one row per search) and ``tuned.md``
 (the table); the searches' folders go to ``--work`` (default a temporary folder).
@@ -54,7 +55,7 @@ METHODS = {
 def _search(pretrained: Path, work: Path, method: str, rate: float, seed: int,
             objective: str, trials: int, trial_epochs: int, final_epochs: int,
             audit_samples: int) -> dict:
-    out = work / f"{method}-{objective}-r{rate}-s{seed}"
+    out = work / f"{method}-{objective}-r{rate}-s{seed}-e{trial_epochs}-{final_epochs}"
     cmd = [
         sys.executable, "-m", "hessaudit", "tune", "--model", MODEL,
         "--pretrained", str(pretrained), "--data", "digits", "--eval-data", "digits",
@@ -119,6 +120,9 @@ def main() -> None:
     parser.add_argument("--bound-only", action="store_true", help="only the bound rows")
     parser.add_argument("--audit-samples", type=int, default=128)
     parser.add_argument("--quick", action="store_true", help="one search of each, 40%%, seed 0")
+    parser.add_argument("--trial-epochs", type=int, default=TRIAL_EPOCHS)
+    parser.add_argument("--final-epochs", type=int, default=FINAL_EPOCHS)
+    parser.add_argument("--name", default=None, help="output file stem (default tuned)")
     parser.add_argument("--out", default=str(HERE / "tuned_out"))
     args = parser.parse_args()
 
@@ -134,7 +138,7 @@ def main() -> None:
     pretrained = work / "pretrained.safetensors"
     if not pretrained.is_file():
         pretrain_digits_cnn(pretrained)
-    trials, trial_epochs, final_epochs = TRIALS, TRIAL_EPOCHS, FINAL_EPOCHS
+    trials, trial_epochs, final_epochs = TRIALS, args.trial_epochs, args.final_epochs
     rates, seeds = RATES, SEEDS
     if args.quick:
         trials, trial_epochs, final_epochs, rates, seeds = 3, 1, 2, (0.4,), (0,)
@@ -142,7 +146,7 @@ def main() -> None:
     if not args.bound_only:
         jobs += [(m, r, s, "val-acc") for r in rates for s in seeds for m in METHODS]
     if args.bound or args.bound_only:
-        jobs += [("reweight+proj", rates[0], s, "bound") for s in seeds]
+        jobs += [("reweight+proj", r, s, "bound") for r in rates for s in seeds]
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(
@@ -155,7 +159,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     import pandas as pd
 
-    name = "tuned_bound" if args.bound_only else "tuned"
+    name = args.name or ("tuned_bound" if args.bound_only else "tuned")
     pd.DataFrame(rows).to_csv(out / f"{name}.csv", index=False)
     text = (
         f"Clean held-out accuracy (%) of the tuned best model, mean ± std over seeds; "

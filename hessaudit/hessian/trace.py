@@ -191,7 +191,9 @@ def trace_from_samples(
     _check_common(1, confidence, 1, interval)
     samples = samples.reshape(-1)
     if samples.numel() < 2:
-        raise HessauditError(f"Hutchinson needs at least 2 probes for a stderr, got {samples.numel()}")
+        raise HessauditError(
+            f"Hutchinson needs at least 2 probes for a stderr, got {samples.numel()}"
+        )
     value, stderr = _mean_stderr(samples)
     low, high = _interval(value, stderr, confidence, interval, samples.numel())
     count = samples.numel() if matvecs is None else matvecs
