@@ -27,11 +27,11 @@ import torch
 from hessaudit._atomic import write_text
 from hessaudit._version import __version__
 from hessaudit.bound import BoundResult, compute_bound
+from hessaudit.devices import resolve_device, resolve_dtype
 from hessaudit.errors import HessauditError
 from hessaudit.measure import LayerMeasure, MeasureSettings, ProgressCallback, measure_layers
 
 SCHEMA = "hessaudit.audit/1"
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -134,33 +134,6 @@ class AuditResult:
             "gates": self.gates,
             "success": self.success,
         }
-
-
-def resolve_device(name: str) -> torch.device:
-    """Validate ``--device``: ``cpu``, ``cuda`` or ``cuda:N``, failing fast without CUDA."""
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise HessauditError(
-                f"--device {name}: CUDA is not available on this machine", hint="use --device cpu"
-            )
-        try:
-            device = torch.device(name)
-        except RuntimeError as exc:
-            raise HessauditError(f"--device {name}: {exc}") from exc
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise HessauditError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present"
-            )
-        return device
-    raise HessauditError(f"--device must be cpu, cuda or cuda:N, not {name!r}")
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise HessauditError(f"--dtype must be float32 or float64, not {name!r}")
-    return DTYPES[name]
 
 
 def per_example_losses(model: torch.nn.Module, dataset, *, batch_size: int) -> torch.Tensor:

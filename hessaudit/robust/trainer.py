@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from hessaudit._version import __version__
+from hessaudit.devices import resolve_device
 from hessaudit.errors import HessauditError
 from hessaudit.robust.config import RESUMABLE_FIELDS, FinetuneConfig, parse_penalty
 from hessaudit.robust.losses import l2sp_penalty, make_loss
@@ -234,24 +235,6 @@ def _jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise HessauditError(
-            f"--device {name}: CUDA is not available on this machine", hint="use --device cpu"
-        )
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise HessauditError(f"--device {name}: {exc}") from None
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise HessauditError(
-            f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present"
-        )
-    return device
 
 
 def _write_json(path: Path, document: Mapping[str, Any]) -> None:
@@ -894,7 +877,7 @@ def run_finetune(
                 f"{saved.epochs} epochs and cannot be extended",
                 hint="start a new run, or use --schedule step",
             )
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     radius_table = load_radius_table(config.radius_table) if config.radius_table else None
     penalty_spec = parse_penalty(config.penalty)
 
