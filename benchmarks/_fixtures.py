@@ -29,7 +29,10 @@ def small_vit(num_classes: int = 10) -> nn.Module:
 
 
 def resnet18(num_classes: int = 10) -> nn.Module:
-    return timm.create_model("resnet18", pretrained=False, num_classes=num_classes)
+    # zero_init_last=False: live residual branches, as in a trained network.
+    return timm.create_model(
+        "resnet18", pretrained=False, num_classes=num_classes, zero_init_last=False
+    )
 
 
 def build(name: str, num_classes: int = 10) -> nn.Module:
@@ -55,6 +58,12 @@ def perturbed(model: nn.Module, scale: float = 0.02, seed: int = 1) -> nn.Module
                 buf.uniform_(0.5, 2.0, generator=g)
             elif name.endswith("running_mean"):
                 buf.normal_(0, 0.1, generator=g)
+        # Spread the logits like a trained classifier's (std ~ 2), so softmax is neither uniform
+        # nor saturated and every block Hessian has a non-trivial spectrum.
+        model.eval()
+        logits = model(batch(64, seed=99)[0].to(next(model.parameters()).device))
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        head.weight.mul_(2.0 / max(float(logits.std()), 1e-6))
     return model.eval()
 
 

@@ -94,6 +94,9 @@ def test_build_cache_reuse_and_rebuild(tiny_settings, tmp_path) -> None:
     # An entry without its manifest (an interrupted build) is not trusted either.
     (first.folder / demo.MANIFEST).unlink()
     assert not demo.build_checkpoints(tmp_path).cached
+    # and --rebuild rebuilds a valid entry
+    assert demo.build_checkpoints(tmp_path).cached
+    assert not demo.build_checkpoints(tmp_path, rebuild=True).cached
 
 
 def test_run_demo_audits_with_the_gap(tiny_settings, tmp_path) -> None:

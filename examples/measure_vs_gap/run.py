@@ -186,8 +186,14 @@ def plot(frame, path: Path) -> None:
 
     means = frame.groupby(["sweep", "value"], sort=False)[["G", "gap"]].agg(["mean", "std"])
     sweeps = list(dict.fromkeys(frame["sweep"]))
-    fig, axes = plt.subplots(1, len(sweeps) + 1, figsize=(3.6 * (len(sweeps) + 1), 3.2))
-    axes = list(axes) if len(sweeps) else [axes]
+    panels = len(sweeps) + 1
+    cols = min(panels, 3)
+    rows = (panels + cols - 1) // cols
+    fig, grid = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    axes = axes[:panels]
     labels = {"size": "training-set size n", "epochs": "epochs", "radius": "radius D",
               "noise": "symmetric noise rate"}
     for ax, sweep in zip(axes, sweeps, strict=False):
@@ -198,6 +204,8 @@ def plot(frame, path: Path) -> None:
                         capsize=2, label="G (Hessian term)" if col == "G" else "observed gap")
         if sweep in ("size", "epochs", "radius"):
             ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(x, [f"{v:g}" for v in x])
         ax.set_xlabel(labels.get(sweep, sweep))
         ax.set_title(f"sweep: {sweep}")
         ax.grid(alpha=0.3)
@@ -227,7 +235,7 @@ def markdown(frame, corr) -> str:
     for (sweep, value), r in agg.iterrows():
         ratio = f"{r.G / r.gap:.2f}" if r.gap > 0 else "n/a (gap ≤ 0)"
         lines.append(
-            f"| {sweep} | {value} | {r.train_loss_clean:.4f} | {r.heldout_loss:.4f} | "
+            f"| {sweep} | {value:g} | {r.train_loss_clean:.4f} | {r.heldout_loss:.4f} | "
             f"{r.heldout_acc:.3f} | {r.gap:.4f} | {r.G:.4f} | {ratio} | "
             f"{r.distance:.2f} |"
         )
@@ -265,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     pretrained = out / "pretrained.safetensors"
-    pre_acc = pretrain_digits_cnn(pretrained, **PRETRAIN_SETTINGS)
+    # the demo's pretrained model (quick mode: one epoch of it)
+    pre_settings = {**PRETRAIN_SETTINGS, **({"epochs": 1} if args.quick else {})}
+    pre_acc = pretrain_digits_cnn(pretrained, **pre_settings)
     print(f"pretrained on digits-pretrain: held-out accuracy {pre_acc:.3f}", flush=True)
     seeds = tuple(args.seeds) if args.seeds else (QUICK_SEEDS if args.quick else SEEDS)
     rows = []

@@ -112,6 +112,48 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _criteria(work: Path) -> str:
+    """How well each score ranks the trials by their clean held-out accuracy: Spearman rank
+    correlation over the completed trials of a search, averaged over searches."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted(work.glob("*/trials.csv")):
+        frame = pd.read_csv(path)
+        frame = frame[(frame["state"] == "complete") & frame["heldout_acc"].notna()]
+        if len(frame) < 3:
+            continue
+        method, objective = path.parent.name.split("-")[0], path.parent.name.split("-")[1]
+        objective = "val-acc" if objective == "val" else objective
+        rate = float(path.parent.name.split("-r")[1].split("-")[0])
+        tail = path.parent.name.split("-e")
+        epochs = int(tail[1].split("-")[0]) if len(tail) > 1 else TRIAL_EPOCHS
+        seed = int(path.parent.name.split("-s")[-1].split("-")[0])
+        row = {"search": path.parent.name, "method": method, "objective": objective,
+               "rate": rate, "seed": seed, "epochs": epochs, "trials": len(frame)}
+        for col, sign in (("val_acc", 1), ("val_loss_corrected", -1), ("bound", -1)):
+            if frame[col].notna().sum() >= 3:
+                row[col] = (sign * frame[col]).corr(frame["heldout_acc"], method="spearman")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if not table.empty:  # searches that differ only by their final run have the same trials
+        table = table.drop_duplicates(["method", "objective", "rate", "seed", "epochs"])
+    if table.empty:
+        return "(no search)\n"
+    table.to_csv(work / "criteria.csv", index=False)
+    cols = [c for c in ("val_acc", "val_loss_corrected", "bound") if c in table]
+    summary = table.groupby(["objective", "epochs", "method", "rate"])[cols].mean().round(2)
+    counts = table.groupby(["objective", "epochs", "method", "rate"]).size()
+    lines = ["| search objective | trial epochs | method | noise | searches | "
+             + " | ".join(cols) + " |", "|---|---|---|---|---|" + "---|" * len(cols)]
+    for key, values in summary.iterrows():
+        objective, epochs, method, rate = key
+        cells = ["-" if pd.isna(values[c]) else f"{values[c]:+.2f}" for c in cols]
+        lines.append(f"| {objective} | {epochs} | {method} | {rate:g} | {counts[key]} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="searches run at once")
@@ -124,7 +166,15 @@ def main() -> None:
     parser.add_argument("--final-epochs", type=int, default=FINAL_EPOCHS)
     parser.add_argument("--name", default=None, help="output file stem (default tuned)")
     parser.add_argument("--out", default=str(HERE / "tuned_out"))
+    parser.add_argument("--criteria", action="store_true",
+                        help="only summarize how each score ranks the trials of --work's "
+                        "searches by clean held-out accuracy (tuned_criteria.md)")
     args = parser.parse_args()
+    if args.criteria:
+        text = _criteria(Path(args.work))
+        (Path(args.out) / "tuned_criteria.md").write_text(text)
+        print(text)
+        return
 
     import torch
 
