@@ -27,6 +27,7 @@ import torch
 from hessaudit._atomic import write_text
 from hessaudit._version import __version__
 from hessaudit.bound import BoundResult, compute_bound
+from hessaudit.data import Dataset
 from hessaudit.devices import resolve_device, resolve_dtype
 from hessaudit.errors import HessauditError
 from hessaudit.measure import LayerMeasure, MeasureSettings, ProgressCallback, measure_layers
@@ -145,8 +146,18 @@ def per_example_losses(model: torch.nn.Module, dataset, *, batch_size: int) -> t
     return torch.cat(losses)
 
 
-def run_audit(request: AuditRequest, *, progress: ProgressCallback | None = None) -> AuditResult:
-    """Run one audit end to end. Raises :class:`HessauditError` for anything the user can fix."""
+def run_audit(
+    request: AuditRequest,
+    *,
+    progress: ProgressCallback | None = None,
+    train_data: Dataset | None = None,
+) -> AuditResult:
+    """Run one audit end to end. Raises :class:`HessauditError` for anything the user can fix.
+
+    ``train_data`` replaces loading ``request.data``: ``finetune --audit`` passes exactly the
+    examples it trained on (after ``--samples`` and the validation split), so that Lhat, C and
+    n all describe the same training set.
+    """
     from hessaudit.checkpoints import load_checkpoint
     from hessaudit.data import load_data
     from hessaudit.layers import pair_layers
@@ -190,8 +201,11 @@ def run_audit(request: AuditRequest, *, progress: ProgressCallback | None = None
     )
     num_classes = _model_num_classes(model, finetuned.tensors)
     config = input_config(model, input_size=request.input_size)
-    train = load_data(request.data, role="train", input_config=config, num_classes=num_classes)
-    train = _to(train, device, dtype)
+    if train_data is None:
+        train_data = load_data(
+            request.data, role="train", input_config=config, num_classes=num_classes
+        )
+    train = _to(train_data, device, dtype)
     audit_data = train if request.samples is None else _take_samples(train, request)
 
     train_losses = per_example_losses(model, train, batch_size=request.batch_size)

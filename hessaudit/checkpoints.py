@@ -195,7 +195,7 @@ def save_checkpoint(
         if not isinstance(key, str):
             raise HessauditError(f"cannot write {path}: metadata key {key!r} is not a string")
         try:
-            header[key] = json.dumps(value)
+            header[key] = json.dumps(value, sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise HessauditError(
                 f"cannot write {path}: metadata {key!r} is not JSON-serializable ({exc})"

@@ -246,7 +246,9 @@ def pair_layers(
         n for n, t in pretrained.items()
         if n not in finetuned and chosen(n) and eligible(n, t, pretrained, check_params=False)
     ]
-    if not any(not layer.is_new_head for layer in layers):
+    # A selection of new heads alone is fine when asked for by name; with no --include it
+    # means the two files have nothing in common (another architecture).
+    if not layers or (not include and not any(not layer.is_new_head for layer in layers)):
         raise HessauditError(
             f"the checkpoints share no layers: none of the {len(selected)} selected tensors of "
             "the fine-tuned checkpoint has a pretrained counterpart of the same name and shape "

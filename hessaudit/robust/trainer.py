@@ -1317,6 +1317,15 @@ def _run_audit(
         device=config.device,
         allow_hub=config.allow_hub,
     )
-    result = run_audit(request)
+    from hessaudit.data import Dataset
+
+    # Audit exactly the examples trained on, with their clean labels when they are known.
+    trained_on = Dataset(
+        x=setup.train.x.cpu(),
+        y=(setup.train.clean if setup.train.clean is not None else setup.train.y).cpu(),
+        num_classes=setup.num_classes,
+        source=f"{config.data} (the examples fine-tuned on)",
+    )
+    result = run_audit(request, train_data=trained_on)
     write_audit_json(str(out / "audit.json"), result)
     return result.to_dict()
