@@ -1,3 +1,4 @@
+# ruff: noqa: B023  (closures are timed inside the loop iteration that defines them)
 """hessaudit benchmarks: ratios measured in one run, medians over repeats.
 
     python benchmarks/run.py [--quick] [--only hvp,per_example,...] [--device cpu|cuda]
@@ -145,7 +146,7 @@ def bench_hvp(args, device) -> dict:
         for k in t:
             if k != "gradient":
                 rows.append([name, k, t[k], ratios[k], "<- picked" if k == picked else ""])
-    table("HVP cost / gradient cost (batch %d, layer = middle weight tensor)" % n,
+    table(f"HVP cost / gradient cost (batch {n}, layer = middle weight tensor)",
           ["model", "product", "seconds", "x gradient", ""], rows)
     return out
 
@@ -222,10 +223,8 @@ def _first_within(values: list[float], ref: float, rtol: float) -> int | None:
     """1-based index from which every value is within rtol of ref."""
     hit = None
     for i, val in enumerate(values, start=1):
-        if abs(val - ref) <= rtol * abs(ref):
-            hit = hit or i
-        else:
-            hit = None
+        within = abs(val - ref) <= rtol * abs(ref)
+        hit = (hit or i) if within else None
     return hit
 
 
@@ -274,8 +273,9 @@ def bench_eig(args, device) -> dict:
 
             def run_power():
                 power_vals.clear()
-                return power_iteration(recording, size, generator=torch.Generator().manual_seed(7),
-                                       max_iters=300, tol=1e-7, dtype=op.dtype, device=op.device)
+                return power_iteration(
+                    recording, size, generator=torch.Generator().manual_seed(7), max_iters=300,
+                    tol=1e-7, dtype=op.dtype, device=op.device)
 
             lz_gen = torch.Generator().manual_seed(7)
             lz_v0 = random_normal(size, generator=lz_gen, dtype=op.dtype, device=op.device)

@@ -158,13 +158,16 @@ def run_audit(
     examples it trained on (after ``--samples`` and the validation split), so that Lhat, C and
     n all describe the same training set.
     """
+    from hessaudit import distributed
     from hessaudit.checkpoints import load_checkpoint
     from hessaudit.data import load_data
     from hessaudit.layers import pair_layers
     from hessaudit.models import input_config, load_model
 
     settings = request.settings()
-    device = resolve_device(request.device)
+    # Under torchrun: join the job (gloo on CPU, NCCL on CUDA); each rank audits its shard.
+    dist = distributed.init(request.device)
+    device = resolve_device(distributed.local_device(request.device, dist))
     dtype = resolve_dtype(request.dtype)
     if request.samples is not None and request.samples < 1:
         raise HessauditError("--samples must be at least 1")
@@ -229,7 +232,8 @@ def run_audit(
 
     generator = torch.Generator(device="cpu").manual_seed(request.seed)
     layer_measures = measure_layers(
-        model, pairing.layers, audit_data, settings, generator=generator, progress=progress
+        model, pairing.layers, audit_data, settings, generator=generator, progress=progress,
+        dist=dist,
     )
     if request.loss_bound is None:
         loss_bound, loss_bound_source = float(train_losses.max()), "empirical_max"

@@ -162,6 +162,39 @@ def local_device(device: str, ctx: Context) -> str:
     return device
 
 
+DDP = torch.nn.parallel.DistributedDataParallel
+
+
+def ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel in a multi-process job, else itself.
+
+    The wrapper shares the module's parameters, so projections and checkpoints keep using the
+    plain module; only the training forward goes through the wrapper.
+    """
+    ctx = current()
+    if not ctx.enabled:
+        return model
+    ids = [device.index if device.index is not None else ctx.local_rank]
+    return DDP(model, device_ids=ids if device.type == "cuda" else None)
+
+
+def batch_slice(idx: Tensor, ctx: Context) -> tuple[Tensor, float | None]:
+    """This rank's slice of one global mini-batch, and the weight of its mean loss.
+
+    DDP averages gradients over ranks; weighting each rank's mean loss by
+    ``world_size * n_rank / n_batch`` makes that average the gradient of the global batch's
+    mean loss even when the batch does not split evenly. A rank left without examples runs one
+    example with weight 0 (every rank must join each gradient all-reduce). ``(idx, None)`` in
+    one process.
+    """
+    if not ctx.enabled:
+        return idx, None
+    mine = idx[ctx.rank :: ctx.world_size]
+    if len(mine) == 0:
+        return idx[:1], 0.0
+    return mine, ctx.world_size * len(mine) / len(idx)
+
+
 class ShardedOperator:
     """The mean-loss operator over all ranks' examples, from each rank's local operator.
 
@@ -199,10 +232,13 @@ class ShardedOperator:
 
 
 __all__ = [
+    "DDP",
     "SINGLE",
     "Context",
     "ShardedOperator",
+    "batch_slice",
     "current",
+    "ddp",
     "env_world_size",
     "init",
     "is_main",

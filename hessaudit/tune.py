@@ -736,8 +736,10 @@ def run_tune(
     storage, storage_path = _storage(out, optuna)
     direction = DIRECTIONS[settings.objective]
     pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=min(3, settings.n_startup),
-                                    n_warmup_steps=1)
+        optuna.pruners.MedianPruner(
+            n_startup_trials=min(3, settings.n_startup),
+            n_warmup_steps=max(1, settings.epochs_per_trial // 3),
+        )
         if settings.pruning
         else optuna.pruners.NopPruner()
     )

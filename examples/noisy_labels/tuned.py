@@ -21,6 +21,7 @@ compare with ``val-acc``; ``--bound-only`` runs just those (into ``tuned_bound.c
 
     python examples/noisy_labels/tuned.py [--jobs 2] [--bound] [--quick]
     python examples/noisy_labels/tuned.py --final-epochs 3 --name tuned_short  # final = trial
+    python examples/noisy_labels/tuned.py --criteria --work WORK[,WORK2]  # rank correlations
 
 Writes ``examples/noisy_labels/tuned_out/tuned.csv`` (one row per search) and ``tuned.md``
 (the table); the searches' folders go to ``--work`` (default a temporary folder).
@@ -112,13 +113,13 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _criteria(work: Path) -> str:
+def _criteria(works: list[Path]) -> str:
     """How well each score ranks the trials by their clean held-out accuracy: Spearman rank
     correlation over the completed trials of a search, averaged over searches."""
     import pandas as pd
 
     rows = []
-    for path in sorted(work.glob("*/trials.csv")):
+    for path in sorted(p for work in works for p in work.glob("*/trials.csv")):
         frame = pd.read_csv(path)
         frame = frame[(frame["state"] == "complete") & frame["heldout_acc"].notna()]
         if len(frame) < 3:
@@ -140,7 +141,6 @@ def _criteria(work: Path) -> str:
         table = table.drop_duplicates(["method", "objective", "rate", "seed", "epochs"])
     if table.empty:
         return "(no search)\n"
-    table.to_csv(work / "criteria.csv", index=False)
     cols = [c for c in ("val_acc", "val_loss_corrected", "bound") if c in table]
     summary = table.groupby(["objective", "epochs", "method", "rate"])[cols].mean().round(2)
     counts = table.groupby(["objective", "epochs", "method", "rate"]).size()
@@ -167,11 +167,12 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="output file stem (default tuned)")
     parser.add_argument("--out", default=str(HERE / "tuned_out"))
     parser.add_argument("--criteria", action="store_true",
-                        help="only summarize how each score ranks the trials of --work's "
-                        "searches by clean held-out accuracy (tuned_criteria.md)")
+                        help="only summarize how each score ranks the trials of the searches "
+                        "in --work (comma-separated folders) by clean held-out accuracy "
+                        "(tuned_criteria.md)")
     args = parser.parse_args()
     if args.criteria:
-        text = _criteria(Path(args.work))
+        text = _criteria([Path(w) for w in args.work.split(",")])
         (Path(args.out) / "tuned_criteria.md").write_text(text)
         print(text)
         return

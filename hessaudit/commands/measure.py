@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -181,6 +182,7 @@ def measure_command(
     """Per-layer Hessian distances between two checkpoints and the generalization bound."""
     from hessaudit import gates
     from hessaudit.audit import AuditRequest, audit_to_json, layers_frame, run_audit
+    from hessaudit.distributed import env_world_size
     from hessaudit.report.audit import print_audit
     from hessaudit.report.progress import step_progress
 
@@ -230,8 +232,9 @@ def measure_command(
         allow_hub=allow_hub,
     )
     to_stdout = json_path == "-"
+    main_rank = env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0
     try:
-        with step_progress("auditing layers", enabled=not quiet) as advance:
+        with step_progress("auditing layers", enabled=not quiet and main_rank) as advance:
             result = run_audit(request, progress=advance)
     except KeyboardInterrupt:
         import sys
@@ -241,6 +244,8 @@ def measure_command(
         raise
     result = result.with_gates(gates.evaluate(gate_specs, result.to_dict()))
     document = result.to_dict()
+    if not main_rank:  # torchrun: every rank holds the same result; rank 0 writes and prints
+        return 0 if document["success"] else 2
     text = audit_to_json(result)
     if json_path is not None:
         if to_stdout:

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hessaudit import distributed as _dist
 from hessaudit._version import __version__
 from hessaudit.devices import resolve_device
 from hessaudit.errors import HessauditError
@@ -240,6 +241,8 @@ def _jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
 def _write_json(path: Path, document: Mapping[str, Any]) -> None:
     from hessaudit._atomic import write_text
 
+    if not _dist.is_main():  # torchrun: only rank 0 writes
+        return
     write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
 
 
@@ -283,6 +286,8 @@ def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Create the run folder; with ``overwrite``, delete the previous run's outputs (only the
     files in :data:`OUTPUT_NAMES`). Called once the run is set up, so that a bad option never
     costs the user a previous run."""
+    if not _dist.is_main():
+        return
     if not resume and overwrite and out.is_dir():
         for name in OUTPUT_NAMES:
             with contextlib.suppress(FileNotFoundError):
@@ -476,8 +481,10 @@ def _train_epoch(
     loss_sum = penalty_sum = 0.0
     correct = correct_clean = seen = 0
     device = data.x.device
+    # DistributedDataParallel: this rank's slice of each global batch (see distributed.py).
+    ctx = _dist.current() if isinstance(model, _dist.DDP) else _dist.SINGLE
     for step, (start, stop) in enumerate(_batch_bounds(n, batch_size), start=1):
-        idx = perm[start:stop].to(device)
+        idx, weight = _dist.batch_slice(perm[start:stop].to(device), ctx)
         xb, yb = data.x[idx], data.y[idx]
         optimizer.zero_grad(set_to_none=True)
         logits = model(xb)
@@ -494,11 +501,11 @@ def _train_epoch(
                 f"training diverged at epoch {epoch}, step {step}: the loss is {loss_value}",
                 hint="lower --lr, tighten --radius, or check the noise matrix",
             )
-        total.backward()
+        (total if weight is None else loss * weight + (total - loss)).backward()
         optimizer.step()
         if after_step is not None:
             after_step()
-        b = stop - start
+        b = len(idx) if weight is None or weight > 0 else 0
         seen += b
         loss_sum += loss_value * b
         penalty_sum += pen_value * b
@@ -507,7 +514,11 @@ def _train_epoch(
             correct += int((pred == yb).sum())
             if data.clean is not None:
                 correct_clean += int((pred == data.clean[idx]).sum())
-        display.step(step, loss=loss_sum / seen, acc=correct / seen)
+        display.step(step, loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1))
+    if ctx.enabled:
+        sums = torch.tensor([loss_sum, penalty_sum, correct, correct_clean, seen],
+                            dtype=torch.float64)
+        loss_sum, penalty_sum, correct, correct_clean, seen = ctx.sum(sums).tolist()
     return {
         "train_loss": loss_sum / seen,
         "train_penalty": penalty_sum / seen if penalty is not None else _NAN,
@@ -781,6 +792,8 @@ def noise_document(
 def _save_state(path: Path, state: Mapping[str, Any]) -> None:
     from hessaudit._atomic import atomic_path
 
+    if not _dist.is_main():
+        return
     with atomic_path(path) as tmp:
         torch.save(dict(state), tmp)
 
@@ -857,7 +870,11 @@ def run_finetune(
         HessauditError: any bad option or input, naming the flag or file at fault.
     """
     display = display or TrainingDisplay()
-    _check_out(Path(config.out), resume=resume, overwrite=overwrite)
+    ctx = _dist.init(config.device)  # torchrun: join the job; rank 0 alone writes and reports
+    if not ctx.is_main:
+        display = TrainingDisplay()
+    else:
+        _check_out(Path(config.out), resume=resume, overwrite=overwrite)
     config = config.resolved()
     out = Path(config.out)
     if resume:
@@ -877,7 +894,7 @@ def run_finetune(
                 f"{saved.epochs} epochs and cannot be extended",
                 hint="start a new run, or use --schedule step",
             )
-    device = resolve_device(config.device)
+    device = resolve_device(_dist.local_device(config.device, ctx))
     radius_table = load_radius_table(config.radius_table) if config.radius_table else None
     penalty_spec = parse_penalty(config.penalty)
 
@@ -993,13 +1010,14 @@ def run_finetune(
         steps = len(_batch_bounds(len(setup.train), config.batch_size))
         display.start_phase("fine-tune", epochs=config.epochs, first_epoch=epoch + 1, steps=steps)
         stopped_early = False
+        train_model = _dist.ddp(model, device)
         while epoch < config.epochs:
             epoch += 1
             display.start_epoch(epoch)
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             stats = _train_epoch(
-                model,
+                train_model,
                 setup.train,
                 loss_fn=loss_fn,
                 optimizer=optimizer,
@@ -1266,6 +1284,8 @@ def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
     from hessaudit._atomic import atomic_path
 
     frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    if not _dist.is_main():
+        return
     with atomic_path(out / "metrics.csv") as tmp:
         frame.to_csv(tmp, index=False)
 
@@ -1285,6 +1305,8 @@ def _save_weights(
 ) -> None:
     from hessaudit.checkpoints import save_checkpoint
 
+    if not _dist.is_main():
+        return
     save_checkpoint(
         path,
         model.state_dict(),
@@ -1327,5 +1349,6 @@ def _run_audit(
         source=f"{config.data} (the examples fine-tuned on)",
     )
     result = run_audit(request, train_data=trained_on)
-    write_audit_json(str(out / "audit.json"), result)
+    if _dist.is_main():
+        write_audit_json(str(out / "audit.json"), result)
     return result.to_dict()
