@@ -486,7 +486,7 @@ def bench_jvp_vs_lanczos(args, device) -> dict:
 
 # --------------------------------------------------------------------------- trainer
 def bench_trainer(args, device) -> dict:
-    import hessaudit._zoo as zoo
+    import hessaudit.zoo as zoo
     from hessaudit.robust.config import FinetuneConfig
     from hessaudit.robust.trainer import run_finetune
 
@@ -504,7 +504,7 @@ def bench_trainer(args, device) -> dict:
     rounds = 1 if args.quick else 3
     for r in range(rounds):  # alternate A/B to spread the machine's noise evenly
         for key, extra in configs.items():
-            cfg = FinetuneConfig(model="hessaudit._zoo:digits_cnn", pretrained=str(pre),
+            cfg = FinetuneConfig(model="hessaudit.zoo:digits_cnn", pretrained=str(pre),
                                  data="digits", out=str(tmp / f"{r}-{len(per_epoch[key])}"),
                                  epochs=epochs, batch_size=32, device=args.device, **extra)
             result = run_finetune(cfg, overwrite=True)

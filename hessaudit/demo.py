@@ -1,8 +1,8 @@
 """The built-in demo behind ``hessaudit demo``: pretrain, fine-tune, audit, with no download.
 
-1. Pretrain :func:`~hessaudit._zoo.digits_cnn` (a ReLU / BatchNorm CNN of ~15k parameters) on
+1. Pretrain :func:`~hessaudit.zoo.digits_cnn` (a ReLU / BatchNorm CNN of ~15k parameters) on
    the 5-class ``digits-pretrain`` task (digit pairs 0/5, 1/6, ... share a class), with
-   :func:`~hessaudit._zoo.pretrain_digits_cnn` and :data:`PRETRAIN_SETTINGS`.
+   :func:`~hessaudit.zoo.pretrain_digits_cnn` and :data:`PRETRAIN_SETTINGS`.
 2. Fine-tune it on the 10-class ``digits`` task (new head) with
    :func:`~hessaudit.robust.trainer.run_finetune` and :data:`FINETUNE_SETTINGS` (plain
    cross-entropy, clean labels, Adam lr 3e-3, 5 epochs, no constraint).
@@ -49,8 +49,8 @@ __all__ = [
     "run_demo",
 ]
 
-MODEL = "hessaudit._zoo:digits_cnn"
-#: Keyword arguments of :func:`hessaudit._zoo.pretrain_digits_cnn`.
+MODEL = "hessaudit.zoo:digits_cnn"
+#: Keyword arguments of :func:`hessaudit.zoo.pretrain_digits_cnn`.
 PRETRAIN_SETTINGS: dict[str, Any] = {"epochs": 5, "lr": 1e-2, "batch_size": 64, "seed": 0}
 #: :class:`~hessaudit.robust.config.FinetuneConfig` fields of the demo's fine-tuning run.
 FINETUNE_SETTINGS: dict[str, Any] = {
@@ -216,7 +216,7 @@ def _build(tmp: Path, say: Any) -> dict[str, Any]:
     """Pretrain and fine-tune into ``tmp``; returns the manifest."""
     import torch
 
-    from hessaudit._zoo import pretrain_digits_cnn
+    from hessaudit.zoo import pretrain_digits_cnn
     from hessaudit.robust.config import FinetuneConfig
     from hessaudit.robust.trainer import run_finetune
 

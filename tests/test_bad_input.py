@@ -5,7 +5,7 @@ file or flag at fault, no Python traceback, and no output file created or change
 under the test folder keeps its bytes and mtime; no new file appears).
 
 The cases run ``hessaudit.cli.main`` in-process on the tiny factory model of conftest.py
-(``measure``/``inspect``) and on ``hessaudit._zoo:digits_cnn`` (``finetune``); they all fail
+(``measure``/``inspect``) and on ``hessaudit.zoo:digits_cnn`` (``finetune``); they all fail
 before any real work.
 """
 
@@ -25,7 +25,7 @@ import torch
 from hessaudit.cli import main
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-ZOO = "hessaudit._zoo:digits_cnn"
+ZOO = "hessaudit.zoo:digits_cnn"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -135,7 +135,7 @@ class Env:
 @pytest.fixture(scope="module")
 def digits_pretrained(tmp_path_factory) -> Path:
     """A (random) 5-class digits_cnn checkpoint for the finetune cases."""
-    from hessaudit._zoo import digits_cnn
+    from hessaudit.zoo import digits_cnn
     from hessaudit.checkpoints import save_checkpoint
 
     with torch.random.fork_rng():
@@ -257,7 +257,7 @@ def _ckpt_single_tensor(e: Env):
 
 
 def _ckpt_other_architecture(e: Env):
-    from hessaudit._zoo import digits_cnn
+    from hessaudit.zoo import digits_cnn
 
     p = e.safetensors("other_arch.safetensors", digits_cnn(num_classes=10).state_dict())
     return e.measure(pre=p), ["share no layers", "different architectures"]

@@ -14,7 +14,7 @@ import torch
 
 from hessaudit.cli import main
 
-MODEL = "hessaudit._zoo:digits_cnn"
+MODEL = "hessaudit.zoo:digits_cnn"
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +27,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> str:
-    from hessaudit._zoo import pretrain_digits_cnn
+    from hessaudit.zoo import pretrain_digits_cnn
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,6 +1,6 @@
 """Gates on ``hessaudit measure`` end to end through the CLI: exit codes, JSON, config files.
 
-Real audits of the built-in digits CNN (``hessaudit._zoo:digits_cnn``) between a made-up
+Real audits of the built-in digits CNN (``hessaudit.zoo:digits_cnn``) between a made-up
 pretrained checkpoint and a perturbed copy; each in-process run takes a fraction of a second.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from hessaudit.cli import main
 
-MODEL = "hessaudit._zoo:digits_cnn"
+MODEL = "hessaudit.zoo:digits_cnn"
 FORMATS = {
     "table": [],
     "json-stdout": ["--json", "-"],
@@ -30,7 +30,7 @@ def make_checkpoints(folder: Path, scales: dict[str, float]) -> dict[str, Path]:
     """A pretrained digits CNN and fine-tuned copies perturbed by ``scale * N(0, 1)``."""
     import torch
 
-    from hessaudit._zoo import digits_cnn
+    from hessaudit.zoo import digits_cnn
     from hessaudit.checkpoints import save_checkpoint
 
     with torch.random.fork_rng():

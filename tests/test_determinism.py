@@ -15,7 +15,7 @@ import torch
 from hessaudit._version import __version__
 from hessaudit.cli import main
 
-ZOO = "hessaudit._zoo:digits_cnn"
+ZOO = "hessaudit.zoo:digits_cnn"
 
 
 def run_cli(args: list, capsys) -> int:
@@ -103,7 +103,7 @@ def test_builtin_and_folder_data_have_no_sha(tiny_checkpoints, tmp_path, capsys)
 
 
 def test_finetune_is_reproducible_under_a_seed(tmp_path, one_thread, capsys):
-    from hessaudit._zoo import digits_cnn
+    from hessaudit.zoo import digits_cnn
     from hessaudit.checkpoints import load_checkpoint, save_checkpoint
 
     with torch.random.fork_rng():

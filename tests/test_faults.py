@@ -19,7 +19,7 @@ import torch
 
 from hessaudit.cli import main
 
-ZOO = "hessaudit._zoo:digits_cnn"
+ZOO = "hessaudit.zoo:digits_cnn"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,7 +45,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def digits_pretrained(tmp_path_factory) -> Path:
-    from hessaudit._zoo import digits_cnn
+    from hessaudit.zoo import digits_cnn
     from hessaudit.checkpoints import save_checkpoint
 
     with torch.random.fork_rng():

@@ -1,4 +1,4 @@
-"""The finetuner end to end on the built-in digits data with a tiny CNN (hessaudit._zoo)."""
+"""The finetuner end to end on the built-in digits data with a tiny CNN (hessaudit.zoo)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from hessaudit.robust.trainer import (
     run_finetune,
 )
 
-MODEL = "hessaudit._zoo:digits_cnn"
+MODEL = "hessaudit.zoo:digits_cnn"
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> str:
-    from hessaudit._zoo import pretrain_digits_cnn
+    from hessaudit.zoo import pretrain_digits_cnn
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -23,7 +23,7 @@ from hessaudit.tune import (
     run_tune,
 )
 
-MODEL = "hessaudit._zoo:digits_cnn"
+MODEL = "hessaudit.zoo:digits_cnn"
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> str:
-    from hessaudit._zoo import pretrain_digits_cnn
+    from hessaudit.zoo import pretrain_digits_cnn
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Audit a fine-tuned model and gate on its generalization bound, offline, on the built-in
-# digits example (scikit-learn's 8x8 digits and the tiny CNN hessaudit._zoo:digits_cnn).
+# digits example (scikit-learn's 8x8 digits and the tiny CNN hessaudit.zoo:digits_cnn).
 #
 #   examples/ci/gate.sh [OUT_DIR]         (default OUT_DIR: ./hessaudit-ci)
 #
@@ -27,7 +27,7 @@ rm -f "$out/compare.md" "$out/compare.json"
 # 1. The model to gate. A real pipeline fine-tunes its own model here; this one pretrains the
 #    digits CNN on a 5-class task and fine-tunes it on the 10 digits (a few seconds on a CPU).
 #    The fine-tuning could equally be hessaudit's own command, e.g.
-#      hessaudit finetune --model hessaudit._zoo:digits_cnn --data digits --loss ce \
+#      hessaudit finetune --model hessaudit.zoo:digits_cnn --data digits --loss ce \
 #        --pretrained "$out/pretrained.safetensors" --epochs 3 --lr 3e-3 --out "$out/run"
 #    and then audit "$out/run/final.safetensors".
 "$python" "$here/make_checkpoints.py" "$out" --epochs 3 || exit 1
@@ -35,7 +35,7 @@ rm -f "$out/compare.md" "$out/compare.json"
 # 2. Audit it, with the gates of hessaudit.toml (a flag such as --max-bound would override).
 status=0
 "$hessaudit" measure "$out/pretrained.safetensors" "$out/finetuned.safetensors" \
-    --model hessaudit._zoo:digits_cnn --data digits --eval-data digits --samples 64 \
+    --model hessaudit.zoo:digits_cnn --data digits --eval-data digits --samples 64 \
     --config "$config" --json "$out/audit.json" --summary-md "$out/summary.md" || status=$?
 if [ "$status" -ne 0 ] && [ "$status" -ne 2 ]; then
     echo "hessaudit measure could not run (exit $status)" >&2

@@ -1,6 +1,6 @@
 """Make a pretrained and a fine-tuned checkpoint of the built-in digits CNN, offline.
 
-Pretrain ``hessaudit._zoo:digits_cnn`` on ``digits-pretrain`` (5 classes, label y % 5), then
+Pretrain ``hessaudit.zoo:digits_cnn`` on ``digits-pretrain`` (5 classes, label y % 5), then
 fine-tune it on ``digits`` (10 classes, so the head is new) for ``--epochs`` epochs. Everything
 comes with scikit-learn; nothing is downloaded. Takes a few seconds on a CPU.
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hessaudit._zoo import digits_cnn
+from hessaudit.zoo import digits_cnn
 from hessaudit.checkpoints import save_checkpoint
 from hessaudit.data import load_data
 

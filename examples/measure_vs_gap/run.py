@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-MODEL = "hessaudit._zoo:digits_cnn"
+MODEL = "hessaudit.zoo:digits_cnn"
 HERE = Path(__file__).resolve().parent
 
 BASE = {"samples": 300, "epochs": 10, "radius": None, "noise": 0.0}
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*")
     import pandas as pd
 
-    from hessaudit._zoo import pretrain_digits_cnn
+    from hessaudit.zoo import pretrain_digits_cnn
     from hessaudit.demo import PRETRAIN_SETTINGS
 
     out: Path = args.out

@@ -39,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-MODEL = "hessaudit._zoo:digits_cnn"
+MODEL = "hessaudit.zoo:digits_cnn"
 HERE = Path(__file__).resolve().parent
 TRIALS = 8
 TRIAL_EPOCHS = 3
@@ -180,7 +180,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from hessaudit._zoo import pretrain_digits_cnn
+    from hessaudit.zoo import pretrain_digits_cnn
 
     work = Path(args.work or tempfile.mkdtemp(prefix="hessaudit-tuned-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def demo_command(
             f"demo checkpoints: {checkpoints.pretrained} and {checkpoints.finetuned} "
             f"({'cached' if checkpoints.cached else 'built now'}). Audit them yourself with:\n"
             f"  hessaudit measure {checkpoints.pretrained} {checkpoints.finetuned} "
-            "--model hessaudit._zoo:digits_cnn --data digits --eval-data digits",
+            "--model hessaudit.zoo:digits_cnn --data digits --eval-data digits",
             err=True,
         )
     return 0

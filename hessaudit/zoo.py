@@ -1,4 +1,4 @@
-"""Tiny models for the built-in demos and tests (``--model hessaudit._zoo:digits_cnn``).
+"""Tiny models for the built-in demos and tests (``--model hessaudit.zoo:digits_cnn``).
 
 :func:`digits_cnn` is a small ReLU / BatchNorm / max-pool CNN for the 8x8 one-channel ``digits``
 data: piecewise linear (so the audit's exact fast path applies), a few thousand parameters,
@@ -17,8 +17,8 @@ re-initializes the new head with its own seeded generator.
 "pretrained" checkpoint of the built-in fine-tuning demo (``--data digits``, 10 classes, new
 head)::
 
-    python -c "import hessaudit._zoo as z; z.pretrain_digits_cnn('pre.safetensors')"
-    hessaudit finetune --model hessaudit._zoo:digits_cnn --pretrained pre.safetensors \
+    python -c "import hessaudit.zoo as z; z.pretrain_digits_cnn('pre.safetensors')"
+    hessaudit finetune --model hessaudit.zoo:digits_cnn --pretrained pre.safetensors \
         --data digits --eval-data digits --inject-noise symmetric:0.4 --noise-matrix injected \
         --lr 3e-3 --epochs 5 --radius 2 --head-radius 3 --out run
 """
