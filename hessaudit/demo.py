@@ -216,9 +216,9 @@ def _build(tmp: Path, say: Any) -> dict[str, Any]:
     """Pretrain and fine-tune into ``tmp``; returns the manifest."""
     import torch
 
-    from hessaudit.zoo import pretrain_digits_cnn
     from hessaudit.robust.config import FinetuneConfig
     from hessaudit.robust.trainer import run_finetune
+    from hessaudit.zoo import pretrain_digits_cnn
 
     say(
         "pretraining digits_cnn on digits-pretrain (5 classes, "

@@ -135,8 +135,8 @@ class Env:
 @pytest.fixture(scope="module")
 def digits_pretrained(tmp_path_factory) -> Path:
     """A (random) 5-class digits_cnn checkpoint for the finetune cases."""
-    from hessaudit.zoo import digits_cnn
     from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.zoo import digits_cnn
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

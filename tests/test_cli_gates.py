@@ -30,8 +30,8 @@ def make_checkpoints(folder: Path, scales: dict[str, float]) -> dict[str, Path]:
     """A pretrained digits CNN and fine-tuned copies perturbed by ``scale * N(0, 1)``."""
     import torch
 
-    from hessaudit.zoo import digits_cnn
     from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.zoo import digits_cnn
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

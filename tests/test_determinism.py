@@ -103,8 +103,8 @@ def test_builtin_and_folder_data_have_no_sha(tiny_checkpoints, tmp_path, capsys)
 
 
 def test_finetune_is_reproducible_under_a_seed(tmp_path, one_thread, capsys):
-    from hessaudit.zoo import digits_cnn
     from hessaudit.checkpoints import load_checkpoint, save_checkpoint
+    from hessaudit.zoo import digits_cnn
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

@@ -45,8 +45,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def digits_pretrained(tmp_path_factory) -> Path:
-    from hessaudit.zoo import digits_cnn
     from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.zoo import digits_cnn
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

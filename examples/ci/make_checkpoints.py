@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hessaudit.zoo import digits_cnn
 from hessaudit.checkpoints import save_checkpoint
 from hessaudit.data import load_data
+from hessaudit.zoo import digits_cnn
 
 
 def train(model: nn.Module, source: str, *, epochs: int, lr: float, seed: int) -> nn.Module:

@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*")
     import pandas as pd
 
-    from hessaudit.zoo import pretrain_digits_cnn
     from hessaudit.demo import PRETRAIN_SETTINGS
+    from hessaudit.zoo import pretrain_digits_cnn
 
     out: Path = args.out
     work = out / "runs"
