@@ -22,10 +22,16 @@ def small_cnn(num_classes: int = 10) -> nn.Module:
 
 def small_vit(num_classes: int = 10) -> nn.Module:
     """A small timm ViT (GELU, LayerNorm, attention) for 3x32x32 inputs."""
-    return timm.create_model(
+    model = timm.create_model(
         "vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, img_size=32,
         patch_size=8, depth=4, embed_dim=96, num_heads=3,
     )
+    # Fused scaled-dot-product attention has no double backward on CPU: use the explicit
+    # softmax(q k^T) v path, which every Hessian engine can differentiate twice.
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    return model
 
 
 def resnet18(num_classes: int = 10) -> nn.Module:

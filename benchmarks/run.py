@@ -339,7 +339,7 @@ def bench_quadrature(args, device) -> dict:
         y = torch.randint(0, 10, (16,), generator=g)
         for layer in [n for n, p in net.named_parameters() if p.ndim >= 2]:
             size = dict(net.named_parameters())[layer].numel()
-            if size > 2500:
+            if size > (800 if args.quick else 2500):
                 continue
             for scope, batch in [("example", (x[:1], y[:1])), ("mean", (x, y))]:
                 op = BlockHessian(net, [batch], layer)
@@ -410,7 +410,7 @@ def _run_measured(cmd: list[str]) -> tuple[int, float, float]:
 def _measure_cmd(files: dict, model: str, out_json: Path, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "hessaudit", "measure", files["pretrained"],
             files["finetuned"], "--model", model, "--data", files["data"], "--json",
-            str(out_json), "--quiet", *extra]
+            str(out_json), "--input-size", "32", "--quiet", *extra]
 
 
 def bench_end_to_end(args, device) -> dict:

@@ -201,3 +201,15 @@ def png_writer() -> Callable[..., Path]:
 def perturb() -> Callable[..., dict[str, torch.Tensor]]:
     """:func:`perturbed` as a fixture: ``perturb(state, seed=..., scale=0.05)``."""
     return perturbed
+
+
+@pytest.fixture(scope="session")
+def digits_pretrained(tmp_path_factory) -> str:
+    """``hessaudit.zoo:digits_cnn`` pretrained on the 5-class ``digits-pretrain`` task, shared by
+    every test that fine-tunes; the path of its safetensors file."""
+    from hessaudit.zoo import pretrain_digits_cnn
+
+    path = tmp_path_factory.mktemp("digits_pretrained") / "pretrained.safetensors"
+    accuracy = pretrain_digits_cnn(path, epochs=3)
+    assert accuracy > 0.7  # the pretraining task was learned
+    return str(path)

@@ -19,14 +19,6 @@ from hessaudit._version import __version__
 from hessaudit.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tiny_settings(monkeypatch):
     """One epoch of pretraining and of fine-tuning: the same code path, in seconds."""

@@ -26,28 +26,10 @@ from hessaudit.robust.trainer import (
 MODEL = "hessaudit.zoo:digits_cnn"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convolutions: thread start-up costs more than it saves (and CI shares the cores)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> str:
-    from hessaudit.zoo import pretrain_digits_cnn
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = tmp_path_factory.mktemp("pre") / "pretrained.safetensors"
-        accuracy = pretrain_digits_cnn(path, epochs=3)
-    finally:
-        torch.set_num_threads(threads)
-    assert accuracy > 0.7  # the 5-class pretraining task was learned
-    return str(path)
+@pytest.fixture
+def pretrained(digits_pretrained: str) -> str:
+    return digits_pretrained
 
 
 def _config(pretrained: str, out: Path, **changes) -> FinetuneConfig:

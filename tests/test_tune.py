@@ -26,26 +26,10 @@ from hessaudit.tune import (
 MODEL = "hessaudit.zoo:digits_cnn"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> str:
-    from hessaudit.zoo import pretrain_digits_cnn
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        path = tmp_path_factory.mktemp("pre") / "pretrained.safetensors"
-        pretrain_digits_cnn(path, epochs=2)
-    finally:
-        torch.set_num_threads(threads)
-    return str(path)
+@pytest.fixture
+def pretrained(digits_pretrained: str) -> str:
+    return digits_pretrained
 
 
 def _run(args: list[str]) -> int:
