@@ -10,6 +10,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from hessaudit.models import disable_fused_attention
+
 
 def small_cnn(num_classes: int = 10) -> nn.Module:
     """A ReLU/BatchNorm/max-pool CNN for 3x32x32 inputs (piecewise linear)."""
@@ -26,11 +28,7 @@ def small_vit(num_classes: int = 10) -> nn.Module:
         "vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, img_size=32,
         patch_size=8, depth=4, embed_dim=96, num_heads=3,
     )
-    # Fused scaled-dot-product attention has no double backward on CPU: use the explicit
-    # softmax(q k^T) v path, which every Hessian engine can differentiate twice.
-    for module in model.modules():
-        if hasattr(module, "fused_attn"):
-            module.fused_attn = False
+    disable_fused_attention(model)  # as the audit does: no double backward through fused SDPA
     return model
 
 

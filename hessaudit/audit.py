@@ -162,7 +162,7 @@ def run_audit(
     from hessaudit.checkpoints import load_checkpoint
     from hessaudit.data import load_data
     from hessaudit.layers import pair_layers
-    from hessaudit.models import input_config, load_model
+    from hessaudit.models import disable_fused_attention, input_config, load_model
 
     settings = request.settings()
     # Under torchrun: join the job (gloo on CPU, NCCL on CUDA); each rank audits its shard.
@@ -191,6 +191,7 @@ def run_audit(
         source=request.finetuned,
     )
     model = model.to(device=device, dtype=dtype).eval()
+    disable_fused_attention(model)
     pairing = pair_layers(
         pretrained.tensors,
         finetuned.tensors,

@@ -33,16 +33,18 @@ from hessaudit.gates import Gate, layer_shares, matching, no_match_error, worst_
 
 SCHEMA = "hessaudit.compare/1"
 AUDIT_SCHEMA = "hessaudit.audit/1"
-SUMMARY_KEYS = (
-    "bound",
-    "hessian_term",
-    "train_loss",
-    "eval_loss",
-    "gap",
-    "ratio_to_gap",
-    "C",
-    "n",
-)
+# The summary quantities a comparison reports, with the labels people read.
+SUMMARY_LABELS = {
+    "bound": "bound",
+    "hessian_term": "Hessian term G",
+    "train_loss": "training loss",
+    "eval_loss": "held-out loss",
+    "gap": "observed gap",
+    "ratio_to_gap": "G / gap",
+    "C": "loss bound C",
+    "n": "n",
+}
+SUMMARY_KEYS = tuple(SUMMARY_LABELS)
 _REQUIRED = ("layers", "bound", "hessian_term", "train_loss")
 
 # (label, path into the audit document): a difference is worth a warning, since it makes the

@@ -533,3 +533,18 @@ def input_config(
         else:
             cfg_std = (1.0,)
     return InputConfig(channels=cfg_channels, size=cfg_size, mean=cfg_mean, std=cfg_std)
+
+
+def disable_fused_attention(model: nn.Module) -> int:
+    """Switch timm attention modules to their explicit softmax(QK^T)V path; return how many.
+
+    timm's fused attention calls ``scaled_dot_product_attention``, whose CPU kernels have no
+    double backward, so Hessian-vector products through it fail. The explicit path computes
+    the same function, so the audit's numbers do not change.
+    """
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "fused_attn", False):
+            module.fused_attn = False
+            switched += 1
+    return switched

@@ -312,3 +312,62 @@ def test_inspect_on_a_timm_resnet18_pair(tmp_path, capsys):
     assert len(document["layers"]) == 21
     moved = {row["name"]: row["dist_fro"] for row in document["layers"] if row["dist_fro"] > 0}
     assert set(moved) == {"layer4.1.conv2.weight"}  # the zero head has zero distance from zero
+
+
+def test_measure_on_a_tiny_timm_vit_takes_the_lanczos_path(tmp_path, capsys):
+    """A smooth network (GELU, softmax attention): Lanczos path, through timm's attention."""
+    import torch
+
+    from hessaudit.checkpoints import save_checkpoint
+
+    factory = tmp_path / "vit.py"
+    factory.write_text(
+        "import timm\n\n\n"
+        "def vit(num_classes=5):\n"
+        "    return timm.create_model('vit_tiny_patch16_224', pretrained=False,\n"
+        "        num_classes=num_classes, img_size=16, patch_size=8, depth=1, embed_dim=24,\n"
+        "        num_heads=2)\n"
+    )
+    spec = f"{factory}:vit"
+    from hessaudit.models import build_model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        pre = build_model(spec, num_classes=5).state_dict()
+        ft = {
+            k: v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v
+            for k, v in pre.items()
+        }
+    save_checkpoint(tmp_path / "pre.safetensors", pre)
+    save_checkpoint(tmp_path / "ft.safetensors", ft)
+    code = run(
+        [
+            "measure",
+            str(tmp_path / "pre.safetensors"),
+            str(tmp_path / "ft.safetensors"),
+            "--model",
+            spec,
+            "--data",
+            "digits-pretrain",
+            "--input-size",
+            "16",
+            "--samples",
+            "4",
+            "--include",
+            "blocks.0.attn.*",
+            "--lanczos-steps",
+            "6",
+            "--spectrum-samples",
+            "4",
+            "--json",
+            "-",
+        ]
+    )
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    names = [layer["name"] for layer in document["layers"]]
+    assert names == ["blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight"]
+    for layer in document["layers"]:
+        assert layer["engine_path"] == "lanczos"
+        assert layer["quad_pos"] >= layer["quad_raw"] - 1e-6  # H+ >= H in the Loewner order
+        assert layer["top_eig"] is not None and math.isfinite(layer["trace"])

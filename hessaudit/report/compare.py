@@ -9,19 +9,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from hessaudit.compare import SUMMARY_LABELS
 from hessaudit.report._console import stdout, warn
 from hessaudit.report.audit import fmt
-
-_LABELS = {
-    "bound": "bound",
-    "hessian_term": "Hessian term G",
-    "train_loss": "training loss",
-    "eval_loss": "held-out loss",
-    "gap": "observed gap",
-    "ratio_to_gap": "G / gap",
-    "C": "loss bound C",
-    "n": "n",
-}
 
 
 def _pct(value: float | None, *, worse_if_up: bool = True) -> Text:
@@ -45,7 +35,7 @@ def summary_table(document: Mapping[str, Any]) -> Table:
     table.add_column("quantity")
     for column in ("base", "new", "change", "change %"):
         table.add_column(column, justify="right")
-    for key, label in _LABELS.items():
+    for key, label in SUMMARY_LABELS.items():
         entry = document["summary"].get(key)
         if entry is None or (entry["base"] is None and entry["new"] is None):
             continue

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hessaudit._atomic import write_text
+from hessaudit.compare import SUMMARY_LABELS
 from hessaudit.gates import layer_shares
 from hessaudit.report.audit import fmt
 
@@ -184,16 +185,6 @@ def compare_markdown(document: Mapping[str, Any]) -> str:
     parts.append(f"base {_code(base.get('path'))} → new {_code(new.get('path'))}")
     if document.get("warnings"):
         parts.append("\n".join(f"> ⚠️ {_cell(w)}" for w in document["warnings"]))
-    labels = {
-        "bound": "bound",
-        "hessian_term": "Hessian term G",
-        "train_loss": "training loss",
-        "eval_loss": "held-out loss",
-        "gap": "observed gap",
-        "ratio_to_gap": "G / gap",
-        "C": "loss bound C",
-        "n": "n",
-    }
     rows = [
         [
             label,
@@ -202,7 +193,7 @@ def compare_markdown(document: Mapping[str, Any]) -> str:
             _signed(entry["abs_change"]),
             _pct(entry["rel_change_pct"]),
         ]
-        for key, label in labels.items()
+        for key, label in SUMMARY_LABELS.items()
         if (entry := document["summary"].get(key)) is not None
         and (entry["base"] is not None or entry["new"] is not None)
     ]
