@@ -1,25 +1,10 @@
 """Robust fine-tuning under label noise: the paper's Algorithm 1 and its baselines.
 
 :func:`run_finetune` takes a :class:`~hessaudit.robust.config.FinetuneConfig` and writes a run
-folder (``config.out``):
-
-* ``config.json``: every resolved option, plus what the run found (class count, which tensors
-  came from the pretrained checkpoint and which are new, per-tensor radii, data sizes, seeds);
-* ``metrics.csv``: one row per epoch (row 0 evaluates the starting point): training loss and
-  accuracy on the (noisy) training labels, validation and held-out loss and accuracy on clean
-  labels where known, the largest per-layer distance and distance / radius;
-* ``final.safetensors`` (the last epoch's weights) and ``best.safetensors`` (the epoch with the
-  best validation accuracy; the final weights when there is no validation split), with
-  metadata: config, pretrained SHA-256, noise matrix, seed, tool version, new tensors;
-* ``noise.json`` when noise was injected or ``F`` estimated (see :func:`noise_document`);
-* ``last.safetensors`` + ``state.pt``: the per-epoch checkpoint that ``resume=True`` continues
-  from (model, optimizer, scheduler, RNG and early-stopping state; ``state.pt`` is written with
-  ``torch.save`` and read with ``weights_only=True``; it holds the weights too, so one atomic
-  file is the single source of truth);
-* ``audit.json`` with ``config.audit``: the Hessian measure of the final checkpoint against the
-  pretrained one (``hessaudit.audit/1``). The audit reads ``config.data`` with the source's own
-  labels (the clean ones when the noise was injected by hessaudit) and n = the training-set
-  size.
+folder (``config.out``: ``config.json``, ``metrics.csv``, the ``final``/``best``/``last``
+checkpoints, ``state.pt``, ``noise.json``, ``audit.json``); the layout and the resume state are
+described in :mod:`hessaudit.robust._run_folder`, the data and noise-matrix setup is
+:mod:`hessaudit.robust._data_setup`, the per-purpose seeds :mod:`hessaudit.robust._seeds`.
 
 Model setup: the model is built with ``k`` classes (``num_classes``, default the data's), every
 pretrained tensor whose name and shape match is loaded, and the tensors that don't (the new
@@ -39,9 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -54,17 +36,39 @@ import torch
 from torch import nn
 
 from hessaudit import distributed as _dist
-from hessaudit._version import __version__
 from hessaudit.devices import resolve_device
 from hessaudit.errors import HessauditError
+from hessaudit.robust._data_setup import (
+    _check_resume_inputs,
+    _prepare_data,
+    _resolve_noise_matrix,
+    _Setup,
+    _Split,
+    noise_document,
+)
+from hessaudit.robust._run_folder import (
+    METRIC_COLUMNS,
+    OUTPUT_NAMES,
+    SCHEMA,
+    STATE_FORMAT,
+    _check_can_continue,
+    _check_out,
+    _config_document,
+    _differs,
+    _load_state,
+    _prepare_out,
+    _save_state,
+    _save_weights,
+    _write_json,
+    _write_metrics,
+    load_run_config,
+    resume_config,
+)
+from hessaudit.robust._seeds import _generator, derive_seed
 from hessaudit.robust.config import RESUMABLE_FIELDS, FinetuneConfig, parse_penalty
 from hessaudit.robust.losses import l2sp_penalty, make_loss
-from hessaudit.robust.noise import NoiseInjection, inject_noise
-from hessaudit.robust.noise_matrix import (
-    estimate_noise_matrix,
-    load_noise_matrix,
-    validate_noise_matrix,
-)
+from hessaudit.robust.noise import NoiseInjection
+from hessaudit.robust.noise_matrix import estimate_noise_matrix, validate_noise_matrix
 from hessaudit.robust.projection import (
     constrainable_names,
     distances,
@@ -84,37 +88,6 @@ __all__ = [
     "run_finetune",
 ]
 
-SCHEMA = "hessaudit.finetune/1"
-NOISE_SCHEMA = "hessaudit.noise/1"
-STATE_FORMAT = "hessaudit.finetune-state/1"
-#: Files a run writes; ``overwrite=True`` removes exactly these (never anything else).
-OUTPUT_NAMES = (
-    "config.json",
-    "metrics.csv",
-    "noise.json",
-    "final.safetensors",
-    "best.safetensors",
-    "last.safetensors",
-    "state.pt",
-    "audit.json",
-)
-METRIC_COLUMNS = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_penalty",
-    "train_acc",
-    "train_acc_clean",
-    "val_loss",
-    "val_acc",
-    "heldout_loss",
-    "heldout_acc",
-    "max_distance",
-    "max_distance_layer",
-    "head_distance",
-    "max_radius_ratio",
-    "seconds",
-)
 _NAN = float("nan")
 
 
@@ -218,16 +191,6 @@ class FinetuneResult:
 # --------------------------------------------------------------------------- small helpers
 
 
-def derive_seed(seed: int, purpose: str) -> int:
-    """A seed for one purpose (``"shuffle"``, ``"init"``...), derived from the run's seed."""
-    digest = hashlib.sha256(f"hessaudit:{int(seed)}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _generator(seed: int, purpose: str) -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(derive_seed(seed, purpose))
-
-
 def _jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in row.items():
@@ -238,14 +201,6 @@ def _jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_json(path: Path, document: Mapping[str, Any]) -> None:
-    from hessaudit._atomic import write_text
-
-    if not _dist.is_main():  # torchrun: only rank 0 writes
-        return
-    write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
-
-
 def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     """Mini-batch slices; a last batch of one example joins the previous one (BatchNorm in
     train mode cannot normalize a single example)."""
@@ -254,102 +209,6 @@ def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
         bounds[-2] = (bounds[-2][0], n)
         bounds.pop()
     return bounds
-
-
-# --------------------------------------------------------------------------- run folder
-
-
-def _is_empty_dir(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
-
-
-def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse a run folder we may not write to, before any work (and any deletion)."""
-    if out.exists() and not out.is_dir():
-        raise HessauditError(f"--out {out} is a file, not a folder")
-    if resume:
-        if not (out / "config.json").is_file():
-            raise HessauditError(
-                f"--resume {out}: no run to resume there (config.json is missing)",
-                hint="start a new run with --out",
-            )
-        return
-    if out.is_dir() and not _is_empty_dir(out) and not overwrite:
-        raise HessauditError(
-            f"--out {out} already holds files",
-            hint=f"pass --resume {out} to continue that run, --overwrite to replace its "
-            "outputs, or choose another --out",
-        )
-
-
-def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Create the run folder; with ``overwrite``, delete the previous run's outputs (only the
-    files in :data:`OUTPUT_NAMES`). Called once the run is set up, so that a bad option never
-    costs the user a previous run."""
-    if not _dist.is_main():
-        return
-    if not resume and overwrite and out.is_dir():
-        for name in OUTPUT_NAMES:
-            with contextlib.suppress(FileNotFoundError):
-                (out / name).unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HessauditError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
-
-
-def load_run_config(out: str | Path) -> FinetuneConfig:
-    """The :class:`FinetuneConfig` saved in ``out/config.json``."""
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        raise HessauditError(f"--resume {out}: no run to resume there (config.json is missing)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        saved = document["config"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise HessauditError(f"{path} is not a hessaudit finetune config") from None
-    return FinetuneConfig.from_dict(saved, source=str(path))
-
-
-def resume_config(out: str | Path, overrides: Mapping[str, Any] | None = None) -> FinetuneConfig:
-    """The saved config of the run in ``out``, with ``overrides`` applied.
-
-    Only the options in :data:`~hessaudit.robust.config.RESUMABLE_FIELDS` (``epochs``,
-    ``early_stop``, ``device``, ``audit``, ``audit_samples``) may differ from the saved ones;
-    any other override must equal the saved value.
-    """
-    saved = load_run_config(out)
-    changes: dict[str, Any] = {}
-    for name, value in (overrides or {}).items():
-        if name == "out":
-            if Path(value).resolve() != Path(out).resolve():
-                raise HessauditError(f"--out {value} differs from --resume {out}")
-            continue
-        if not hasattr(saved, name):
-            raise HessauditError(f"unknown option {name!r}")
-        if name in RESUMABLE_FIELDS:
-            changes[name] = value
-        elif _differs(getattr(saved, name), value, name, saved):
-            raise HessauditError(
-                f"--{name.replace('_', '-')} {value} differs from the run being resumed "
-                f"({getattr(saved, name)!r})",
-                hint=f"only {', '.join('--' + f.replace('_', '-') for f in RESUMABLE_FIELDS)} "
-                "may change on --resume",
-            )
-    return dataclasses.replace(saved, **changes, out=str(out))
-
-
-def _differs(saved_value: Any, value: Any, name: str, saved: FinetuneConfig) -> bool:
-    if saved_value == value:
-        return False
-    # options whose resolved value is saved: the unresolved default is no change
-    if value is None and name in ("constraint", "noise_seed"):
-        return False
-    resolved = dataclasses.replace(saved, **{name: value})
-    try:
-        return getattr(resolved.resolved(), name) != getattr(saved.resolved(), name)
-    except HessauditError:
-        return True
 
 
 # --------------------------------------------------------------------------- model setup
@@ -452,16 +311,6 @@ def _make_scheduler(
 # --------------------------------------------------------------------------- training steps
 
 
-@dataclass
-class _Split:
-    x: torch.Tensor
-    y: torch.Tensor  # labels trained on / evaluated against
-    clean: torch.Tensor | None  # clean labels when known (training split only)
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-
 def _train_epoch(
     model: nn.Module,
     data: _Split,
@@ -559,114 +408,6 @@ def _predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.
 # --------------------------------------------------------------------------- the run
 
 
-@dataclass
-class _Setup:
-    config: FinetuneConfig
-    device: torch.device
-    num_classes: int
-    pretrained_record: Any
-    pretrained_tensors: dict[str, torch.Tensor]
-    train: _Split
-    val: _Split | None
-    heldout: _Split | None
-    data_summary: dict[str, Any]
-    heldout_summary: dict[str, Any] | None
-    val_indices: list[int]
-    data_fingerprint: str
-    injection: NoiseInjection | None
-    input_config: Any
-
-
-def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    h.update(str(tuple(x.shape)).encode())
-    h.update(y.to(torch.int64).cpu().numpy().tobytes())
-    h.update(repr(float(x.double().sum())).encode())
-    return h.hexdigest()
-
-
-def _prepare_data(config: FinetuneConfig, device: torch.device, display: TrainingDisplay) -> _Setup:
-    from hessaudit.checkpoints import load_checkpoint
-    from hessaudit.data import load_data
-    from hessaudit.models import build_model, input_config
-
-    checkpoint = load_checkpoint(config.pretrained)
-    probe = build_model(config.model, num_classes=config.num_classes, allow_hub=config.allow_hub)
-    in_cfg = input_config(probe, input_size=config.input_size)
-    del probe
-    train = load_data(
-        config.data,
-        role="train",
-        input_config=in_cfg,
-        num_classes=config.num_classes,
-        samples=config.samples,
-        seed=config.seed,
-    )
-    k = int(config.num_classes or train.num_classes)
-    if k < 2:
-        raise HessauditError(f"--data {config.data} has {k} class; fine-tuning needs 2 or more")
-    summary = train.to_dict()
-    x = train.x
-    noisy = train.y.to(torch.int64)
-    clean = None if train.clean_y is None else train.clean_y.to(torch.int64)
-    injection = None
-    if config.inject_noise is not None:
-        injection = inject_noise(
-            noisy, num_classes=k, spec=config.inject_noise, seed=int(config.noise_seed or 0)
-        )
-        clean = noisy if clean is None else clean
-        noisy = injection.noisy_labels
-    fingerprint = _fingerprint(x, noisy)
-
-    n = int(noisy.shape[0])
-    val_idx: list[int] = []
-    train_idx = torch.arange(n)
-    if config.val_fraction is not None:
-        n_val = round(n * config.val_fraction)
-        n_val = min(max(n_val, 1), n - 1)
-        if n < 2:
-            raise HessauditError(f"--val-fraction: --data {config.data} has only {n} example")
-        perm = torch.randperm(n, generator=_generator(config.seed, "split"))
-        val_t = torch.sort(perm[:n_val]).values
-        train_idx = torch.sort(perm[n_val:]).values
-        val_idx = [int(i) for i in val_t]
-    val = None
-    if val_idx:
-        vi = torch.tensor(val_idx, dtype=torch.long)
-        val_labels = clean[vi] if clean is not None else noisy[vi]
-        val = _Split(x=x[vi].to(device), y=val_labels.to(device), clean=None)
-    tr = _Split(
-        x=x[train_idx].to(device),
-        y=noisy[train_idx].to(device),
-        clean=None if clean is None else clean[train_idx].to(device),
-    )
-    heldout = None
-    heldout_summary = None
-    if config.eval_data is not None:
-        ev = load_data(config.eval_data, role="eval", input_config=in_cfg, num_classes=k)
-        heldout_summary = ev.to_dict()
-        labels = ev.clean_y if ev.clean_y is not None else ev.y
-        heldout = _Split(x=ev.x.to(device), y=labels.to(torch.int64).to(device), clean=None)
-    if clean is None and config.inject_noise is None:
-        display.log("training labels are used as given (no clean labels known)")
-    return _Setup(
-        config=config,
-        device=device,
-        num_classes=k,
-        pretrained_record=checkpoint.record,
-        pretrained_tensors=dict(checkpoint.tensors),
-        train=tr,
-        val=val,
-        heldout=heldout,
-        data_summary=summary,
-        heldout_summary=heldout_summary,
-        val_indices=val_idx,
-        data_fingerprint=fingerprint,
-        injection=injection,
-        input_config=in_cfg,
-    )
-
-
 def _estimate_F(setup: _Setup, display: TrainingDisplay) -> tuple[np.ndarray, dict[str, Any]]:
     """Fit first models on the noisy training labels (two-fold cross-fitting: each half is
     predicted by a model trained on the other half, so the probabilities are out-of-sample),
@@ -745,100 +486,6 @@ def _estimate_F(setup: _Setup, display: TrainingDisplay) -> tuple[np.ndarray, di
     return F, info
 
 
-def _resolve_noise_matrix(
-    setup: _Setup, display: TrainingDisplay, saved: torch.Tensor | None
-) -> tuple[np.ndarray | None, str | None, dict[str, Any] | None]:
-    config = setup.config
-    spec = config.noise_matrix
-    if spec is None:
-        return None, None, None
-    k = setup.num_classes
-    if spec == "injected":
-        assert setup.injection is not None  # config.resolved() checks
-        F = validate_noise_matrix(
-            setup.injection.noise_matrix,
-            num_classes=k,
-            source=f"--noise-matrix injected ({setup.injection.spec})",
-        )
-        return F, f"injected ({setup.injection.spec})", None
-    if spec == "estimate":
-        if saved is not None:  # resuming: the estimate is part of the run's state
-            return saved.numpy().astype(np.float64), f"estimate ({config.estimate_method})", None
-        F, info = _estimate_F(setup, display)
-        return F, f"estimate ({config.estimate_method})", info
-    return load_noise_matrix(spec, num_classes=k), spec, None
-
-
-def noise_document(
-    injection: NoiseInjection | None,
-    noise_matrix: np.ndarray | None,
-    source: str | None,
-    estimated: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    """The ``noise.json`` document. ``noise_matrix`` is the ``F`` the loss used (so the file
-    can be passed back as ``--noise-matrix noise.json``); ``injected.flipped_indices`` are
-    positions in the loaded training data, before the validation split."""
-    return {
-        "schema": NOISE_SCHEMA,
-        "convention": "F[true, noisy] = P(noisy label | true label), rows sum to 1; "
-        "cleanlab's noise_matrix is the transpose",
-        "noise_matrix": None if noise_matrix is None else noise_matrix.tolist(),
-        "noise_matrix_source": source,
-        "injected": None if injection is None else injection.to_dict(),
-        "estimated": None if estimated is None else dict(estimated),
-    }
-
-
-def _save_state(path: Path, state: Mapping[str, Any]) -> None:
-    from hessaudit._atomic import atomic_path
-
-    if not _dist.is_main():
-        return
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise HessauditError(
-            f"--resume: {path} cannot be read ({type(exc).__name__}); the run cannot continue",
-            hint="start again with --overwrite",
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise HessauditError(f"--resume: {path} is not a hessaudit finetune state")
-    return state
-
-
-def _metadata(
-    config: FinetuneConfig,
-    setup: _Setup,
-    *,
-    epoch: int,
-    F: np.ndarray | None,
-    F_source: str | None,
-    new: list[str],
-    kind: str,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    meta = {
-        "format": SCHEMA,
-        "kind": kind,
-        "tool_version": __version__,
-        "epoch": epoch,
-        "seed": config.seed,
-        "config": config.to_dict(),
-        "pretrained_sha256": setup.pretrained_record.sha256,
-        "num_classes": setup.num_classes,
-        "noise_matrix": None if F is None else F.tolist(),
-        "noise_matrix_source": F_source,
-        "new_tensors": list(new),
-    }
-    meta.update(extra or {})
-    return meta
-
-
 def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
 
@@ -908,7 +555,9 @@ def run_finetune(
         if resume:
             _check_resume_inputs(out, setup)
         saved_F = None if state is None else state.get("noise_matrix")
-        F, F_source, estimated = _resolve_noise_matrix(setup, display, saved_F)
+        F, F_source, estimated = _resolve_noise_matrix(
+            setup, display, saved_F, estimate=_estimate_F
+        )
         loss_fn = make_loss(
             config.loss,
             noise_matrix=F,
@@ -1128,70 +777,6 @@ def run_finetune(
     return result
 
 
-def _config_document(
-    out: Path,
-    config: FinetuneConfig,
-    info: Mapping[str, Any],
-    state: Mapping[str, Any] | None,
-    resume: bool,
-) -> dict[str, Any]:
-    """``config.json``; on resume the (possibly extended) config replaces the saved one and
-    the resume is appended to ``resumes``."""
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    created, resumes = now, []
-    if resume:
-        with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
-            previous = json.loads((out / "config.json").read_text(encoding="utf-8"))
-            created = previous.get("created", now)
-            resumes = list(previous.get("resumes", []))
-        resumes.append({"after_epoch": 0 if state is None else int(state["epoch"]), "at": now})
-    return {
-        "schema": SCHEMA,
-        "tool_version": __version__,
-        "created": created,
-        "resumes": resumes,
-        "config": config.to_dict(),
-        "resolved": dict(info),
-    }
-
-
-def _check_can_continue(out: Path, config: FinetuneConfig, state: Mapping[str, Any]) -> None:
-    epoch = int(state["epoch"])
-    bad_epochs = int(state["bad_epochs"])
-    stopped = config.early_stop is not None and bad_epochs >= config.early_stop
-    if stopped or epoch >= config.epochs:
-        why = (
-            f"stopped early at epoch {epoch} (no better validation accuracy for "
-            f"{bad_epochs} epochs)"
-            if stopped
-            else f"already finished its {epoch} epochs"
-        )
-        raise HessauditError(
-            f"--resume {out}: the run {why}; nothing to do",
-            hint="pass a larger --epochs (or --early-stop) to continue it",
-        )
-
-
-def _check_resume_inputs(out: Path, setup: _Setup) -> None:
-    try:
-        document = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        resolved = document.get("resolved", {})
-    except (OSError, json.JSONDecodeError):
-        raise HessauditError(f"--resume: {out / 'config.json'} cannot be read") from None
-    saved_sha = resolved.get("pretrained", {}).get("sha256")
-    if saved_sha is not None and saved_sha != setup.pretrained_record.sha256:
-        raise HessauditError(
-            f"--pretrained {setup.config.pretrained} changed since the run in {out} started "
-            "(SHA-256 differs); the run cannot be resumed"
-        )
-    saved_fp = resolved.get("data_fingerprint")
-    if saved_fp is not None and saved_fp != setup.data_fingerprint:
-        raise HessauditError(
-            f"--data {setup.config.data} changed since the run in {out} started; "
-            "the run cannot be resumed"
-        )
-
-
 def _run_info(
     setup: _Setup,
     build: _ModelBuild,
@@ -1276,44 +861,6 @@ def _row(
         "max_radius_ratio": ratio,
         "seconds": float(seconds),
     }
-
-
-def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
-    import pandas as pd
-
-    from hessaudit._atomic import atomic_path
-
-    frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
-    if not _dist.is_main():
-        return
-    with atomic_path(out / "metrics.csv") as tmp:
-        frame.to_csv(tmp, index=False)
-
-
-def _save_weights(
-    path: Path,
-    model: nn.Module,
-    config: FinetuneConfig,
-    setup: _Setup,
-    *,
-    epoch: int,
-    F: np.ndarray | None,
-    F_source: str | None,
-    new: list[str],
-    kind: str,
-    extra: Mapping[str, Any] | None = None,
-) -> None:
-    from hessaudit.checkpoints import save_checkpoint
-
-    if not _dist.is_main():
-        return
-    save_checkpoint(
-        path,
-        model.state_dict(),
-        metadata=_metadata(
-            config, setup, epoch=epoch, F=F, F_source=F_source, new=new, kind=kind, extra=extra
-        ),
-    )
 
 
 def _run_audit(
