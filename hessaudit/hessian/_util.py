@@ -131,3 +131,38 @@ def check_generator(generator: object) -> torch.Generator:
 
 def tiny(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).tiny) if dtype.is_floating_point else 1e-300
+
+
+class BlockOperator:
+    """What every one-parameter block operator holds: the model, its batches, the block's
+    parameter and the bookkeeping (``size``, ``shape``, ``dtype``, ``device``,
+    ``num_examples``, ``num_matvecs``). Subclasses add ``matvec``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[tuple[Tensor, Tensor]],
+        param_name: str,
+        *,
+        cache_graph: bool,
+        chunk_size: int | None,
+    ) -> None:
+        check_eval_mode(model)
+        param = get_parameter(model, param_name)
+        self.model = model
+        self.param_name = param_name
+        self.batches = check_batches(batches)
+        self.cache_graph = cache_graph
+        self.chunk_size = chunk_size
+        self.size: int = param.numel()
+        self.shape = param.shape
+        self.dtype: torch.dtype = param.dtype
+        self.device: torch.device = param.device
+        self.num_examples: int = sum(int(x.shape[0]) for x, _ in self.batches)
+        self.num_matvecs: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.param_name!r}, size={self.size}, "
+            f"examples={self.num_examples}, batches={len(self.batches)})"
+        )

@@ -37,9 +37,9 @@ from torch.func import functional_call
 
 from hessaudit.errors import HessauditError
 from hessaudit.hessian._util import (
+    BlockOperator,
     as_flat,
     as_rows,
-    check_batches,
     check_eval_mode,
     check_xy,
     frozen_parameters,
@@ -238,7 +238,7 @@ def gauss_newton_probe_forms(
     return torch.func.vmap(one, chunk_size=chunk_size)(Z).detach()
 
 
-class BlockGaussNewton:
+class BlockGaussNewton(BlockOperator):
     """The Gauss-Newton block G_i = (1/N) sum_n J_{i,n}^T A_n J_{i,n} over ``batches``.
 
     Equal to the block Hessian :class:`~hessaudit.hessian.operator.BlockHessian` for a
@@ -266,26 +266,10 @@ class BlockGaussNewton:
         cache_graph: bool = False,
         chunk_size: int | None = None,
     ) -> None:
-        check_eval_mode(model)
-        param = get_parameter(model, param_name)
-        self.model = model
-        self.param_name = param_name
-        self.batches = check_batches(batches)
-        self.cache_graph = cache_graph
-        self.chunk_size = chunk_size
-        self.size: int = param.numel()
-        self.shape = param.shape
-        self.dtype: torch.dtype = param.dtype
-        self.device: torch.device = param.device
-        self.num_examples: int = sum(int(x.shape[0]) for x, _ in self.batches)
-        self.num_matvecs: int = 0
-        self._cache: dict[int, tuple[Callable, Callable, Tensor]] = {}
-
-    def __repr__(self) -> str:
-        return (
-            f"BlockGaussNewton({self.param_name!r}, size={self.size}, "
-            f"examples={self.num_examples}, batches={len(self.batches)})"
+        super().__init__(
+            model, batches, param_name, cache_graph=cache_graph, chunk_size=chunk_size
         )
+        self._cache: dict[int, tuple[Callable, Callable, Tensor]] = {}
 
     def _linearization(self, index: int, x: Tensor) -> tuple[Callable, Callable, Tensor]:
         if index in self._cache:

@@ -39,6 +39,7 @@ from torch.func import functional_call
 
 from hessaudit.errors import HessauditError
 from hessaudit.hessian._util import (
+    BlockOperator,
     as_flat,
     as_rows,
     check_batches,
@@ -54,7 +55,7 @@ BACKENDS = ("autograd", "func")
 Batch = tuple[Tensor, Tensor]
 
 
-class BlockHessian:
+class BlockHessian(BlockOperator):
     """The block H_i of the Hessian of the mean cross-entropy over ``batches``, as an operator.
 
     Args:
@@ -100,27 +101,14 @@ class BlockHessian:
                 "cache_graph is only supported by the autograd backend",
                 hint="use backend='autograd' or cache_graph=False",
             )
-        check_eval_mode(model)
-        param = get_parameter(model, param_name)
-        self.model = model
-        self.param_name = param_name
-        self.batches = check_batches(batches)
+        super().__init__(
+            model, batches, param_name, cache_graph=cache_graph, chunk_size=chunk_size
+        )
         self.backend = backend
-        self.cache_graph = cache_graph
-        self.chunk_size = chunk_size
-        self.size: int = param.numel()
-        self.shape = param.shape
-        self.dtype: torch.dtype = param.dtype
-        self.device: torch.device = param.device
-        self.num_examples: int = sum(int(x.shape[0]) for x, _ in self.batches)
-        self.num_matvecs: int = 0
         self._cache: list[object] | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"BlockHessian({self.param_name!r}, size={self.size}, backend={self.backend!r}, "
-            f"examples={self.num_examples}, batches={len(self.batches)})"
-        )
+        return super().__repr__()[:-1] + f", backend={self.backend!r})"
 
     def matvec(self, u: Tensor) -> Tensor:
         """H_i u for a flat ``(size,)`` vector, or row-wise for a ``(B, size)`` matrix."""
