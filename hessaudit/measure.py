@@ -45,6 +45,21 @@ from torch import nn
 from hessaudit.data import Dataset
 from hessaudit.distributed import SINGLE, Context, ShardedOperator
 from hessaudit.errors import HessauditError
+from hessaudit.hessian import (
+    BlockGaussNewton,
+    BlockHessian,
+    PerExampleBlockHessians,
+    confirm_piecewise_linear,
+    cross_term_forms,
+    gauss_newton_probe_forms,
+    hutchinson_trace,
+    is_piecewise_linear,
+    lanczos_quadrature,
+    lanczos_top_eigenvalue,
+    per_example_directional_second_derivative,
+    per_example_gauss_newton_forms,
+    trace_from_samples,
+)
 from hessaudit.layers import Layer
 
 REDUCTIONS = ("example-max", "batch-max", "mean")
@@ -159,7 +174,6 @@ def choose_engine_path(
     (a smooth operation downstream of the layer moves every example's form, so a few suffice).
     ``piecewise`` passes a precomputed :func:`~hessaudit.hessian.is_piecewise_linear`.
     """
-    from hessaudit.hessian import confirm_piecewise_linear, is_piecewise_linear
 
     if requested == "lanczos":
         return "lanczos"
@@ -209,7 +223,6 @@ def measure_layers(
     ``dist`` (a :class:`hessaudit.distributed.Context`) shards the examples over the ranks of a
     torchrun job and all-reduces the results, so every rank returns what one process would.
     """
-    from hessaudit.hessian import is_piecewise_linear
 
     ctx = dist or SINGLE
     if model.training:
@@ -274,13 +287,16 @@ def _measure_one(
         quad_raw = quad_pos = 0.0
     elif path == "jvp":
         quad_raw = quad_pos = _reduce_per_example(
-            [_gauss_newton_forms(model, x, y, layer.name, v) for x, y in work.local],
+            [per_example_gauss_newton_forms(model, x, y, layer.name, v) for x, y in work.local],
             settings.reduce,
             ctx,
         )
     else:
         quad_raw = _reduce_per_example(
-            [_second_derivatives(model, x, y, layer.name, v) for x, y in work.local],
+            [
+                per_example_directional_second_derivative(model, x, y, layer.name, v)
+                for x, y in work.local
+            ],
             settings.reduce,
             ctx,
         )
@@ -335,18 +351,6 @@ def _delta_like(model: nn.Module, layer: Layer) -> torch.Tensor:
     return layer.delta.to(device=param.device, dtype=param.dtype).reshape(param.shape)
 
 
-def _gauss_newton_forms(model, x, y, name, v) -> torch.Tensor:
-    from hessaudit.hessian import per_example_gauss_newton_forms
-
-    return per_example_gauss_newton_forms(model, x, y, name, v)
-
-
-def _second_derivatives(model, x, y, name, v) -> torch.Tensor:
-    from hessaudit.hessian import per_example_directional_second_derivative
-
-    return per_example_directional_second_derivative(model, x, y, name, v)
-
-
 def _reduce_per_example(
     per_batch: list[torch.Tensor], reduce: str, ctx: Context = SINGLE
 ) -> float:
@@ -398,7 +402,6 @@ def _positive_forms(
     settings: MeasureSettings,
 ) -> tuple[float, int, float, bool]:
     """Reduced v^T H^+ v by Lanczos quadrature; returns (value, steps, last change, converged)."""
-    from hessaudit.hessian import BlockHessian, PerExampleBlockHessians, lanczos_quadrature
 
     flat = v.reshape(-1)
     ctx = work.ctx
@@ -465,14 +468,6 @@ def _spectrum(
     Hutchinson samples z^T G z = mean_n gn_form(J_n z) need only JVPs, vectorized over probes;
     the probes are drawn exactly as :func:`~hessaudit.hessian.hutchinson_trace` draws them.
     """
-    from hessaudit.hessian import (
-        BlockGaussNewton,
-        BlockHessian,
-        gauss_newton_probe_forms,
-        hutchinson_trace,
-        lanczos_top_eigenvalue,
-        trace_from_samples,
-    )
     from hessaudit.hessian._util import random_rademacher
 
     ctx = work.ctx
@@ -534,7 +529,6 @@ def _cross_forms(
     reduce: str,
 ) -> dict[str, float]:
     """The released code's per-layer v_i^T (H v)_i from full HVPs along all layers at once."""
-    from hessaudit.hessian import cross_term_forms
 
     ctx = work.ctx
     vectors = {layer.name: _delta_like(model, layer) for layer in layers}

@@ -866,10 +866,8 @@ def _row(
 def _run_audit(
     config: FinetuneConfig, setup: _Setup, out: Path, display: TrainingDisplay
 ) -> dict[str, Any]:
-    try:
-        from hessaudit.audit import AuditRequest, run_audit, write_audit_json
-    except ImportError as exc:  # pragma: no cover - the audit ships with hessaudit
-        raise HessauditError(f"--audit: the audit is not available ({exc})") from None
+    from hessaudit.audit import AuditRequest, run_audit, write_audit_json
+
     display.log("auditing the final checkpoint against the pretrained one")
     request = AuditRequest(
         pretrained=str(config.pretrained),
