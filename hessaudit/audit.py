@@ -68,6 +68,7 @@ class AuditRequest:
     dtype: str = "float32"
     seed: int = 0
     allow_hub: bool = False
+    recipe: str = "theorem"  # hessaudit.recipes: "theorem" | "released"
 
     def settings(self) -> MeasureSettings:
         return MeasureSettings(
@@ -117,7 +118,7 @@ class AuditResult:
             "torch_version": self.torch_version,
             "created": self.created,
             "inputs": self.inputs,
-            "settings": {**settings, "batch_size": request.batch_size},
+            "settings": {**settings, "batch_size": request.batch_size, "recipe": request.recipe},
             "layers": [layer.to_dict() for layer in self.layers],
             "clamped_layers": self.clamped_layers,
             "unpaired": self.unpaired,
@@ -163,7 +164,10 @@ def run_audit(
     from hessaudit.data import load_data
     from hessaudit.layers import pair_layers
     from hessaudit.models import disable_fused_attention, input_config, load_model
+    from hessaudit.recipes import audit_examples, get_recipe, resolve_request, select_layers
 
+    request = resolve_request(request)  # the recipe's settings (a no-op for "theorem")
+    recipe = get_recipe(request.recipe)
     settings = request.settings()
     # Under torchrun: join the job (gloo on CPU, NCCL on CUDA); each rank audits its shard.
     dist = distributed.init(request.device)
@@ -203,6 +207,7 @@ def run_audit(
         parameter_names={name for name, _ in model.named_parameters()},
         order=list(model.state_dict()),
     )
+    measured = select_layers(recipe, model, pairing.layers)
     num_classes = _model_num_classes(model, finetuned.tensors)
     config = input_config(model, input_size=request.input_size)
     if train_data is None:
@@ -210,7 +215,11 @@ def run_audit(
             request.data, role="train", input_config=config, num_classes=num_classes
         )
     train = _to(train_data, device, dtype)
-    audit_data = train if request.samples is None else _take_samples(train, request)
+    own_examples = recipe.examples != "audit-data"  # the recipe picks them, below
+    audit_data = (
+        train if request.samples is None or own_examples else _take_samples(train, request)
+    )
+    audit_from = "data"
 
     train_losses = per_example_losses(model, train, batch_size=request.batch_size)
     if not bool(torch.isfinite(train_losses).all()):
@@ -220,20 +229,25 @@ def run_audit(
         )
     eval_loss = None
     eval_record = None
+    held_out = None
     if request.eval_data is not None:
         held_out = load_data(
             request.eval_data, role="eval", input_config=config, num_classes=num_classes
         )
         eval_record = held_out.to_dict()
+        held_out = _to(held_out, device, dtype)
         eval_loss = float(
-            per_example_losses(
-                model, _to(held_out, device, dtype), batch_size=request.batch_size
-            ).mean()
+            per_example_losses(model, held_out, batch_size=request.batch_size).mean()
+        )
+    if own_examples:
+        audit_data, audit_from = audit_examples(
+            recipe, train=train, held_out=held_out, samples=request.samples,
+            batch_size=request.batch_size, seed=request.seed,
         )
 
     generator = torch.Generator(device="cpu").manual_seed(request.seed)
     layer_measures = measure_layers(
-        model, pairing.layers, audit_data, settings, generator=generator, progress=progress,
+        model, measured, audit_data, settings, generator=generator, progress=progress,
         dist=dist,
     )
     if request.loss_bound is None:
@@ -262,6 +276,7 @@ def run_audit(
         "eval_data_summary": eval_record,
         "samples": request.samples,
         "audit_examples": len(audit_data),
+        "audit_examples_from": audit_from,
         "seed": request.seed,
         "device": str(device),
         "dtype": request.dtype,

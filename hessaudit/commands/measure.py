@@ -19,6 +19,7 @@ _GATES = "Gates (exit 2 when one fails; see docs/gating.md)"
 
 
 def measure_command(
+    ctx: typer.Context,
     pretrained: Annotated[Path, typer.Argument(help="Pretrained checkpoint (.safetensors/.pt).")],
     finetuned: Annotated[Path, typer.Argument(help="Fine-tuned checkpoint (.safetensors/.pt).")],
     model: Annotated[
@@ -62,6 +63,14 @@ def measure_command(
     form: Annotated[
         str, typer.Option(help="positive | raw | cross.", rich_help_panel=_MEASURE)
     ] = "positive",
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="theorem | released: 'released' reproduces the paper's released code (sets "
+            "--form, --reduce, --batch-size, the layers and the head rule; see docs/measure.md).",
+            rich_help_panel=_MEASURE,
+        ),
+    ] = "theorem",
     engine: Annotated[
         str, typer.Option(help="auto | jvp | lanczos.", rich_help_panel=_MEASURE)
     ] = "auto",
@@ -183,6 +192,7 @@ def measure_command(
     from hessaudit import gates
     from hessaudit.audit import AuditRequest, audit_to_json, layers_frame, run_audit
     from hessaudit.distributed import env_world_size
+    from hessaudit.recipes import resolve_request
     from hessaudit.report.audit import print_audit
     from hessaudit.report.progress import step_progress
 
@@ -230,7 +240,9 @@ def measure_command(
         dtype=dtype,
         seed=seed,
         allow_hub=allow_hub,
+        recipe=recipe,
     )
+    request = resolve_request(request, explicit=_given_on_command_line(ctx))
     to_stdout = json_path == "-"
     main_rank = env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0
     try:
@@ -266,3 +278,13 @@ def measure_command(
     if not quiet and not to_stdout and summary_md != "-":
         print_audit(document)
     return 0 if document["success"] else 2
+
+
+def _given_on_command_line(ctx: typer.Context) -> set[str]:
+    """Names of the options the user gave (not left at their defaults)."""
+    given = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given.add(name)
+    return given

@@ -51,7 +51,7 @@ def audit_table(document: dict[str, Any]) -> Table:
     table = Table(
         title=(
             f"Hessian distance per layer  (reduce={settings['reduce']}, form={settings['form']}, "
-            f"engine={settings['engine']})"
+            f"engine={settings['engine']}, recipe={escape(str(settings.get('recipe', 'theorem')))})"
         ),
         title_justify="left",
         header_style="bold",
