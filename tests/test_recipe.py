@@ -337,3 +337,17 @@ def test_released_layers_and_examples_without_held_out_data(setup):
     assert audit_examples(
         get_recipe("theorem"), train=train, held_out=None, samples=5, batch_size=4, seed=0
     ) is None
+
+
+def test_released_recipe_without_a_measurable_layer_is_an_error():
+    from hessaudit.errors import HessauditError
+    from hessaudit.layers import pair_layers
+    from hessaudit.recipes import get_recipe, select_layers
+
+    # VGG-style naming: the convolution is "features.0", and there is no Linear classifier
+    model = nn.Sequential()
+    model.add_module("features", nn.Sequential(nn.Conv2d(1, 2, 3)))
+    state = model.state_dict()
+    pairing = pair_layers(state, {k: v + 1 for k, v in state.items()})
+    with pytest.raises(HessauditError, match="--recipe released selects no layer"):
+        select_layers(get_recipe("released"), model, pairing.layers)
