@@ -154,8 +154,9 @@ def c_dominance_note(document: dict[str, Any]) -> str | None:
         else "C is far above a typical example's loss"
     )
     return (
-        f"C is {ratio:.3g}x the median per-example training loss ({median_text}): {where}, "
-        "and G grows with √C (see --loss-bound)"
+        f"C is {ratio:.3g}x the median per-example training loss ({median_text}): {where}; "
+        f"G grows with √C, {math.sqrt(ratio):.2g}x what C = the median would give "
+        "(see --loss-bound)"
     )
 
 
