@@ -10,6 +10,9 @@ Decisions (also in docs/measure.md):
   (forward passes only), while the Hessian reductions run over the audit examples (``samples``
   of them, a seeded subset, or all of ``data`` in order).
 * n defaults to the size of ``data``.
+* ``bound_kind`` is ``"bound"`` only when the audit evaluated Theorem 2.1's quantities themselves
+  (every example of ``data``, the per-example max of the positive part, ...), else
+  ``"estimate"`` with ``estimate_reasons`` (:func:`hessaudit.bound.classify_bound`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 
 from hessaudit._atomic import write_text
 from hessaudit._version import __version__
-from hessaudit.bound import BoundResult, compute_bound
+from hessaudit.bound import BoundKind, BoundResult, classify_bound, compute_bound
 from hessaudit.data import Dataset
 from hessaudit.devices import resolve_device, resolve_dtype
 from hessaudit.errors import HessauditError
@@ -93,6 +96,7 @@ class AuditResult:
     unpaired: dict[str, Any]
     created: str
     torch_version: str
+    kind: BoundKind
     gates: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -133,6 +137,9 @@ class AuditResult:
             "hessian_term": bound["hessian_term"],
             "bound": bound["bound"],
             "bound_note": bound["note"],
+            **self.kind.to_dict(),
+            "median_train_loss": bound["median_train_loss"],
+            "C_over_median_loss": bound["C_over_median_loss"],
             "gates": self.gates,
             "success": self.success,
         }
@@ -262,6 +269,19 @@ def run_audit(
         loss_bound_source=loss_bound_source,
         epsilon=request.epsilon,
         eval_loss=eval_loss,
+        median_train_loss=_median(train_losses),
+    )
+    unconverged = [layer.name for layer in layer_measures if _iterated_unconverged(layer, request)]
+    kind = classify_bound(
+        data_examples=len(train),
+        hcal_examples=len(audit_data),
+        loss_bound_source=loss_bound_source,
+        loss_bound_examples=len(train_losses),
+        reduce=request.reduce,
+        form=request.form,
+        n=bound.n,
+        unconverged_layers=len(unconverged),
+        hcal_from_training_data=audit_from == "data",
     )
     inputs = {
         "pretrained": pretrained.record.to_dict(),
@@ -305,6 +325,7 @@ def run_audit(
         unpaired=unpaired,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         torch_version=torch.__version__,
+        kind=kind,
     )
 
 
@@ -322,6 +343,23 @@ def layers_frame(result: AuditResult):
     import pandas as pd
 
     return pd.DataFrame([layer.to_dict() for layer in result.layers])
+
+
+def _median(values: torch.Tensor) -> float:
+    """The median (mean of the two middle values for an even count), in float64."""
+    ordered = torch.sort(values.detach().double().flatten()).values
+    count = len(ordered)
+    return float((ordered[(count - 1) // 2] + ordered[count // 2]) / 2)
+
+
+def _iterated_unconverged(layer: LayerMeasure, request: AuditRequest) -> bool:
+    """Whether the layer's Hcal came from a Lanczos quadrature that did not converge.
+
+    Only ``form=positive`` on the Lanczos path iterates; the JVP path and the raw and cross forms
+    are exact. ``converged`` also covers the top-eigenvalue estimate, so this errs on the side
+    of calling the bound an estimate.
+    """
+    return request.form == "positive" and layer.engine_path == "lanczos" and not layer.converged
 
 
 def _model_num_classes(model: torch.nn.Module, tensors) -> int:

@@ -4,8 +4,10 @@
 ``hessaudit.compare/1`` document::
 
     schema, tool_version, created
-    base, new          {path, created, model, data, finetuned {path, sha256}, success}
-    warnings           [str]: settings or inputs that differ between the two audits
+    base, new          {path, created, model, data, finetuned {path, sha256}, success,
+                        bound_kind, estimate_reasons}
+    warnings           [str]: settings or inputs that differ between the two audits, and a
+                       line for each audit whose bound is only an estimate
     summary            {bound, hessian_term, train_loss, eval_loss, gap, ratio_to_gap, C, n}:
                        each {base, new, abs_change, rel_change_pct}
     layers             [{name, base, new, abs_change, rel_change_pct, base_share, new_share}]
@@ -15,6 +17,8 @@
 
 ``rel_change_pct`` is ``100 * (new - base) / |base|``; it is 0 when both are 0 and null
 (an infinite change) when only the base is 0. A null relative change fails an increase gate.
+Each gate record's ``observed_is_estimate`` is true when either audit's ``bound_kind`` is
+``"estimate"``; ``bound_kind`` is null for an audit written before that key existed.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hessaudit._version import __version__
+from hessaudit.bound import ESTIMATE, estimate_label
 from hessaudit.errors import HessauditError
 from hessaudit.gates import Gate, layer_shares, matching, no_match_error, worst_of
 
@@ -128,6 +133,26 @@ def setting_warnings(base: Mapping[str, Any], new: Mapping[str, Any]) -> list[st
     return warnings
 
 
+def bound_kind_warnings(base: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """A line when the two audits' ``bound_kind`` differ, and one per audit that is an estimate."""
+    warnings = []
+    a, b = base.get("bound_kind"), new.get("bound_kind")
+    if a != b:
+        warnings.append(
+            f"bound kind differs: {_kind(a)} (base) vs {_kind(b)} (new); "
+            "their bounds are not the same quantity"
+        )
+    for side, document in (("base", base), ("new", new)):
+        label = estimate_label(document)
+        if label is not None:
+            warnings.append(f"the {side} audit's bound is an {label}")
+    return warnings
+
+
+def _kind(value: Any) -> str:
+    return "unknown (older audit)" if value is None else _short(value)
+
+
 def _short(value: Any) -> str:
     if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return f"sha256 {value[:12]}…"
@@ -156,6 +181,8 @@ def _side(document: Mapping[str, Any], path: str | None) -> dict[str, Any]:
         "data": _get(document, ("inputs", "data")),
         "finetuned": {"path": finetuned.get("path"), "sha256": finetuned.get("sha256")},
         "success": document.get("success"),
+        "bound_kind": document.get("bound_kind"),
+        "estimate_reasons": document.get("estimate_reasons"),
     }
 
 
@@ -196,7 +223,7 @@ def compare_audits(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "base": _side(base, base_path),
         "new": _side(new, new_path),
-        "warnings": setting_warnings(base, new),
+        "warnings": setting_warnings(base, new) + bound_kind_warnings(base, new),
         "summary": summary,
         "layers": layers,
         "only_in_base": only_in_base,
@@ -211,6 +238,7 @@ def evaluate_compare_gates(
     gates: Sequence[Gate], document: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """Evaluate ``max-increase`` / ``max-layer-increase`` gates on a compare document."""
+    estimate = any(document[side].get("bound_kind") == ESTIMATE for side in ("base", "new"))
     records = []
     for gate in gates:
         if gate.key == "max-increase":
@@ -233,6 +261,7 @@ def evaluate_compare_gates(
             records.append(record)
         else:  # pragma: no cover - resolve_gates only yields compare keys here
             raise HessauditError(f"{gate.name} is not a compare gate")
+        records[-1]["observed_is_estimate"] = estimate
     return records
 
 

@@ -32,6 +32,8 @@ Decisions:
   The gate's ``observed`` is then null and its ``note`` says why.
 * A layer pattern that matches no layer is an error (exit 1): it is almost always a typo.
 * A non-finite observed value fails its gate (and is recorded as null).
+* Gates on an estimate (``bound_kind`` ``"estimate"``, e.g. ``--samples``) are evaluated like
+  any other; each record's ``observed_is_estimate`` says so (docs/gating.md).
 * Config: ``[tool.hessaudit.gates]`` / ``[tool.hessaudit.compare]`` in ``./pyproject.toml``,
   or ``[gates]`` / ``[compare]`` at the top of the file given with ``--config`` (which is then
   read instead of ./pyproject.toml; a ``--config`` file named ``pyproject.toml`` is read the
@@ -369,8 +371,12 @@ def evaluate(gates: Sequence[Gate], document: Mapping[str, Any]) -> list[dict[st
 
     Returns the ``gates`` entries, in order. Raises :class:`HessauditError` for a gate that
     cannot be evaluated at all (a ratio gate without held-out data, a pattern matching nothing).
+    Every entry has ``observed_is_estimate``: true when the audit's ``bound_kind`` is
+    ``"estimate"`` (every measure gate reads Hcal, G or the bound, all of which are then
+    estimates of the theorem's quantities).
     """
-    return [_evaluate_one(gate, document) for gate in gates]
+    estimate = document.get("bound_kind") == "estimate"
+    return [{**_evaluate_one(gate, document), "observed_is_estimate": estimate} for gate in gates]
 
 
 def _evaluate_one(gate: Gate, document: Mapping[str, Any]) -> dict[str, Any]:

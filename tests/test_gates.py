@@ -224,6 +224,7 @@ def test_scalar_gates():
         "observed": 0.4,
         "passed": True,  # equal to the threshold passes
         "source": "flag",
+        "observed_is_estimate": False,  # the document has no bound_kind "estimate"
     }
     assert records["max-hessian-term"]["passed"] is False
     assert records["max-hessian-term"]["observed"] == 0.3

@@ -193,7 +193,7 @@ def measure_command(
     from hessaudit.audit import AuditRequest, audit_to_json, layers_frame, run_audit
     from hessaudit.distributed import env_world_size
     from hessaudit.recipes import resolve_request
-    from hessaudit.report.audit import print_audit
+    from hessaudit.report.audit import print_audit, warn_if_estimate
     from hessaudit.report.progress import step_progress
 
     outputs = [p for p in (json_path, csv_path) if p is not None and str(p) != "-"]
@@ -258,6 +258,7 @@ def measure_command(
     document = result.to_dict()
     if not main_rank:  # torchrun: every rank holds the same result; rank 0 writes and prints
         return 0 if document["success"] else 2
+    warn_if_estimate(document)  # also under --quiet: a CI log must show it
     text = audit_to_json(result)
     if json_path is not None:
         if to_stdout:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from rich.console import Group
@@ -11,6 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from hessaudit.bound import C_DOMINANCE_RATIO, estimate_label
 from hessaudit.report._console import stdout
 
 _BAR_WIDTH = 12
@@ -104,7 +106,12 @@ def summary_panel(document: dict[str, Any]) -> Panel:
     lines.add_row("n", str(document["n"]))
     lines.add_row("epsilon", fmt(document["epsilon"]))
     lines.add_row("Hessian term G", fmt(document["hessian_term"]))
-    lines.add_row("bound", Text(fmt(document["bound"]), style="bold green"))
+    bound = Text(fmt(document["bound"]), style="bold green")
+    label = estimate_label(document)
+    if label is not None:
+        bound = Text(fmt(document["bound"]), style="bold yellow")
+        bound.append(f"  {label}", style="yellow")
+    lines.add_row("bound", bound)
     if document["eval_loss"] is not None:
         lines.add_row("held-out loss", fmt(document["eval_loss"]))
         lines.add_row("observed gap", fmt(document["gap"]))
@@ -118,6 +125,9 @@ def summary_panel(document: dict[str, Any]) -> Panel:
                 style="yellow",
             )
         )
+    dominance = c_dominance_note(document)
+    if dominance is not None:
+        notes.append(Text(dominance, style="yellow"))
     gates = document.get("gates") or []
     for gate in gates:
         mark = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
@@ -125,10 +135,44 @@ def summary_panel(document: dict[str, Any]) -> Panel:
             Text.from_markup(
                 f"gate {escape(gate['name'])}: {fmt(gate['observed'])} vs {gate['op']} "
                 f"{fmt(gate['threshold'])} {mark}"
+                + (" [yellow](on an estimate)[/yellow]" if gate.get("observed_is_estimate") else "")
             )
         )
     title = "Generalization bound (Ju, Li & Zhang 2022, Thm 2.1)"
     return Panel(Group(lines, *notes), title=title, title_align="left", expand=False)
+
+
+def c_dominance_note(document: dict[str, Any]) -> str | None:
+    """One line when C is more than C_DOMINANCE_RATIO times the median per-example loss."""
+    ratio, median = document.get("C_over_median_loss"), document.get("median_train_loss")
+    if not isinstance(ratio, int | float) or not ratio > C_DOMINANCE_RATIO:
+        return None
+    median_text = fmt(median) if isinstance(median, int | float) else "-"
+    where = (
+        "the worst-fitted examples set C"
+        if document.get("C_source") == "empirical_max"
+        else "C is far above a typical example's loss"
+    )
+    return (
+        f"C is {ratio:.3g}x the median per-example training loss ({median_text}): {where}; "
+        f"G grows with √C, {math.sqrt(ratio):.2g}x what C = the median would give "
+        "(see --loss-bound)"
+    )
+
+
+def warn_if_estimate(document: dict[str, Any]) -> None:
+    """One ``warning:`` line on stderr when the audit's bound is only an estimate.
+
+    A plain write, not rich: rich wraps long lines at 80 columns when stderr is not a terminal.
+    """
+    label = estimate_label(document)
+    if label is None:
+        return
+    sys.stderr.write(
+        f"warning: the bound is an {label}, not Theorem 2.1's bound; audit every example of "
+        "--data with the default --reduce/--form for a bound (docs/measure.md)\n"
+    )
+    sys.stderr.flush()
 
 
 def print_audit(document: dict[str, Any]) -> None:

@@ -51,6 +51,10 @@ def summary_table(document: Mapping[str, Any]) -> Table:
                 "-" if entry["rel_change_pct"] is None else f"{entry['rel_change_pct']:+.1f}%"
             ),
         )
+    kinds = [document[side].get("bound_kind") for side in ("base", "new")]
+    if kinds[0] != kinds[1] or "estimate" in kinds:
+        # Text, not markup: the kinds come from the input files.
+        table.add_row("bound kind", *(Text(str(kind or "unknown")) for kind in kinds), "", "")
     return table
 
 
@@ -89,6 +93,8 @@ def print_compare(document: Mapping[str, Any]) -> None:
         observed = "-" if gate["observed"] is None else f"{gate['observed']:+.2f}{unit}"
         where = f" at {gate['worst_layer']}" if gate.get("worst_layer") else ""
         mark = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
+        if gate.get("observed_is_estimate"):
+            mark += " [yellow](on an estimate)[/yellow]"
         console.print(
             Text.from_markup(
                 f"gate {escape(gate['name'])}: {escape(observed + where)} vs {gate['op']} "

@@ -14,6 +14,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hessaudit.bound import estimate_label
 from hessaudit.gates import layer_shares
 from hessaudit.report.audit import fmt
 
@@ -47,6 +48,9 @@ code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 0
 .tag { font-size: 0.75em; border-radius: 4px; padding: 0 4px; margin-left: 4px; color: #fff; }
 .tag.head { background: var(--head); }
 .tag.fail { background: var(--fail); }
+.tag.est { background: #9a6700; }
+.estimate { background: #fff8c5; border: 1px solid #9a6700; border-radius: 8px;
+            padding: 8px 14px; }
 .bar { display: inline-block; width: 140px; height: 10px; background: var(--bg2);
        border: 1px solid var(--line); vertical-align: middle; margin-right: 6px; }
 .bar > span { display: block; height: 100%; background: var(--bar); }
@@ -161,13 +165,25 @@ def _verdict(document: Mapping[str, Any]) -> str:
     return f'<div class="verdict pass"><b>PASS</b> — {_e(text)}</div>'
 
 
+def _estimate_note(document: Mapping[str, Any]) -> str:
+    label = estimate_label(document)
+    if label is None:
+        return ""
+    return (
+        f'<p class="estimate">The bound is an <b>{_e(label)}</b>, not Theorem 2.1\'s bound; '
+        "gates on it compare an estimate (see docs/measure.md, “Bound or estimate”).</p>"
+    )
+
+
 def _gates_section(gates: Sequence[Mapping[str, Any]]) -> str:
     if not gates:
         return ""
     rows = "".join(
         "<tr>"
         f"<td><code>{_e(g['name'])}</code></td>"
-        f'<td class="num">{_e(fmt(g["observed"]))}</td>'
+        f'<td class="num">{_e(fmt(g["observed"]))}'
+        + (' <span class="tag est">estimate</span>' if g.get("observed_is_estimate") else "")
+        + "</td>"
         f'<td class="num">{_e(g["op"])} {_e(fmt(g["threshold"]))}</td>'
         f"<td>{'<code>' + _e(g['worst_layer']) + '</code>' if g.get('worst_layer') else ''}</td>"
         f"<td>{_e(g.get('source', ''))}</td>"
@@ -186,8 +202,13 @@ def _gates_section(gates: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _summary_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    label = estimate_label(document)
     rows = [
-        ("bound", f'<span class="bound">{_e(fmt(document["bound"]))}</span>'),
+        (
+            "bound",
+            f'<span class="bound">{_e(fmt(document["bound"]))}</span>'
+            + (f' <span class="tag est">{_e(label)}</span>' if label else ""),
+        ),
         ("Hessian term G", _e(fmt(document["hessian_term"]))),
         ("training loss Lhat", _e(fmt(document["train_loss"]))),
     ]
@@ -312,6 +333,7 @@ def audit_html(
         f"reduce={_e(settings.get('reduce', '-'))}, form={_e(settings.get('form', '-'))} · "
         f"hessaudit {_e(document.get('tool_version', ''))} · {_e(document.get('created', ''))}</p>",
         _verdict(document),
+        _estimate_note(document),
         '<div class="grid"><div><h2>Bound</h2>'
         + _kv_table(_summary_rows(document))
         + "</div><div><h2>Inputs</h2>"

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hessaudit._atomic import write_text
+from hessaudit.bound import estimate_label
 from hessaudit.compare import SUMMARY_LABELS
 from hessaudit.gates import layer_shares
 from hessaudit.report.audit import fmt
@@ -83,6 +84,8 @@ def gate_line(gate: Mapping[str, Any]) -> str:
         failing = gate.get("failing_layers") or []
         if failing:
             text += f"; {len(failing)} of {gate['layers_matched']} matching layers fail"
+    if gate.get("observed_is_estimate"):
+        text += " (observed value is an estimate)"
     if gate.get("note"):
         text += f" — {gate['note']}"
     return text
@@ -115,7 +118,9 @@ def _gates_table(gates: Sequence[Mapping[str, Any]]) -> str:
         rows.append(
             [
                 _code(gate["name"]),
-                observed + (f" ({_code(where)})" if where else ""),
+                observed
+                + (f" ({_code(where)})" if where else "")
+                + (" (estimate)" if gate.get("observed_is_estimate") else ""),
                 f"{gate['op']} {fmt(gate['threshold'])}{unit}",
                 "pass" if gate["passed"] else "**FAIL**",
             ]
@@ -138,8 +143,14 @@ def audit_markdown(document: Mapping[str, Any]) -> str:
         f"reduce={settings.get('reduce')}, form={settings.get('form')}",
     ]
     parts.append(" · ".join(context))
+    label = estimate_label(document)
+    if label is not None:
+        parts.append(
+            f"> ⚠️ The bound is an {_cell(label)}, not Theorem 2.1's bound "
+            "(see docs/measure.md, \"Bound or estimate\")."
+        )
     rows = [
-        ["bound", f"**{fmt(document['bound'])}**"],
+        ["bound", f"**{fmt(document['bound'])}**" + (f" {label}" if label else "")],
         ["Hessian term G", fmt(document["hessian_term"])],
         ["training loss", fmt(document["train_loss"])],
     ]
