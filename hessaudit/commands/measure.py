@@ -35,6 +35,14 @@ def measure_command(
     eval_data: Annotated[
         str | None, typer.Option(help="Held-out data, for the observed gap.", rich_help_panel=_DATA)
     ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Labels trained on: a finetune noise.json, or a .npy/.csv of integer labels, "
+            "one per example of --data.",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
     num_classes: Annotated[
         int | None, typer.Option(help="Classes (default: from the fine-tuned head).")
     ] = None,
@@ -230,6 +238,7 @@ def measure_command(
         dtype=dtype,
         seed=seed,
         allow_hub=allow_hub,
+        labels=labels,
     )
     to_stdout = json_path == "-"
     main_rank = env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0
