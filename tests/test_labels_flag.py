@@ -156,7 +156,7 @@ def test_bad_label_files_are_one_line_errors(tiny_checkpoints, noisy_run, tmp_pa
                                              capsys) -> None:
     for case, (path, needle) in _bad_cases(tmp_path, noisy_run).items():
         out_json = tmp_path / "audit.json"
-        code, out, err = run_cli(_measure(tiny_checkpoints, noisy_run, out_json,
+        code, _, err = run_cli(_measure(tiny_checkpoints, noisy_run, out_json,
                                           "--labels", path), capsys)
         lines = err.strip().splitlines()
         assert code == 1, (case, err)
