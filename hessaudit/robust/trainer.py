@@ -49,6 +49,7 @@ from hessaudit.robust._data_setup import (
 )
 from hessaudit.robust._finish import (
     FINISHED_NAME,
+    ResumePlan,
     finished_document,
     read_finished,
     remove_finished,
@@ -610,20 +611,7 @@ def _run(
             )
         display.start({**info, "config": config.to_dict(), "noise_matrix_source": F_source})
 
-        # ---- restore or start
-        resumed_from: int | None = None
-        if state is not None:
-            run.restore(state)
-            resumed_from = run.epoch
-            if plan.train:
-                display.log(f"resuming {out} after epoch {run.epoch}")
-            else:
-                display.log(f"resuming {out}: training ended at epoch {run.epoch}; "
-                            "completing the final outputs")
-        else:
-            run.metrics.append(run.row({}, seconds=0.0))
-            _write_metrics(out, run.metrics)
-
+        resumed_from = _restore_or_start(run, state, plan, display)
         if plan.train:
             _train(run, loss_fn, penalty_fn, display)
         if plan.weights:
@@ -632,17 +620,7 @@ def _run(
     audit_doc = None
     if plan.audit:
         audit_doc = _run_audit(config, setup, out, display)
-    files = {
-        name.split(".")[0]: str(out / name)
-        for name in OUTPUT_NAMES
-        if (out / name).is_file()
-    }
-    _write_json(
-        out / FINISHED_NAME,
-        finished_document(config, epoch=run.epoch, stopped_early=run.stopped_early,
-                          best_epoch=run.best_epoch, files=files),
-    )
-    files["finished"] = str(out / FINISHED_NAME)
+    files = _mark_finished(run)
     result = FinetuneResult(
         config=config,
         out=out,
@@ -664,6 +642,41 @@ def _run(
     )
     display.finish(result)
     return result
+
+
+def _mark_finished(run: _Training) -> dict[str, str]:
+    """Write ``finished.json``, last of all outputs; the run's files by short name."""
+    out = run.out
+    files = {
+        name.split(".")[0]: str(out / name)
+        for name in OUTPUT_NAMES
+        if (out / name).is_file()
+    }
+    _write_json(
+        out / FINISHED_NAME,
+        finished_document(run.config, epoch=run.epoch, stopped_early=run.stopped_early,
+                          best_epoch=run.best_epoch, files=files),
+    )
+    files["finished"] = str(out / FINISHED_NAME)
+    return files
+
+
+def _restore_or_start(
+    run: _Training, state: Mapping[str, Any] | None, plan: ResumePlan, display: TrainingDisplay
+) -> int | None:
+    """Continue from ``state`` (the epoch it holds), or evaluate the starting point (row 0 of
+    metrics.csv) of a new run (None)."""
+    if state is None:
+        run.metrics.append(run.row({}, seconds=0.0))
+        _write_metrics(run.out, run.metrics)
+        return None
+    run.restore(state)
+    if plan.train:
+        display.log(f"resuming {run.out} after epoch {run.epoch}")
+    else:
+        display.log(f"resuming {run.out}: training ended at epoch {run.epoch}; "
+                    "completing the final outputs")
+    return run.epoch
 
 
 def _set_up_training(
