@@ -157,6 +157,24 @@ def test_planted_config_runs_no_code(tiny_checkpoints, tmp_path, monkeypatch, ca
     assert sorted(p.name for p in planted.iterdir()) == ["config.json"]
 
 
+def test_which_models_need_confirmation(tiny_checkpoints, tmp_path, capsys) -> None:
+    from hessaudit.robust._trust import needs_confirmation
+
+    assert not needs_confirmation("resnet18")
+    assert not needs_confirmation("hessaudit.zoo:digits_cnn")
+    for spec in ("net.py:make", "dir/net:make", "pkg.mod:make", "hessaudit.cli:main",
+                 "hessaudit.zoo.x:make"):
+        assert needs_confirmation(spec), spec
+    # a planted hessaudit function with side effects is not called as a "factory"
+    planted = tmp_path / "cli-run"
+    planted.mkdir()
+    config = {"model": "hessaudit.cli:main", "pretrained": str(tiny_checkpoints.pretrained),
+              "data": "digits", "out": str(planted), "loss": "ce"}
+    (planted / "config.json").write_text(json.dumps({"config": config, "resolved": {}}))
+    code, _, err = run_cli(["finetune", "--resume", planted], capsys)
+    assert code == 1 and "--model" in one_error_line(err)
+
+
 def test_planted_allow_hub_needs_confirmation(tiny_checkpoints, tmp_path, capsys) -> None:
     planted = tmp_path / "hub-run"
     planted.mkdir()

@@ -6,9 +6,10 @@ edited ``config.json`` must not be able to run code or reach the network. Two op
 file), and ``allow_hub``. The rule (docs/finetune.md, "Resuming a run you did not start"):
 
 * A **timm model name** needs no confirmation: building it runs only timm's own code.
-* hessaudit's **own factories** (``hessaudit.<module>:fn``, e.g. ``hessaudit.zoo:digits_cnn``)
-  need none either: ``hessaudit`` is already imported, so ``hessaudit.<module>`` resolves inside
-  the installed package, never from the current directory.
+* hessaudit's **model zoo** (``hessaudit.zoo:fn``, e.g. ``hessaudit.zoo:digits_cnn``) needs
+  none either: ``hessaudit`` is already imported, so ``hessaudit.zoo`` resolves inside the
+  installed package, never from the current directory. (Only the zoo: another hessaudit
+  function called as a "factory", ``hessaudit.cli:main`` say, would have side effects.)
 * **Any other factory** is imported only when the user passes the same ``--model SPEC`` on the
   command line of this ``--resume`` (``resume_config(out, {"model": SPEC})`` from Python).
 * For a **factory file**, the SHA-256 of the file is recorded in ``config.json``
@@ -28,8 +29,8 @@ from typing import Any
 
 from hessaudit.errors import HessauditError
 
-#: Factories inside the installed hessaudit package: trusted like timm names.
-_BUILTIN_PREFIX = "hessaudit."
+#: The installed package's model zoo: trusted like timm names.
+_BUILTIN_MODULES = ("hessaudit.zoo",)
 
 
 def _split_factory(spec: str) -> tuple[str, str] | None:
@@ -52,7 +53,7 @@ def needs_confirmation(spec: str) -> bool:
     kind = _split_factory(spec)
     if kind is None:
         return False
-    return kind[0] == "file" or not (kind[1] + ".").startswith(_BUILTIN_PREFIX)
+    return kind[0] == "file" or kind[1] not in _BUILTIN_MODULES
 
 
 def _sha256(path: Path) -> str:
