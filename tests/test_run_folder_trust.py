@@ -208,12 +208,12 @@ def test_second_writer_is_refused_naming_the_holder(tiny_checkpoints, tmp_path, 
             assert code == 1 and f"pid {os.getpid()}" in line and str(out) in line
     assert snapshot(out) == before and not (out / ".lock").exists()
 
-    fresh = tmp_path / "fresh"
+    fresh = tmp_path / "a" / "fresh"
     with run_folder_lock(fresh):
         code, _, err = run_cli(finetune_args(spec, tiny_checkpoints.pretrained, fresh), capsys)
         assert code == 1 and f"pid {os.getpid()}" in one_error_line(err)
         assert sorted(p.name for p in fresh.iterdir()) == [".lock"]
-    assert not fresh.exists()  # the lock created the folder and removed it again
+    assert not (tmp_path / "a").exists()  # the lock created the folders and removed them
 
 
 def test_tune_folder_is_locked(tiny_checkpoints, tmp_path, capsys) -> None:

@@ -113,7 +113,11 @@ def run_folder_lock(folder: str | os.PathLike[str], *, flag: str = "--out") -> I
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise HessauditError(f"{flag} {out} is a file, not a folder")
-    created = not out.exists()
+    created = []  # the folders the lock creates, leaf first; removed again if left empty
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        created.append(folder)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -125,9 +129,7 @@ def run_folder_lock(folder: str | os.PathLike[str], *, flag: str = "--out") -> I
     try:
         fd = _acquire(path, flag)
     except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
+        _remove_empty(created)
         raise
     try:
         yield path
@@ -136,6 +138,13 @@ def run_folder_lock(folder: str | os.PathLike[str], *, flag: str = "--out") -> I
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()  # only succeeds when the run left the folder empty
+        _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders the lock created (leaf first) that the run left empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # fails, and stops, at the first folder that holds something
+        except OSError:
+            return
