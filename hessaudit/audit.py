@@ -72,6 +72,7 @@ class AuditRequest:
     seed: int = 0
     allow_hub: bool = False
     recipe: str = "theorem"  # hessaudit.recipes: "theorem" | "released"
+    labels: str | None = None  # --labels FILE: the labels trained on (hessaudit.labels)
 
     def settings(self) -> MeasureSettings:
         return MeasureSettings(
@@ -221,6 +222,11 @@ def run_audit(
         train_data = load_data(
             request.data, role="train", input_config=config, num_classes=num_classes
         )
+    labels_record = None
+    if request.labels is not None:
+        from hessaudit.labels import apply_label_file
+
+        train_data, labels_record = apply_label_file(train_data, request.labels)
     train = _to(train_data, device, dtype)
     own_examples = recipe.examples != "audit-data"  # the recipe picks them, below
     audit_data = (
@@ -291,6 +297,7 @@ def run_audit(
         "data": request.data,
         "data_sha256": _data_sha256(request.data),
         "data_summary": train.to_dict(),
+        "labels": labels_record,
         "eval_data": request.eval_data,
         "eval_data_sha256": _data_sha256(request.eval_data),
         "eval_data_summary": eval_record,

@@ -610,7 +610,7 @@ def _check_out(settings: TuneSettings, *, resume: bool, overwrite: bool) -> None
                     "--no-final and --no-prune may change)",
                 )
         return
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):  # .lock: ours
         if not overwrite:
             raise HessauditError(
                 f"--out {out} already holds files",
@@ -710,15 +710,25 @@ def run_tune(
     """Run (or, with ``resume``, continue) the search described by ``settings``; see the
     module docstring. Raises :class:`HessauditError` for bad options, and when no trial
     completed."""
+    from hessaudit.robust._lock import run_folder_lock
+
     display = display or TuneDisplay()
     optuna = _import_optuna()
+    settings = settings.validate()
+    if resume and overwrite:
+        raise HessauditError("--resume and --overwrite cannot be combined")
+    # one search per folder: a second `tune` into it stops at once, naming this one's pid
+    with run_folder_lock(settings.out, flag="--out"):
+        return _run_tune(settings, optuna, display, resume=resume, overwrite=overwrite)
+
+
+def _run_tune(
+    settings: TuneSettings, optuna: Any, display: TuneDisplay, *, resume: bool, overwrite: bool
+) -> TuneResult:
     from optuna.trial import TrialState
 
     from hessaudit.robust.trainer import TrainingDisplay, run_finetune
 
-    settings = settings.validate()
-    if resume and overwrite:
-        raise HessauditError("--resume and --overwrite cannot be combined")
     _check_out(settings, resume=resume, overwrite=overwrite)
     out = settings.out
     started = time.perf_counter()

@@ -6,12 +6,15 @@ The defaults below must equal :class:`hessaudit.robust.config.FinetuneConfig`'s 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hessaudit.commands._common import DebugOption, QuietOption
 from hessaudit.errors import HessauditError
+
+if TYPE_CHECKING:
+    from hessaudit.robust.config import FinetuneConfig
 
 _DATA = "Data and model"
 _OPT = "Optimization"
@@ -178,8 +181,8 @@ def finetune_command(
     ] = 1.0,
     radius_growth: Annotated[
         float,
-        typer.Option(help="Radius factor gamma per ResNet stage (else per layer).",
-                     rich_help_panel=_CONS),
+        typer.Option(help="Radius factor gamma per stage: ResNet layer1..4, else 4 equal "
+                     "groups of layers in model order.", rich_help_panel=_CONS),
     ] = 1.0,
     head_radius: Annotated[
         float | None,
@@ -221,8 +224,9 @@ def finetune_command(
         str | None,
         typer.Option(
             metavar="DIR",
-            help="Continue the interrupted run in DIR (only --epochs, --early-stop, --device, "
-            "--audit, --audit-samples may change).",
+            help="Continue or complete the interrupted run in DIR (only --epochs, --early-stop, "
+            "--device, --audit, --audit-samples may change; a factory --model and --allow-hub "
+            "must be given again).",
             rich_help_panel=_RUN,
         ),
     ] = None,
@@ -260,35 +264,45 @@ def finetune_command(
                 hint="hessaudit finetune --model NAME --pretrained CKPT --data SOURCE --out DIR",
             )
         config = FinetuneConfig(**values)
+    from hessaudit.robust._signals import sigterm_as_interrupt
+
     try:
-        run_finetune(
-            config,
-            display=training_display(quiet=quiet),
-            resume=resume is not None,
-            overwrite=overwrite,
-        )
-    except KeyboardInterrupt:
-        _interrupted_hint(config.out)
+        with sigterm_as_interrupt():
+            run_finetune(
+                config,
+                display=training_display(quiet=quiet),
+                resume=resume is not None,
+                overwrite=overwrite,
+            )
+    except KeyboardInterrupt as exc:
+        _interrupted_hint(config, terminated=type(exc).__name__ == "Terminated")
         raise
     return 0
 
 
-def _interrupted_hint(out: str) -> None:
-    """On Ctrl-C, say where the partial results are and how to continue."""
+def _interrupted_hint(config: FinetuneConfig, *, terminated: bool = False) -> None:
+    """On Ctrl-C or SIGTERM, say where the partial results are and how to continue (the
+    resume command repeats the options that --resume needs confirmed: a factory --model,
+    --allow-hub)."""
+    import shlex
     import sys
     from pathlib import Path
 
-    folder = Path(out)
+    from hessaudit.robust._trust import needs_confirmation
+
+    folder = Path(config.out)
     if (folder / "state.pt").is_file():
         where = f"the last per-epoch checkpoint is {folder / 'state.pt'}"
         if (folder / "last.safetensors").is_file():
             where += f" (weights: {folder / 'last.safetensors'})"
     else:
         where = "no epoch finished, so there is no per-epoch checkpoint yet"
-    hint = (
-        f"; continue with: hessaudit finetune --resume {folder}"
-        if (folder / "config.json").is_file()
-        else ""
-    )
-    sys.stderr.write(f"\ninterrupted: {where}{hint}\n")
+    command = f"hessaudit finetune --resume {shlex.quote(str(folder))}"
+    if needs_confirmation(config.model):
+        command += f" --model {shlex.quote(config.model)}"
+    if config.allow_hub:
+        command += " --allow-hub"
+    hint = f"; continue with: {command}" if (folder / "config.json").is_file() else ""
+    what = "interrupted (SIGTERM)" if terminated else "interrupted"
+    sys.stderr.write(f"\n{what}: {where}{hint}\n")
     sys.stderr.flush()

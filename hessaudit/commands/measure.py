@@ -36,6 +36,14 @@ def measure_command(
     eval_data: Annotated[
         str | None, typer.Option(help="Held-out data, for the observed gap.", rich_help_panel=_DATA)
     ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            help="Labels trained on: a finetune noise.json, or a .npy/.csv of integer labels, "
+            "one per example of --data.",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
     num_classes: Annotated[
         int | None, typer.Option(help="Classes (default: from the fine-tuned head).")
     ] = None,
@@ -241,6 +249,7 @@ def measure_command(
         seed=seed,
         allow_hub=allow_hub,
         recipe=recipe,
+        labels=labels,
     )
     request = resolve_request(request, explicit=_given_on_command_line(ctx))
     to_stdout = json_path == "-"

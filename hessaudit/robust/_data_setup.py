@@ -68,6 +68,11 @@ class _Setup:
     data_fingerprint: str
     injection: NoiseInjection | None
     input_config: Any
+    #: positions in ``config.data`` (all of it, before ``--samples``) of the training split's
+    #: examples, and that source's size; None when they cannot be known (see
+    #: :func:`_source_positions`)
+    train_source_indices: list[int] | None = None
+    source_size: int | None = None
 
 
 def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
@@ -142,6 +147,8 @@ def _prepare_data(config: FinetuneConfig, device: torch.device, display: Trainin
         heldout = _Split(x=ev.x.to(device), y=labels.to(torch.int64).to(device), clean=None)
     if clean is None and config.inject_noise is None:
         display.log("training labels are used as given (no clean labels known)")
+    positions, source_size = _source_positions(config, train)
+    train_source = None if positions is None else [positions[int(i)] for i in train_idx]
     return _Setup(
         config=config,
         device=device,
@@ -157,7 +164,51 @@ def _prepare_data(config: FinetuneConfig, device: torch.device, display: Trainin
         data_fingerprint=fingerprint,
         injection=injection,
         input_config=in_cfg,
+        train_source_indices=train_source,
+        source_size=source_size,
     )
+
+
+def _source_positions(config: FinetuneConfig, loaded: Any) -> tuple[list[int] | None, int | None]:
+    """Positions in ``config.data`` (all of it) of the examples loaded with ``--samples``, and
+    the source's size, so that ``noise.json``'s labels can be applied by ``measure --labels``
+    to ``--data`` as it loads it. Without ``--samples`` they are ``0..n-1``. With it, the
+    subset is drawn again exactly as :func:`hessaudit.data.load_data` draws it and checked
+    against the loaded labels; for an ImageFolder (whose subset is drawn among files, some of
+    which may be unreadable) the positions are unknown: None."""
+    from hessaudit.data import _choose, load_data
+
+    n = len(loaded)
+    if config.samples is None:
+        return list(range(n)), n
+    builtin = str(config.data).partition(":")[0] in ("digits", "digits-pretrain")
+    if not builtin and Path(str(config.data)).expanduser().is_dir():
+        return None, None
+    full = load_data(config.data, role="train", num_classes=config.num_classes)
+    chosen = _choose(len(full), config.samples, config.seed, full.source)
+    if chosen is None or len(chosen) != n or not torch.equal(
+        full.y[chosen].to(torch.int64).cpu(), loaded.y.to(torch.int64).cpu()
+    ):
+        return None, None
+    return [int(i) for i in chosen], len(full)
+
+
+def training_labels(setup: _Setup) -> dict[str, Any]:
+    """The labels the run trained on, for ``noise.json`` (``training_labels``): one per
+    training example (after ``--samples`` and the validation split), with its position in
+    ``--data``; ``hessaudit measure --labels noise.json`` audits on exactly these."""
+    return {
+        "data": str(setup.config.data),
+        "source_size": setup.source_size,
+        "indices": setup.train_source_indices,
+        "labels": [int(v) for v in setup.train.y.cpu().tolist()],
+        "clean_labels": None
+        if setup.train.clean is None
+        else [int(v) for v in setup.train.clean.cpu().tolist()],
+        "num_classes": setup.num_classes,
+        "note": "labels[i] is the (noisy) label trained on for example indices[i] of --data "
+        "(positions in all of --data, before --samples); the validation split is left out",
+    }
 
 
 def _check_resume_inputs(out: Path, setup: _Setup) -> None:
@@ -219,10 +270,13 @@ def noise_document(
     noise_matrix: np.ndarray | None,
     source: str | None,
     estimated: Mapping[str, Any] | None,
+    *,
+    training_labels: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``noise.json`` document. ``noise_matrix`` is the ``F`` the loss used (so the file
     can be passed back as ``--noise-matrix noise.json``); ``injected.flipped_indices`` are
-    positions in the loaded training data, before the validation split."""
+    positions in the loaded training data, before the validation split;
+    ``training_labels`` (see :func:`training_labels`) the labels actually trained on."""
     return {
         "schema": NOISE_SCHEMA,
         "convention": "F[true, noisy] = P(noisy label | true label), rows sum to 1; "
@@ -231,4 +285,5 @@ def noise_document(
         "noise_matrix_source": source,
         "injected": None if injection is None else injection.to_dict(),
         "estimated": None if estimated is None else dict(estimated),
+        "training_labels": None if training_labels is None else dict(training_labels),
     }

@@ -21,11 +21,13 @@
   pretrained one (``hessaudit.audit/1``). The audit reads ``config.data`` with the source's own
   labels (the clean ones when the noise was injected by hessaudit) and n = the training-set
   size.
+* ``finished.json``, written last: the run is complete (see :mod:`hessaudit.robust._finish`);
+* ``.lock`` while a process works in the folder (see :mod:`hessaudit.robust._lock`).
 
 This module holds the folder's checks and preparation (:func:`_check_out`,
 :func:`_prepare_out`), the writers of its files (under torchrun only rank 0 writes), the
-resume state (:func:`_save_state`, :func:`_load_state`,
-:func:`_check_can_continue`) and the resume config (:func:`load_run_config`,
+resume state (:func:`_save_state`, :func:`_load_state`) and the resume config
+(:func:`load_run_config`,
 :func:`resume_config`). Split out of :mod:`hessaudit.robust.trainer`, which re-exports the
 public names.
 """
@@ -48,6 +50,7 @@ from hessaudit import distributed as _dist
 from hessaudit._version import __version__
 from hessaudit.errors import HessauditError
 from hessaudit.robust._data_setup import _Setup
+from hessaudit.robust._lock import LOCK_NAME
 from hessaudit.robust.config import RESUMABLE_FIELDS, FinetuneConfig
 
 SCHEMA = "hessaudit.finetune/1"
@@ -62,6 +65,7 @@ OUTPUT_NAMES = (
     "last.safetensors",
     "state.pt",
     "audit.json",
+    "finished.json",
 )
 METRIC_COLUMNS = (
     "epoch",
@@ -85,8 +89,17 @@ METRIC_COLUMNS = (
 # --------------------------------------------------------------------------- folder
 
 
+def _is_transient(name: str) -> bool:
+    """The lock file, and temporary files of our atomic writes that a kill left behind."""
+    if name == LOCK_NAME:
+        return True
+    return name.startswith(".") and name.endswith(".tmp") and any(
+        name.startswith(f".{output}.") for output in OUTPUT_NAMES
+    )
+
+
 def _is_empty_dir(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
+    return path.is_dir() and all(_is_transient(p.name) for p in path.iterdir())
 
 
 def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -118,6 +131,11 @@ def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
         for name in OUTPUT_NAMES:
             with contextlib.suppress(FileNotFoundError):
                 (out / name).unlink()
+    if out.is_dir():  # under the folder's lock: no other writer owns these
+        for stale in out.iterdir():
+            if stale.name != LOCK_NAME and _is_transient(stale.name) and stale.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -153,9 +171,14 @@ def resume_config(out: str | Path, overrides: Mapping[str, Any] | None = None) -
 
     Only the options in :data:`~hessaudit.robust.config.RESUMABLE_FIELDS` (``epochs``,
     ``early_stop``, ``device``, ``audit``, ``audit_samples``) may differ from the saved ones;
-    any other override must equal the saved value.
+    any other override must equal the saved value. A factory ``model`` other than hessaudit's
+    own, and ``allow_hub``, must be given again in ``overrides`` to be used at all (see
+    :mod:`hessaudit.robust._trust`): ``config.json`` alone never makes hessaudit import code.
     """
+    from hessaudit.robust._trust import check_confirmed
+
     saved = load_run_config(out)
+    check_confirmed(Path(out), saved, overrides or {})
     changes: dict[str, Any] = {}
     for name, value in (overrides or {}).items():
         if name == "out":
@@ -308,20 +331,3 @@ def _load_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise HessauditError(f"--resume: {path} is not a hessaudit finetune state")
     return state
-
-
-def _check_can_continue(out: Path, config: FinetuneConfig, state: Mapping[str, Any]) -> None:
-    epoch = int(state["epoch"])
-    bad_epochs = int(state["bad_epochs"])
-    stopped = config.early_stop is not None and bad_epochs >= config.early_stop
-    if stopped or epoch >= config.epochs:
-        why = (
-            f"stopped early at epoch {epoch} (no better validation accuracy for "
-            f"{bad_epochs} epochs)"
-            if stopped
-            else f"already finished its {epoch} epochs"
-        )
-        raise HessauditError(
-            f"--resume {out}: the run {why}; nothing to do",
-            hint="pass a larger --epochs (or --early-stop) to continue it",
-        )

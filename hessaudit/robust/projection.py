@@ -17,8 +17,12 @@ normalization parameters are free. The radii (:func:`layer_radii`):
   ``D``; ``layerN`` gets ``D * gamma^(N-1)``, i.e. ``D, D, D*gamma, D*gamma^2, D*gamma^3`` for
   stem, layer1..layer4, as in the released code. A pretrained head kept after the last stage
   shares the last stage's radius.
-* **other models**: by the order of the constrained tensors in ``model.named_parameters()``:
-  the ``i``-th (0-based) gets ``D * gamma^i``. With many tensors keep ``gamma`` close to 1.
+* **other models** (and ResNet-like names with a ``layerN`` outside 1..4): the constrained
+  tensors, in ``model.named_parameters()`` order, are cut into :data:`STAGES` = 4 contiguous
+  groups of (nearly) equal count, like a ResNet's four stages: the ``i``-th of ``m`` tensors
+  (0-based) is in stage ``s = floor(4 i / m)`` and gets ``D * gamma^s``. So the largest radius
+  is ``D * gamma^3`` whatever the depth (a per-tensor ``gamma^i`` would reach ``gamma^51`` on
+  MobileNetV2's 52 tensors); a model with fewer than 4 constrained tensors has one per stage.
 * **the new head** (tensors not in the pretrained checkpoint): ``D_head`` around zero, or
   unconstrained when no head radius is given.
 * **a radius table** (``--radius-table FILE``) overrides all of the above by name pattern;
@@ -51,6 +55,8 @@ __all__ = [
 ]
 
 _STAGE = re.compile(r"(?:^|\.)layer(\d+)\.")
+#: Depth groups of ``--radius-growth``: a ResNet's layer1..layer4, or as many equal groups.
+STAGES = 4
 
 
 def _params(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -144,8 +150,9 @@ def layer_radii(
 
     ``names`` are the candidate tensors in model order (usually :func:`constrainable_names`);
     ``head_names`` those without a pretrained value (the new head). See the module docstring for
-    the rules. ``model_name`` is informational (staging is detected from ``layerN.`` names, which
-    covers timm and torchvision ResNets).
+    the rules: ``growth`` compounds over at most 4 stages, so no radius exceeds
+    ``radius * growth**3`` (without a table). ``model_name`` is informational (ResNet staging
+    is detected from ``layerN.`` names, which covers timm and torchvision ResNets).
     """
     del model_name  # staging is decided from the names themselves
     radius = _check_positive(radius, "--radius")
@@ -155,20 +162,9 @@ def layer_radii(
     heads = set(head_names)
     body = [n for n in names if n not in heads]
 
-    radii: dict[str, float | None] = {}
-    stages = [_STAGE.search(n) for n in body]
-    if any(stages):
-        last = 0
-        seen_stage = False
-        for name, m in zip(body, stages, strict=True):
-            if m is not None:
-                last = int(m.group(1))
-                seen_stage = True
-            stage = last if seen_stage else 0
-            radii[name] = radius * growth ** max(stage - 1, 0)
-    else:
-        for i, name in enumerate(body):
-            radii[name] = radius * growth**i
+    radii: dict[str, float | None] = {
+        name: radius * growth**stage for name, stage in zip(body, _stages(body), strict=True)
+    }
     for name in names:
         if name in heads:
             radii[name] = head_radius
@@ -188,6 +184,23 @@ def layer_radii(
                 hint="patterns are globs on weight tensors with 2+ dimensions, e.g. 'layer1.*'",
             )
     return {n: float(r) for n, r in radii.items() if r is not None}
+
+
+def _stages(body: Sequence[str]) -> list[int]:
+    """The growth exponent (0..STAGES-1) of each tensor; see the module docstring."""
+    found = [_STAGE.search(n) for n in body]
+    numbers = {int(m.group(1)) for m in found if m is not None}
+    if numbers and numbers <= set(range(1, STAGES + 1)):
+        # ResNet: the stem (before layer1) is stage 0 like layer1; a head after layer4 stays
+        # in the last stage seen
+        out, last = [], 1
+        for m in found:
+            if m is not None:
+                last = int(m.group(1))
+            out.append(last - 1)
+        return out
+    m = len(body)
+    return [STAGES * i // m for i in range(m)]
 
 
 @torch.no_grad()

@@ -45,13 +45,29 @@ from hessaudit.robust._data_setup import (
     _Setup,
     _Split,
     noise_document,
+    training_labels,
 )
+from hessaudit.robust._finish import (
+    FINISHED_NAME,
+    ResumePlan,
+    finished_document,
+    read_finished,
+    remove_finished,
+    resume_plan,
+)
+from hessaudit.robust._lock import run_folder_lock
+from hessaudit.robust._model_setup import (
+    _build_model,
+    _make_optimizer,
+    _make_scheduler,
+    _ModelBuild,
+)
+from hessaudit.robust._records import _run_audit, _run_info
 from hessaudit.robust._run_folder import (
     METRIC_COLUMNS,
     OUTPUT_NAMES,
     SCHEMA,
     STATE_FORMAT,
-    _check_can_continue,
     _check_out,
     _config_document,
     _differs,
@@ -65,6 +81,7 @@ from hessaudit.robust._run_folder import (
     resume_config,
 )
 from hessaudit.robust._seeds import _generator, derive_seed
+from hessaudit.robust._trust import factory_record, verify_factory
 from hessaudit.robust.config import RESUMABLE_FIELDS, FinetuneConfig, parse_penalty
 from hessaudit.robust.losses import l2sp_penalty, make_loss
 from hessaudit.robust.noise import NoiseInjection
@@ -209,103 +226,6 @@ def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
         bounds[-2] = (bounds[-2][0], n)
         bounds.pop()
     return bounds
-
-
-# --------------------------------------------------------------------------- model setup
-
-
-def _init_new_parameters_(model: nn.Module, names: list[str], generator: torch.Generator) -> None:
-    """Seeded re-initialization of the tensors that did not come from the checkpoint, with the
-    schemes torch's own layers use (Kaiming-uniform with a = sqrt(5) for weights, uniform
-    +-1/sqrt(fan_in) for biases, ones/zeros for normalization)."""
-    params = dict(model.named_parameters())
-    modules = dict(model.named_modules())
-    norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-    with torch.no_grad():
-        for name in names:
-            if name not in params:
-                continue
-            p = params[name]
-            module_name, _, attr = name.rpartition(".")
-            module = modules.get(module_name)
-            if p.ndim >= 2:
-                nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=generator)
-            elif isinstance(module, norm_types):
-                if attr == "weight":
-                    p.fill_(1.0)
-                else:
-                    p.zero_()
-            else:
-                weight = getattr(module, "weight", None)
-                if isinstance(weight, torch.Tensor) and weight.ndim >= 2:
-                    fan_in = weight[0].numel()
-                else:
-                    fan_in = max(p.numel(), 1)
-                bound = 1.0 / math.sqrt(fan_in)
-                nn.init.uniform_(p, -bound, bound, generator=generator)
-
-
-@dataclass
-class _ModelBuild:
-    model: nn.Module
-    loaded: list[str]
-    new: list[str]
-    unused: list[str]
-
-
-def _build_model(
-    config: FinetuneConfig,
-    num_classes: int,
-    pretrained: Mapping[str, torch.Tensor],
-    *,
-    device: torch.device,
-    init_seed: int,
-) -> _ModelBuild:
-    from hessaudit.models import build_model
-
-    model = build_model(config.model, num_classes=num_classes, allow_hub=config.allow_hub)
-    state = model.state_dict()
-    matched = {
-        name: t
-        for name, t in pretrained.items()
-        if name in state and tuple(state[name].shape) == tuple(t.shape)
-    }
-    param_names = [n for n, _ in model.named_parameters()]
-    if not any(n in matched for n in param_names):
-        raise HessauditError(
-            f"--pretrained {config.pretrained}: none of its tensors matches the model "
-            f"{config.model} by name and shape",
-            hint="is it a checkpoint of this architecture?",
-        )
-    model.load_state_dict(matched, strict=False)
-    new = [n for n in state if n not in matched and not n.endswith("num_batches_tracked")]
-    unused = [n for n in pretrained if n not in matched]
-    gen = torch.Generator(device="cpu").manual_seed(init_seed)
-    _init_new_parameters_(model, new, gen)
-    return _ModelBuild(model=model.to(device), loaded=list(matched), new=new, unused=unused)
-
-
-def _make_optimizer(config: FinetuneConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(
-        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-
-
-def _make_scheduler(
-    config: FinetuneConfig, optimizer: torch.optim.Optimizer, epochs: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=config.lr_step, gamma=config.lr_decay
-        )
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    return None
 
 
 # --------------------------------------------------------------------------- training steps
@@ -498,6 +418,87 @@ def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+@dataclass
+class _Training:
+    """Everything the training loop and the final writes share."""
+
+    config: FinetuneConfig
+    out: Path
+    setup: _Setup
+    build: _ModelBuild
+    F: np.ndarray | None
+    F_source: str | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    shuffle: torch.Generator
+    anchors: dict[str, torch.Tensor]
+    radii: dict[str, float]
+    layer_names: list[str]
+    new_layers: list[str]
+    device: torch.device
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_acc: float | None = None
+    bad_epochs: int = 0
+    epoch: int = 0
+
+    @property
+    def model(self) -> nn.Module:
+        return self.build.model
+
+    def save(self, name: str, kind: str, extra: Mapping[str, Any] | None = None) -> None:
+        _save_weights(
+            self.out / name, self.model, self.config, self.setup, epoch=self.epoch, F=self.F,
+            F_source=self.F_source, new=self.build.new, kind=kind, extra=extra,
+        )
+
+    def row(self, stats: Mapping[str, float], *, seconds: float,
+            lr: float | None = None) -> dict[str, Any]:
+        return _row(self.epoch, self.optimizer, stats, self.model, self.setup, self.anchors,
+                    self.radii, self.layer_names, self.new_layers, seconds=seconds, lr=lr)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.config.early_stop is not None and self.bad_epochs >= self.config.early_stop
+
+    def state(self) -> dict[str, Any]:
+        """The per-epoch resume state (``state.pt``)."""
+        device = self.device
+        return {
+            "format": STATE_FORMAT,
+            "epoch": self.epoch,
+            "finished": self.stopped_early or self.epoch >= self.config.epochs,
+            "stopped_early": self.stopped_early,
+            "model": _model_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "shuffle_rng": self.shuffle.get_state(),
+            "global_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "metrics": [dict(r) for r in self.metrics],
+            "best_epoch": self.best_epoch,
+            "best_val_acc": self.best_val_acc,
+            "bad_epochs": self.bad_epochs,
+            "noise_matrix": None if self.F is None else torch.from_numpy(self.F.copy()),
+            "noise_matrix_source": self.F_source,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.shuffle.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["global_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.metrics = [dict(r) for r in state["metrics"]]
+        self.best_epoch = state["best_epoch"]
+        self.best_val_acc = state["best_val_acc"]
+        self.bad_epochs = int(state["bad_epochs"])
+        self.epoch = int(state["epoch"])
+
+
 def run_finetune(
     config: FinetuneConfig,
     *,
@@ -508,10 +509,12 @@ def run_finetune(
     """Fine-tune ``config.model`` from ``config.pretrained`` on ``config.data``; see the module
     docstring for what is written.
 
-    ``resume=True`` continues the run in ``config.out`` from its last per-epoch checkpoint (see
-    :func:`resume_config` to build the config); without ``resume`` or ``overwrite`` an
-    existing non-empty ``config.out`` is an error. ``overwrite=True`` deletes only the files a
-    run writes (:data:`OUTPUT_NAMES`).
+    ``resume=True`` continues the run in ``config.out`` from its last per-epoch checkpoint, or
+    completes its final outputs and audit when training was done (see :func:`resume_config` to
+    build the config, and :mod:`hessaudit.robust._finish`); without ``resume`` or
+    ``overwrite`` an existing non-empty ``config.out`` is an error. ``overwrite=True`` deletes
+    only the files a run writes (:data:`OUTPUT_NAMES`). The folder is locked for the whole run
+    (:mod:`hessaudit.robust._lock`): a second run into it fails at once.
 
     Raises:
         HessauditError: any bad option or input, naming the flag or file at fault.
@@ -519,28 +522,57 @@ def run_finetune(
     display = display or TrainingDisplay()
     ctx = _dist.init(config.device)  # torchrun: join the job; rank 0 alone writes and reports
     if not ctx.is_main:
-        display = TrainingDisplay()
-    else:
-        _check_out(Path(config.out), resume=resume, overwrite=overwrite)
+        return _run(config, TrainingDisplay(), ctx, resume=resume, overwrite=overwrite)
+    out = Path(config.out)
+    _check_out(out, resume=resume, overwrite=overwrite)  # fail before creating anything
+    with run_folder_lock(out, flag="--resume" if resume else "--out"):
+        _check_out(out, resume=resume, overwrite=overwrite)  # again, now that we own it
+        return _run(config, display, ctx, resume=resume, overwrite=overwrite)
+
+
+def _check_resume_options(config: FinetuneConfig, out: Path) -> None:
+    saved = load_run_config(out)
+    for f in dataclasses.fields(FinetuneConfig):
+        if f.name in (*RESUMABLE_FIELDS, "out"):
+            continue
+        if _differs(getattr(saved, f.name), getattr(config, f.name), f.name, saved):
+            raise HessauditError(
+                f"--{f.name.replace('_', '-')} differs from the run being resumed in {out}",
+                hint="use resume_config() / pass only --epochs, --early-stop, --device, "
+                "--audit with --resume",
+            )
+    if config.schedule == "cosine" and config.epochs != saved.epochs:
+        raise HessauditError(
+            f"--epochs {config.epochs}: a cosine schedule is planned for the run's "
+            f"{saved.epochs} epochs and cannot be extended",
+            hint="start a new run, or use --schedule step",
+        )
+    verify_factory(out, config.model, _saved_resolved(out).get("model_factory"))
+
+
+def _saved_resolved(out: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        document = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise HessauditError(f"--resume: {out / 'config.json'} cannot be read") from None
+    resolved = document.get("resolved") if isinstance(document, dict) else None
+    return resolved if isinstance(resolved, dict) else {}
+
+
+def _run(
+    config: FinetuneConfig,
+    display: TrainingDisplay,
+    ctx: Any,
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> FinetuneResult:
     config = config.resolved()
     out = Path(config.out)
     if resume:
-        saved = load_run_config(out)
-        for f in dataclasses.fields(FinetuneConfig):
-            if f.name in (*RESUMABLE_FIELDS, "out"):
-                continue
-            if _differs(getattr(saved, f.name), getattr(config, f.name), f.name, saved):
-                raise HessauditError(
-                    f"--{f.name.replace('_', '-')} differs from the run being resumed in {out}",
-                    hint="use resume_config() / pass only --epochs, --early-stop, --device, "
-                    "--audit with --resume",
-                )
-        if config.schedule == "cosine" and config.epochs != saved.epochs:
-            raise HessauditError(
-                f"--epochs {config.epochs}: a cosine schedule is planned for the run's "
-                f"{saved.epochs} epochs and cannot be extended",
-                hint="start a new run, or use --schedule step",
-            )
+        _check_resume_options(config, out)  # the factory file is checked before any import
     device = resolve_device(_dist.local_device(config.device, ctx))
     radius_table = load_radius_table(config.radius_table) if config.radius_table else None
     penalty_spec = parse_penalty(config.penalty)
@@ -548,7 +580,8 @@ def run_finetune(
     state: dict[str, Any] | None = None
     if resume and (out / "state.pt").is_file():
         state = _load_state(out / "state.pt")
-        _check_can_continue(out, config, state)
+    plan = resume_plan(out, config, state, read_finished(out) if resume else None)
+    factory = factory_record(config.model)  # hashed before its first import
 
     with _seeded_global_rng(config.seed, device):
         setup = _prepare_data(config, device, display)
@@ -558,215 +591,49 @@ def run_finetune(
         F, F_source, estimated = _resolve_noise_matrix(
             setup, display, saved_F, estimate=_estimate_F
         )
-        loss_fn = make_loss(
-            config.loss,
-            noise_matrix=F,
-            smoothing=config.smoothing,
-            gce_q=config.gce_q,
-            sce_alpha=config.sce_alpha,
-            sce_beta=config.sce_beta,
+        run, loss_fn, penalty_fn = _set_up_training(
+            config, out, setup, F, F_source, penalty_spec, radius_table, device, display
         )
-        if F is not None and config.loss not in ("reweight", "forward"):
-            display.warn(f"--noise-matrix is recorded but not used by --loss {config.loss}")
-
-        build = _build_model(
-            config,
-            setup.num_classes,
-            setup.pretrained_tensors,
-            device=device,
-            init_seed=derive_seed(config.seed, "init"),
-        )
-        model = build.model
-        params = dict(model.named_parameters())
-        loaded_params = [n for n in build.loaded if n in params and params[n].requires_grad]
-        new_params = [n for n in build.new if n in params and params[n].requires_grad]
-        if len(loaded_params) < len(params) / 2:
-            display.warn(
-                f"only {len(loaded_params)} of {len(params)} parameter tensors came from "
-                f"{config.pretrained}"
-            )
-        anchors = {
-            n: setup.pretrained_tensors[n].to(device=device, dtype=params[n].dtype).clone()
-            for n in loaded_params
-        }
-        layer_names = constrainable_names(model)
-        new_layers = [n for n in layer_names if n in set(new_params)]
-        radii: dict[str, float] = {}
-        if config.constraint == "frobenius":
-            radii = layer_radii(
-                layer_names,
-                radius=config.radius,
-                growth=config.radius_growth,
-                head_radius=config.head_radius,
-                head_names=new_layers,
-                table=radius_table,
-                model_name=config.model,
-            )
-
-        def after_step() -> None:
-            project_to_balls_(params, anchors, radii)
-
-        penalty_fn = None
-        if penalty_spec is not None:
-            _, alpha, beta = penalty_spec
-
-            def penalty_fn() -> torch.Tensor:
-                return l2sp_penalty(params, anchors, alpha=alpha, beta=beta, new_names=new_params)
-
-        optimizer = _make_optimizer(config, model)
-        scheduler = _make_scheduler(config, optimizer, config.epochs)
-        shuffle = _generator(config.seed, "shuffle")
 
         # ---- run folder: config.json and noise.json
-        info = _run_info(setup, build, radii, layer_names, F_source, penalty_spec, device)
+        info = _run_info(setup, run.build, run.radii, run.layer_names, F_source, penalty_spec,
+                         device)
+        info["model_factory"] = factory
         _prepare_out(out, resume=resume, overwrite=overwrite)
+        if _dist.is_main():
+            remove_finished(out)  # not finished until the marker is written again, last
         _write_json(out / "config.json", _config_document(out, config, info, state, resume))
         if state is None and (setup.injection is not None or estimated is not None):
             _write_json(
                 out / "noise.json",
-                noise_document(setup.injection, F, F_source, estimated),
+                noise_document(setup.injection, F, F_source, estimated,
+                               training_labels=training_labels(setup)),
             )
         display.start({**info, "config": config.to_dict(), "noise_matrix_source": F_source})
 
-        # ---- restore or start
-        metrics: list[dict[str, Any]] = []
-        best_epoch: int | None = None
-        best_val_acc: float | None = None
-        bad_epochs = 0
-        epoch = 0
-        resumed_from: int | None = None
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler"):
-                scheduler.load_state_dict(state["scheduler"])
-            shuffle.set_state(state["shuffle_rng"])
-            torch.set_rng_state(state["global_rng"])
-            if device.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-            metrics = [dict(r) for r in state["metrics"]]
-            best_epoch = state["best_epoch"]
-            best_val_acc = state["best_val_acc"]
-            bad_epochs = int(state["bad_epochs"])
-            epoch = resumed_from = int(state["epoch"])
-            display.log(f"resuming {out} after epoch {epoch}")
-        else:
-            metrics.append(_row(0, optimizer, {}, model, setup, anchors, radii, layer_names,
-                                new_layers, seconds=0.0))
-            _write_metrics(out, metrics)
+        resumed_from = _restore_or_start(run, state, plan, display)
+        if plan.train:
+            _train(run, loss_fn, penalty_fn, display)
+        if plan.weights:
+            _write_final(run, rewrite_last=not plan.train, display=display)
 
-        # ---- train
-        steps = len(_batch_bounds(len(setup.train), config.batch_size))
-        display.start_phase("fine-tune", epochs=config.epochs, first_epoch=epoch + 1, steps=steps)
-        stopped_early = False
-        train_model = _dist.ddp(model, device)
-        while epoch < config.epochs:
-            epoch += 1
-            display.start_epoch(epoch)
-            started = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            stats = _train_epoch(
-                train_model,
-                setup.train,
-                loss_fn=loss_fn,
-                optimizer=optimizer,
-                batch_size=config.batch_size,
-                generator=shuffle,
-                penalty=penalty_fn,
-                after_step=after_step if radii else None,
-                display=display,
-                epoch=epoch,
-            )
-            if scheduler is not None:
-                scheduler.step()
-            row = _row(epoch, optimizer, stats, model, setup, anchors, radii, layer_names,
-                       new_layers, seconds=time.perf_counter() - started, lr=lr)
-            metrics.append(row)
-            if setup.val is not None:
-                if best_val_acc is None or row["val_acc"] > best_val_acc:
-                    best_val_acc = float(row["val_acc"])
-                    best_epoch = epoch
-                    bad_epochs = 0
-                    _save_weights(
-                        out / "best.safetensors", model, config, setup, epoch=epoch, F=F,
-                        F_source=F_source, new=build.new, kind="best",
-                        extra={"selected_by": "best validation accuracy", "val_acc": best_val_acc},
-                    )
-                else:
-                    bad_epochs += 1
-            stopped_early = config.early_stop is not None and bad_epochs >= config.early_stop
-            finished = stopped_early or epoch >= config.epochs
-            _write_metrics(out, metrics)
-            _save_state(
-                out / "state.pt",
-                {
-                    "format": STATE_FORMAT,
-                    "epoch": epoch,
-                    "finished": finished,
-                    "stopped_early": stopped_early,
-                    "model": _model_state(model),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": None if scheduler is None else scheduler.state_dict(),
-                    "shuffle_rng": shuffle.get_state(),
-                    "global_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda"
-                    else None,
-                    "metrics": [dict(r) for r in metrics],
-                    "best_epoch": best_epoch,
-                    "best_val_acc": best_val_acc,
-                    "bad_epochs": bad_epochs,
-                    "noise_matrix": None if F is None else torch.from_numpy(F.copy()),
-                    "noise_matrix_source": F_source,
-                },
-            )
-            _save_weights(
-                out / "last.safetensors", model, config, setup, epoch=epoch, F=F,
-                F_source=F_source, new=build.new, kind="last",
-            )
-            display.end_epoch(row)
-            if stopped_early:
-                display.log(
-                    f"early stopping after epoch {epoch}: no better validation accuracy for "
-                    f"{bad_epochs} epochs (best {best_val_acc:.4f} at epoch {best_epoch})"
-                )
-                break
-        display.end_phase()
-
-        # ---- final outputs
-        _save_weights(
-            out / "final.safetensors", model, config, setup, epoch=epoch, F=F,
-            F_source=F_source, new=build.new, kind="final",
-        )
-        if setup.val is None:
-            best_epoch = epoch
-            _save_weights(
-                out / "best.safetensors", model, config, setup, epoch=epoch, F=F,
-                F_source=F_source, new=build.new, kind="best",
-                extra={"selected_by": "final epoch (no validation split)"},
-            )
-
-    files = {
-        name.split(".")[0]: str(out / name)
-        for name in OUTPUT_NAMES
-        if (out / name).is_file()
-    }
     audit_doc = None
-    if config.audit:
+    if plan.audit:
         audit_doc = _run_audit(config, setup, out, display)
-        files["audit"] = str(out / "audit.json")
+    files = _mark_finished(run)
     result = FinetuneResult(
         config=config,
         out=out,
         files=files,
-        metrics=metrics,
+        metrics=run.metrics,
         num_classes=setup.num_classes,
-        epochs_run=epoch,
-        best_epoch=best_epoch,
-        best_val_acc=best_val_acc,
-        stopped_early=stopped_early,
+        epochs_run=run.epoch,
+        best_epoch=run.best_epoch,
+        best_val_acc=run.best_val_acc,
+        stopped_early=run.stopped_early,
         resumed_from=resumed_from,
-        new_tensors=list(build.new),
-        unused_pretrained=list(build.unused),
+        new_tensors=list(run.build.new),
+        unused_pretrained=list(run.build.unused),
         noise_matrix=F,
         noise_matrix_source=F_source,
         noise=setup.injection,
@@ -777,50 +644,193 @@ def run_finetune(
     return result
 
 
-def _run_info(
+def _mark_finished(run: _Training) -> dict[str, str]:
+    """Write ``finished.json``, last of all outputs; the run's files by short name."""
+    out = run.out
+    files = {
+        name.split(".")[0]: str(out / name)
+        for name in OUTPUT_NAMES
+        if (out / name).is_file()
+    }
+    _write_json(
+        out / FINISHED_NAME,
+        finished_document(run.config, epoch=run.epoch, stopped_early=run.stopped_early,
+                          best_epoch=run.best_epoch, files=files),
+    )
+    files["finished"] = str(out / FINISHED_NAME)
+    return files
+
+
+def _restore_or_start(
+    run: _Training, state: Mapping[str, Any] | None, plan: ResumePlan, display: TrainingDisplay
+) -> int | None:
+    """Continue from ``state`` (the epoch it holds), or evaluate the starting point (row 0 of
+    metrics.csv) of a new run (None)."""
+    if state is None:
+        run.metrics.append(run.row({}, seconds=0.0))
+        _write_metrics(run.out, run.metrics)
+        return None
+    run.restore(state)
+    if plan.train:
+        display.log(f"resuming {run.out} after epoch {run.epoch}")
+    else:
+        display.log(f"resuming {run.out}: training ended at epoch {run.epoch}; "
+                    "completing the final outputs")
+    return run.epoch
+
+
+def _set_up_training(
+    config: FinetuneConfig,
+    out: Path,
     setup: _Setup,
-    build: _ModelBuild,
-    radii: Mapping[str, float],
-    layer_names: list[str],
+    F: np.ndarray | None,
     F_source: str | None,
     penalty_spec: tuple[str, float, float] | None,
+    radius_table: list[tuple[str, float | None]] | None,
     device: torch.device,
-) -> dict[str, Any]:
-    config = setup.config
-    return {
-        "num_classes": setup.num_classes,
-        "device": str(device),
-        "torch_version": torch.__version__,
-        "pretrained": setup.pretrained_record.to_dict(),
-        "data": setup.data_summary,
-        "data_fingerprint": setup.data_fingerprint,
-        "eval_data": setup.heldout_summary,
-        "input_config": setup.input_config.to_dict() if setup.input_config is not None else None,
-        "train_size": len(setup.train),
-        "val_size": 0 if setup.val is None else len(setup.val),
-        "heldout_size": 0 if setup.heldout is None else len(setup.heldout),
-        "val_indices": list(setup.val_indices),
-        "labels_clean_known": setup.train.clean is not None,
-        "loaded_tensors": len(build.loaded),
-        "new_tensors": list(build.new),
-        "unused_pretrained_tensors": list(build.unused),
-        "constraint": config.constraint,
-        "constrained_layers": len(radii),
-        "layers": list(layer_names),
-        "radii": dict(radii),
-        "penalty": None
-        if penalty_spec is None
-        else {"kind": penalty_spec[0], "lambda": penalty_spec[1], "head_lambda": penalty_spec[2]},
-        "noise_matrix_source": F_source,
-        "injected_noise": None
-        if setup.injection is None
-        else {
-            "spec": setup.injection.spec,
-            "realized_rate": setup.injection.realized_rate,
-            "num_flipped": len(setup.injection.flipped_indices),
-        },
-        "seeds": {"seed": config.seed, "noise_seed": config.noise_seed},
+    display: TrainingDisplay,
+) -> tuple[_Training, Callable[..., torch.Tensor], Callable[[], torch.Tensor] | None]:
+    """The model (pretrained tensors loaded, new ones seeded), its anchors and radii, the
+    optimizer, schedule and loss: everything that training or resuming starts from."""
+    loss_fn = make_loss(
+        config.loss,
+        noise_matrix=F,
+        smoothing=config.smoothing,
+        gce_q=config.gce_q,
+        sce_alpha=config.sce_alpha,
+        sce_beta=config.sce_beta,
+    )
+    if F is not None and config.loss not in ("reweight", "forward"):
+        display.warn(f"--noise-matrix is recorded but not used by --loss {config.loss}")
+
+    build = _build_model(
+        config,
+        setup.num_classes,
+        setup.pretrained_tensors,
+        device=device,
+        init_seed=derive_seed(config.seed, "init"),
+    )
+    model = build.model
+    params = dict(model.named_parameters())
+    loaded_params = [n for n in build.loaded if n in params and params[n].requires_grad]
+    new_params = [n for n in build.new if n in params and params[n].requires_grad]
+    if len(loaded_params) < len(params) / 2:
+        display.warn(
+            f"only {len(loaded_params)} of {len(params)} parameter tensors came from "
+            f"{config.pretrained}"
+        )
+    anchors = {
+        n: setup.pretrained_tensors[n].to(device=device, dtype=params[n].dtype).clone()
+        for n in loaded_params
     }
+    layer_names = constrainable_names(model)
+    new_layers = [n for n in layer_names if n in set(new_params)]
+    radii: dict[str, float] = {}
+    if config.constraint == "frobenius":
+        radii = layer_radii(
+            layer_names,
+            radius=config.radius,
+            growth=config.radius_growth,
+            head_radius=config.head_radius,
+            head_names=new_layers,
+            table=radius_table,
+            model_name=config.model,
+        )
+    penalty_fn = None
+    if penalty_spec is not None:
+        _, alpha, beta = penalty_spec
+
+        def penalty_fn() -> torch.Tensor:
+            return l2sp_penalty(params, anchors, alpha=alpha, beta=beta, new_names=new_params)
+
+    optimizer = _make_optimizer(config, model)
+    run = _Training(
+        config=config, out=out, setup=setup, build=build, F=F, F_source=F_source,
+        optimizer=optimizer, scheduler=_make_scheduler(config, optimizer, config.epochs),
+        shuffle=_generator(config.seed, "shuffle"), anchors=anchors, radii=radii,
+        layer_names=layer_names, new_layers=new_layers, device=device,
+    )
+    return run, loss_fn, penalty_fn
+
+
+def _train(
+    run: _Training,
+    loss_fn: Callable[..., torch.Tensor],
+    penalty_fn: Callable[[], torch.Tensor] | None,
+    display: TrainingDisplay,
+) -> None:
+    """The remaining epochs; after each: metrics.csv, best.safetensors (on a better validation
+    accuracy), state.pt, last.safetensors, in that order (each written atomically)."""
+    config, setup, out = run.config, run.setup, run.out
+    params = dict(run.model.named_parameters())
+
+    def after_step() -> None:
+        project_to_balls_(params, run.anchors, run.radii)
+
+    steps = len(_batch_bounds(len(setup.train), config.batch_size))
+    display.start_phase("fine-tune", epochs=config.epochs, first_epoch=run.epoch + 1,
+                        steps=steps)
+    train_model = _dist.ddp(run.model, run.device)
+    while run.epoch < config.epochs and not run.stopped_early:
+        run.epoch += 1
+        display.start_epoch(run.epoch)
+        started = time.perf_counter()
+        lr = run.optimizer.param_groups[0]["lr"]
+        stats = _train_epoch(
+            train_model,
+            setup.train,
+            loss_fn=loss_fn,
+            optimizer=run.optimizer,
+            batch_size=config.batch_size,
+            generator=run.shuffle,
+            penalty=penalty_fn,
+            after_step=after_step if run.radii else None,
+            display=display,
+            epoch=run.epoch,
+        )
+        if run.scheduler is not None:
+            run.scheduler.step()
+        row = run.row(stats, seconds=time.perf_counter() - started, lr=lr)
+        run.metrics.append(row)
+        if setup.val is not None:
+            if run.best_val_acc is None or row["val_acc"] > run.best_val_acc:
+                run.best_val_acc = float(row["val_acc"])
+                run.best_epoch = run.epoch
+                run.bad_epochs = 0
+                run.save("best.safetensors", "best", extra={
+                    "selected_by": "best validation accuracy", "val_acc": run.best_val_acc,
+                })
+            else:
+                run.bad_epochs += 1
+        _write_metrics(out, run.metrics)
+        _save_state(out / "state.pt", run.state())
+        run.save("last.safetensors", "last")
+        display.end_epoch(row)
+        if run.stopped_early:
+            display.log(
+                f"early stopping after epoch {run.epoch}: no better validation accuracy for "
+                f"{run.bad_epochs} epochs (best {run.best_val_acc:.4f} at epoch "
+                f"{run.best_epoch})"
+            )
+    display.end_phase()
+
+
+def _write_final(run: _Training, *, rewrite_last: bool, display: TrainingDisplay) -> None:
+    """final.safetensors (and best.safetensors without a validation split) from the model as
+    trained. ``rewrite_last`` (completing an interrupted run): also metrics.csv and
+    last.safetensors, which a kill right after ``state.pt`` may have left one epoch behind."""
+    out = run.out
+    if rewrite_last:
+        _write_metrics(out, run.metrics)
+        run.save("last.safetensors", "last")
+    run.save("final.safetensors", "final")
+    if run.setup.val is None:
+        run.best_epoch = run.epoch
+        run.save("best.safetensors", "best",
+                 extra={"selected_by": "final epoch (no validation split)"})
+    elif not (out / "best.safetensors").is_file() and _dist.is_main():
+        display.warn(f"{out / 'best.safetensors'} is missing and cannot be rebuilt (the best "
+                     f"epoch was {run.best_epoch}; state.pt holds epoch {run.epoch})")
 
 
 def _row(
@@ -861,39 +871,3 @@ def _row(
         "max_radius_ratio": ratio,
         "seconds": float(seconds),
     }
-
-
-def _run_audit(
-    config: FinetuneConfig, setup: _Setup, out: Path, display: TrainingDisplay
-) -> dict[str, Any]:
-    from hessaudit.audit import AuditRequest, run_audit, write_audit_json
-
-    display.log("auditing the final checkpoint against the pretrained one")
-    request = AuditRequest(
-        pretrained=str(config.pretrained),
-        finetuned=str(out / "final.safetensors"),
-        model=config.model,
-        data=config.data,
-        eval_data=config.eval_data,
-        num_classes=setup.num_classes,
-        samples=config.audit_samples,
-        batch_size=config.batch_size,
-        input_size=config.input_size,
-        n_train=len(setup.train),
-        seed=config.seed,
-        device=config.device,
-        allow_hub=config.allow_hub,
-    )
-    from hessaudit.data import Dataset
-
-    # Audit exactly the examples trained on, with their clean labels when they are known.
-    trained_on = Dataset(
-        x=setup.train.x.cpu(),
-        y=(setup.train.clean if setup.train.clean is not None else setup.train.y).cpu(),
-        num_classes=setup.num_classes,
-        source=f"{config.data} (the examples fine-tuned on)",
-    )
-    result = run_audit(request, train_data=trained_on)
-    if _dist.is_main():
-        write_audit_json(str(out / "audit.json"), result)
-    return result.to_dict()
