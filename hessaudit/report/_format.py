@@ -2,7 +2,8 @@
 
 :func:`fmt_number` shows :data:`SIGNIFICANT` significant digits, and more (up to the 17 that
 identify any float64) whenever fewer would make the value look like an integer it is not:
-a held-out loss of 1.0002, or of 1.0000001, is never shown as ``1``. :func:`fmt_pair` formats
+a held-out loss of 1.0002, or of 1.0000001, is never shown as ``1`` (only differences at the
+level of float64 rounding, relative 1e-12, are left out). :func:`fmt_pair` formats
 two numbers with the same, smallest number of digits that tells them apart (a gate's observed
 value and its threshold: ``1.2000001`` vs ``1.2``, never ``1.2`` vs ``1.2`` for a failing
 gate).
@@ -16,6 +17,9 @@ from typing import Any
 #: Significant digits shown by default.
 SIGNIFICANT = 6
 _MAX_DIGITS = 17
+#: A relative difference this small is floating-point rounding, not a difference to show
+#: (24.999999999999993 is shown as 25; 1.0000001 is not shown as 1).
+_NOISE = 1e-12
 
 
 def _as_float(value: Any) -> float | None:
@@ -48,7 +52,7 @@ def fmt_number(value: Any, digits: int = SIGNIFICANT) -> str:
     for d in range(max(digits, 1), _MAX_DIGITS + 1):
         text = _digits(x, d)
         shown = float(text)
-        if shown == x or not shown.is_integer():
+        if not shown.is_integer() or abs(shown - x) <= _NOISE * abs(x):
             return text
     return _digits(x, _MAX_DIGITS)
 
