@@ -65,8 +65,11 @@ def fmt_pair(a: Any, b: Any, digits: int = SIGNIFICANT) -> tuple[str, str]:
     for d in range(max(digits, 1), _MAX_DIGITS + 1):
         left, right = fmt_number(x, d), fmt_number(y, d)
         if left != right:
-            return left, right
-    return fmt_number(x, _MAX_DIGITS), fmt_number(y, _MAX_DIGITS)
+            # A side whose usual form is exact keeps it (0.3, not 0.29999999999999999).
+            exact = [fmt_number(v, digits) if float(fmt_number(v, digits)) == v else text
+                     for v, text in ((x, left), (y, right))]
+            return (exact[0], exact[1]) if exact[0] != exact[1] else (left, right)
+    return repr(x), repr(y)
 
 
 def fmt_signed(value: Any, digits: int = SIGNIFICANT) -> str:
