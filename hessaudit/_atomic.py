@@ -51,13 +51,17 @@ def std_stream_of(st: os.stat_result) -> str | None:
     return None
 
 
-def _check_folder(folder: Path, label: str) -> Path:
+def _check_folder(path: str, label: str) -> Path:
+    """The folder that ``path`` (a symlink: its target) lands in must be a writable folder."""
+    folder = Path(os.path.realpath(path)).parent
+    # Name the folder as the user wrote it, unless a symlink leads elsewhere.
+    shown = folder if os.path.islink(path) else (Path(path).parent or Path("."))
     if folder.exists() and not folder.is_dir():
-        raise HessauditError(f"cannot write {label}: {folder} is a file, not a folder")
+        raise HessauditError(f"cannot write {label}: {shown} is a file, not a folder")
     if not folder.is_dir():
-        raise HessauditError(f"cannot write {label}: folder {folder} does not exist")
+        raise HessauditError(f"cannot write {label}: folder {shown} does not exist")
     if not os.access(folder, os.W_OK):
-        raise HessauditError(f"cannot write {label}: folder {folder} is not writable")
+        raise HessauditError(f"cannot write {label}: folder {shown} is not writable")
     return folder
 
 
@@ -84,18 +88,18 @@ def target_kind(path: str | os.PathLike[str], *, flag: str | None = None) -> str
     try:
         st = os.stat(text)  # follows symlinks: the rules apply to the link's target
     except FileNotFoundError:
-        _check_folder(Path(os.path.realpath(text)).parent, label)
+        _check_folder(text, label)
         return FILE
     except NotADirectoryError:
-        folder = Path(os.path.realpath(text)).parent
-        raise HessauditError(f"cannot write {label}: {folder} is a file, not a folder") from None
+        _check_folder(text, label)  # raises: a parent is a file
+        raise HessauditError(f"cannot write {label}: a parent is a file, not a folder") from None
     except OSError as exc:
         raise HessauditError(f"cannot write {label}: {exc.strerror or exc}") from None
     own = std_stream_of(st)
     if own is not None:
         return own
     if stat.S_ISREG(st.st_mode):
-        _check_folder(Path(os.path.realpath(text)).parent, label)
+        _check_folder(text, label)
         return FILE
     if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
         return STREAM

@@ -101,7 +101,10 @@ def check_outputs(
     to a folder that the command writes into itself. Raises HessauditError naming the flag.
     """
     given = _given(outputs)
-    on_stdout = [flag for flag, path in given if path == "-" or _kind(flag, path) == STDOUT]
+    # target_kind also refuses what may not be written at all (a folder, a socket, ...).
+    on_stdout = [
+        flag for flag, path in given if path == "-" or target_kind(path, flag=flag) == STDOUT
+    ]
     if len(on_stdout) > 1:
         raise HessauditError(
             f"only one output can go to stdout ('-'): {' and '.join(on_stdout)} both do",
@@ -132,10 +135,6 @@ def check_outputs(
                     hint="choose an output path outside it",
                 )
     return OutputCheck(on_stdout[0] if on_stdout else None)
-
-
-def _kind(flag: str, path: str) -> str:
-    return target_kind(path, flag=flag)
 
 
 def check_run_folder(flag: str, folder: str | os.PathLike[str],
