@@ -333,14 +333,14 @@ def check_before_audit(gates: Sequence[Gate], *, eval_data: str | None) -> None:
 
 
 def check_outputs(*paths: str | os.PathLike[str] | None) -> None:
-    """Check output paths before any work: writable, and at most one of them is '-'."""
-    from hessaudit._atomic import check_writable
+    """Check output paths before any work (writable, distinct, at most one '-').
 
-    if sum(1 for path in paths if path is not None and str(path) == "-") > 1:
-        raise HessauditError("only one output can go to stdout ('-')")
-    for path in paths:
-        if path is not None and str(path) != "-":
-            check_writable(path)
+    Kept for callers without flag names; commands call :func:`hessaudit._paths.check_outputs`,
+    which also names the flags and refuses outputs that are inputs.
+    """
+    from hessaudit._paths import check_outputs as guard
+
+    guard({f"output {i}": path for i, path in enumerate(paths, start=1)})
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -264,8 +264,9 @@ def test_summary_md_verdict_first(ckpts, capsys, tmp_path):
     assert code == 2
     text = summary.read_text()
     first = text.splitlines()[0]
-    assert "FAIL" in first and "`max-bound`" in first and "max-layer-hcal" not in first
-    assert "| `fc.weight` |" in text
+    assert "FAIL" in first and "<code>max\\-bound</code>" in first
+    assert "max\\-layer\\-hcal" not in first
+    assert "| <code>fc\\.weight</code> |" in text
 
 
 def test_summary_md_appends_to_github_step_summary(ckpts, capsys, tmp_path, monkeypatch):

@@ -115,11 +115,11 @@ def test_compare_markdown():
     document = compare_audits(base, new, [Gate("max-increase", 10.0)])
     text = compare_markdown(document)
     assert text.splitlines()[0] == (
-        "### ❌ hessaudit compare: FAIL — 1 of 1 gates failed: `max-increase`"
+        "### ❌ hessaudit compare: FAIL — 1 of 1 gates failed: <code>max\\-increase</code>"
     )
-    assert "| bound | 0.4 | 0.5 | +0.1 | +25.0% |" in text
-    assert "**Only in base:** `fc.weight`" in text
-    assert "**Only in new:** `head.weight`" in text
+    assert "| bound | 0.4 | 0.5 | +0.1 | +25% |" in text
+    assert "**Only in base:** <code>fc\\.weight</code>" in text
+    assert "**Only in new:** <code>head\\.weight</code>" in text
 
 
 @pytest.mark.parametrize(
@@ -262,7 +262,8 @@ def test_cli_compare_summary_md_and_config(audits, capsys, tmp_path):
     )
     assert code == 2
     first = summary.read_text().splitlines()[0]
-    assert first.startswith("### ❌ hessaudit compare: FAIL") and "`max-increase`" in first
+    assert first.startswith("### ❌ hessaudit compare: FAIL")
+    assert "<code>max\\-increase</code>" in first
     code, out, _ = run_cli(
         ["compare", audits["small"], audits["large"], "--summary-md", "-", "--max-increase", "1e9"],
         capsys,

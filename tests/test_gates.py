@@ -344,7 +344,7 @@ def test_check_outputs(tmp_path):
 def test_markdown_verdict_pass_without_gates():
     text = audit_markdown(audit_doc())
     assert text.splitlines()[0] == "### ✅ hessaudit measure: PASS (no gates set)"
-    assert "| `fc.weight` (new head) |" in text
+    assert "| <code>fc\\.weight</code> (new head) |" in text
     assert "| bound | **0.4** |" in text
 
 
@@ -357,9 +357,13 @@ def test_markdown_verdict_fail_names_failing_gates_first():
     document["success"] = False
     lines = audit_markdown(document).splitlines()
     assert lines[0] == (
-        "### ❌ hessaudit measure: FAIL — 1 of 2 gates failed: `max-layer-hcal:layer4.*`"
+        "### ❌ hessaudit measure: FAIL — 1 of 2 gates failed: "
+        "<code>max\\-layer\\-hcal\\:layer4\\.\\*</code>"
     )
-    assert lines[2].startswith("- `max-layer-hcal:layer4.*`: 1 (needs <= 0.5) at `layer4.0.weight`")
+    assert lines[2].startswith(
+        "- <code>max\\-layer\\-hcal\\:layer4\\.\\*</code>: 1 (needs &lt;\\= 0.5) at "
+        "<code>layer4\\.0\\.weight</code>"
+    )
     assert "1 of 2 matching layers fail" in lines[2]
 
 
@@ -372,7 +376,7 @@ def test_markdown_folds_long_layer_tables():
 
 def test_markdown_escapes_pipes():
     layers = [{"name": "a|b", "hcal": 1.0}]
-    assert "`a\\|b`" in audit_markdown(audit_doc(layers=layers))
+    assert "<code>a\\|b</code>" in audit_markdown(audit_doc(layers=layers))
 
 
 def test_write_summary_replaces_or_appends(tmp_path, monkeypatch):

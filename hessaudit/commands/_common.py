@@ -57,17 +57,27 @@ def debug_requested(args: Sequence[str]) -> bool:
     return "--debug" in args or os.environ.get("HESSAUDIT_DEBUG", "") not in ("", "0")
 
 
+def _visible(text: str) -> str:
+    # Control and format characters of a file or layer name (newline, ESC, bidi overrides)
+    # shown as escapes: one line, no terminal escape sequences (see hessaudit.report._escape).
+    if text.isprintable():
+        return text
+    from hessaudit.report._escape import visible
+
+    return visible(text)
+
+
 def _print_error(message: str) -> None:
     # Plain stderr write: rich may not be importable in a broken environment, and one line
     # is all a pipeline log needs.
-    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.write(f"error: {_visible(message)}\n")
     sys.stderr.flush()
 
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
     # One line per warning (e.g. "skipped 2 file(s): ..."), not Python's file:line + source.
-    text = " ".join(str(message).split())
+    text = _visible(" ".join(str(message).split()))
     stream = file if file is not None else sys.stderr
     try:
         stream.write(f"warning: {text}\n")

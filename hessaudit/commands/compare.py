@@ -61,10 +61,17 @@ def compare_command(
     debug: DebugOption = False,
 ) -> int:
     """Compare two audits: per-layer Hcal and bound changes, with gates on the increase."""
-    from hessaudit import gates
+    from hessaudit import _paths, gates
     from hessaudit.compare import compare_audits, compare_to_json, load_audit
 
-    gates.check_outputs(json_path, summary_md)
+    outputs = _paths.check_outputs(
+        {"--json": json_path, "--summary-md": summary_md},
+        {
+            "the base audit": base,
+            "the new audit": new,
+            "the gates config": config if config is not None else "pyproject.toml",
+        },
+    )
     specs = gates.compare_gates(
         max_increase=max_increase, max_layer_increase=max_layer_increase, config=config
     )
@@ -73,17 +80,12 @@ def compare_command(
     from hessaudit.report.compare import print_compare, print_warnings
 
     print_warnings(document["warnings"])
-    text = compare_to_json(document)
-    if json_path == "-":
-        typer.echo(text, nl=False)
-    elif json_path is not None:
-        from hessaudit._atomic import write_text
-
-        write_text(json_path, text)
+    if json_path is not None:
+        _paths.write_output("--json", json_path, compare_to_json(document))
     if summary_md is not None:
         from hessaudit.report.markdown import compare_markdown, write_summary
 
         write_summary(summary_md, compare_markdown(document))
-    if not quiet and "-" not in (json_path, summary_md):
+    if not quiet and not outputs.to_stdout:
         print_compare(document)
     return 0 if document["success"] else 2

@@ -33,29 +33,25 @@ def demo_command(
     Everything runs on the CPU from data that ships with scikit-learn: no download. The two
     checkpoints are cached, so a second run only repeats the audit (a few seconds).
     """
-    from hessaudit._atomic import check_writable
-
-    to_stdout = json_path == "-"
-    if json_path is not None and not to_stdout:
-        check_writable(json_path)
-
+    from hessaudit import _paths
     from hessaudit.audit import audit_to_json
-    from hessaudit.demo import run_demo
+    from hessaudit.demo import default_cache_dir, run_demo
+
+    cache = cache_dir.expanduser() if cache_dir is not None else default_cache_dir()
+    outputs = _paths.check_outputs({"--json": json_path}, folders={"the demo cache": cache})
+    to_stdout = outputs.to_stdout
     from hessaudit.report._console import info
     from hessaudit.report.audit import print_audit
     from hessaudit.report.progress import step_progress
 
     log = None if quiet else info
-    with step_progress("auditing layers", enabled=not quiet) as advance:
+    with (
+        step_progress("auditing layers", enabled=not quiet) as advance,
+        _paths.stdout_reserved(to_stdout),
+    ):
         result = run_demo(cache_dir, rebuild=rebuild, log=log, progress=advance)
     if json_path is not None:
-        text = audit_to_json(result.audit)
-        if to_stdout:
-            typer.echo(text, nl=False)
-        else:
-            from hessaudit._atomic import write_text
-
-            write_text(json_path, text)
+        _paths.write_output("--json", json_path, audit_to_json(result.audit))
     if not quiet and not to_stdout:
         print_audit(result.audit.to_dict())
         checkpoints = result.checkpoints

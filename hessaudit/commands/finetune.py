@@ -6,7 +6,7 @@ The defaults below must equal :class:`hessaudit.robust.config.FinetuneConfig`'s 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -264,8 +264,12 @@ def finetune_command(
                 hint="hessaudit finetune --model NAME --pretrained CKPT --data SOURCE --out DIR",
             )
         config = FinetuneConfig(**values)
+    from hessaudit import _paths
     from hessaudit.robust._signals import sigterm_as_interrupt
 
+    _paths.check_run_folder(
+        "--resume" if resume is not None else "--out", config.out, run_inputs(config)
+    )
     try:
         with sigterm_as_interrupt():
             run_finetune(
@@ -278,6 +282,32 @@ def finetune_command(
         _interrupted_hint(config, terminated=type(exc).__name__ == "Terminated")
         raise
     return 0
+
+
+def _spec_file(spec: str | None) -> str | None:
+    """The file an option such as ``--noise-matrix F.csv``, ``--inject-noise matrix:FILE`` or
+    ``asymmetric:0.2:MAP.json`` reads: ``spec`` or its first tail after a ':' that exists."""
+    import os
+
+    if not spec:
+        return None
+    candidates = [spec] + [spec.split(":", k)[k] for k in range(1, spec.count(":") + 1)]
+    return next((path for path in candidates if os.path.exists(path)), None)
+
+
+def run_inputs(config: Any) -> dict[str, str | None]:
+    """The files and folders a fine-tuning run reads, for the run-folder guard."""
+    from hessaudit._paths import factory_file
+
+    return {
+        "the --pretrained checkpoint": config.pretrained,
+        "the --data input": config.data,
+        "the --eval-data input": config.eval_data,
+        "the --model factory file": factory_file(config.model),
+        "the --radius-table file": config.radius_table,
+        "the --noise-matrix file": _spec_file(config.noise_matrix),
+        "the --inject-noise file": _spec_file(config.inject_noise),
+    }
 
 
 def _interrupted_hint(config: FinetuneConfig, *, terminated: bool = False) -> None:

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from hessaudit._atomic import check_writable
 from hessaudit.commands._common import DebugOption, QuietOption
 
 
@@ -39,31 +38,34 @@ def inspect_command(
     debug: DebugOption = False,
 ) -> int:
     """Show how far each layer moved from the pretrained weights (no Hessian work)."""
-    from hessaudit._atomic import write_text
+    from hessaudit import _paths
     from hessaudit.distances import compare_weights
 
-    if json_path is not None and json_path != "-":
-        check_writable(json_path)
-    report = compare_weights(
-        str(pretrained),
-        str(finetuned),
-        model=model,
-        num_classes=num_classes,
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        include_bias=include_bias,
-        include_norm=include_norm,
-        exclude_new_head=exclude_new_head,
-        allow_hub=allow_hub,
+    outputs = _paths.check_outputs(
+        {"--json": json_path},
+        {
+            "the pretrained checkpoint": pretrained,
+            "the fine-tuned checkpoint": finetuned,
+            "the --model factory file": _paths.factory_file(model),
+        },
     )
+    with _paths.stdout_reserved(outputs.to_stdout):  # the model factory's prints go to stderr
+        report = compare_weights(
+            str(pretrained),
+            str(finetuned),
+            model=model,
+            num_classes=num_classes,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            include_bias=include_bias,
+            include_norm=include_norm,
+            exclude_new_head=exclude_new_head,
+            allow_hub=allow_hub,
+        )
     document = report.to_dict()
-    text = json.dumps(document, indent=2) + "\n"
-    if json_path == "-":
-        typer.echo(text, nl=False)
-        return 0
     if json_path is not None:
-        write_text(json_path, text)
-    if not quiet:
+        _paths.write_output("--json", json_path, json.dumps(document, indent=2) + "\n")
+    if not quiet and not outputs.to_stdout:
         from hessaudit.report.inspect import print_distances
 
         print_distances(document)

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from hessaudit._atomic import check_writable
 from hessaudit.commands._common import DebugOption, QuietOption
 
 _DATA = "Data"
@@ -137,8 +136,10 @@ def measure_command(
         ),
     ] = None,
     csv_path: Annotated[
-        Path | None,
-        typer.Option("--csv", help="Write per-layer rows as CSV.", rich_help_panel=_OUTPUT),
+        str | None,
+        typer.Option(
+            "--csv", help="Write per-layer rows as CSV ('-' for stdout).", rich_help_panel=_OUTPUT
+        ),
     ] = None,
     max_bound: Annotated[
         float | None, typer.Option(help="Fail if bound > X.", metavar="X", rich_help_panel=_GATES)
@@ -197,17 +198,25 @@ def measure_command(
     debug: DebugOption = False,
 ) -> int:
     """Per-layer Hessian distances between two checkpoints and the generalization bound."""
-    from hessaudit import gates
+    from hessaudit import _paths, gates
     from hessaudit.audit import AuditRequest, audit_to_json, layers_frame, run_audit
     from hessaudit.distributed import env_world_size
     from hessaudit.recipes import resolve_request
     from hessaudit.report.audit import print_audit, warn_if_estimate
     from hessaudit.report.progress import step_progress
 
-    outputs = [p for p in (json_path, csv_path) if p is not None and str(p) != "-"]
-    for path in outputs:
-        check_writable(path)
-    gates.check_outputs(json_path, summary_md)
+    outputs = _paths.check_outputs(
+        {"--json": json_path, "--csv": csv_path, "--summary-md": summary_md},
+        {
+            "the pretrained checkpoint": pretrained,
+            "the fine-tuned checkpoint": finetuned,
+            "the --data input": data,
+            "the --eval-data input": eval_data,
+            "the --labels file": labels,
+            "the --model factory file": _paths.factory_file(model),
+            "the gates config": config if config is not None else "pyproject.toml",
+        },
+    )
     gate_specs = gates.measure_gates(
         max_bound=max_bound,
         max_hessian_term=max_hessian_term,
@@ -252,10 +261,12 @@ def measure_command(
         labels=labels,
     )
     request = resolve_request(request, explicit=_given_on_command_line(ctx))
-    to_stdout = json_path == "-"
     main_rank = env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0
     try:
-        with step_progress("auditing layers", enabled=not quiet and main_rank) as advance:
+        with (
+            step_progress("auditing layers", enabled=not quiet and main_rank) as advance,
+            _paths.stdout_reserved(outputs.to_stdout),  # the model's prints go to stderr
+        ):
             result = run_audit(request, progress=advance)
     except KeyboardInterrupt:
         import sys
@@ -268,24 +279,15 @@ def measure_command(
     if not main_rank:  # torchrun: every rank holds the same result; rank 0 writes and prints
         return 0 if document["success"] else 2
     warn_if_estimate(document)  # also under --quiet: a CI log must show it
-    text = audit_to_json(result)
     if json_path is not None:
-        if to_stdout:
-            typer.echo(text, nl=False)
-        else:
-            from hessaudit._atomic import write_text
-
-            write_text(json_path, text)
+        _paths.write_output("--json", json_path, audit_to_json(result))
     if csv_path is not None:
-        from hessaudit._atomic import atomic_path
-
-        with atomic_path(csv_path) as tmp:
-            layers_frame(result).to_csv(tmp, index=False)
+        _paths.write_output("--csv", csv_path, layers_frame(result).to_csv(index=False))
     if summary_md is not None:
         from hessaudit.report.markdown import audit_markdown, write_summary
 
         write_summary(summary_md, audit_markdown(document))
-    if not quiet and not to_stdout and summary_md != "-":
+    if not quiet and not outputs.to_stdout:
         print_audit(document)
     return 0 if document["success"] else 2
 

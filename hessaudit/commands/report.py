@@ -13,7 +13,10 @@ from hessaudit.commands._common import DebugOption, QuietOption
 def report_command(
     audit: Annotated[Path, typer.Argument(help="An audit JSON file (hessaudit measure --json).")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Write the HTML page here (e.g. report.html).")
+        str,
+        typer.Option(
+            "--out", "-o", help="Write the HTML page here (e.g. report.html; '-' for stdout)."
+        ),
     ],
     title: Annotated[str | None, typer.Option(help="Page title (default: from the audit).")] = None,
     plots: Annotated[
@@ -28,19 +31,19 @@ def report_command(
     The page has inline CSS and the plot embedded as a PNG: no scripts, no external URLs.
     The exit code does not depend on the audit's gates: 0 once the page is written.
     """
-    from hessaudit._atomic import check_writable, write_text
+    from hessaudit import _paths
     from hessaudit.compare import load_audit
 
-    check_writable(out)
+    outputs = _paths.check_outputs({"--out": out}, {"the audit": audit})
     document = load_audit(audit)
     from hessaudit.report.html import audit_html
 
     page, plotted = audit_html(document, title=title, plots=plots)
-    write_text(out, page)
+    _paths.write_output("--out", out, page)
     if not quiet:
         from hessaudit.report._console import info, warn
 
         if plots and not plotted and document["layers"]:
             warn("matplotlib is not installed: the page shows HTML bars instead of plots")
-        info(f"wrote {out}")
+        info(f"wrote {'the page to stdout' if outputs.to_stdout else out}")
     return 0

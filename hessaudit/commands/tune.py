@@ -108,6 +108,10 @@ def _tune_command(
             "--trials N",
         )
     base = FinetuneConfig(**values, val_fraction=val_fraction)
+    from hessaudit import _paths
+    from hessaudit.commands.finetune import run_inputs
+
+    _paths.check_run_folder("--out", base.out, {**run_inputs(base), "the --space file": space})
     fixed = {name for name in DEFAULT_SPACE if _from_command_line(ctx, name)}
     overrides, use_defaults = ({}, True) if space is None else load_space_file(space)
     settings = TuneSettings(

@@ -7,6 +7,8 @@ from functools import lru_cache
 
 from rich.console import Console
 
+from hessaudit.report._escape import console_text, plain_text
+
 # Logs and CI job output are not terminals; rich would assume 80 columns there and truncate
 # layer names, so give them room.
 _PIPE_WIDTH = 160
@@ -14,17 +16,22 @@ _PIPE_WIDTH = 160
 
 @lru_cache(maxsize=1)
 def stdout() -> Console:
-    return Console(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
+    # emoji=False: a name such as ':warning:' is shown as typed, not as an emoji.
+    return Console(
+        highlight=False, emoji=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH
+    )
 
 
 @lru_cache(maxsize=1)
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, emoji=False)
 
 
 def warn(message: str) -> None:
-    stderr().print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+    """``warning: message`` on stderr; ``message`` is plain text (escaped, never markup)."""
+    stderr().print(f"[yellow]warning:[/yellow] {console_text(message)}", markup=True,
+                   highlight=False)
 
 
 def info(message: str) -> None:
-    stderr().print(message, markup=False, highlight=False)
+    stderr().print(plain_text(message), markup=False, highlight=False)

@@ -7,29 +7,17 @@ import sys
 from typing import Any
 
 from rich.console import Group
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from hessaudit.bound import C_DOMINANCE_RATIO, estimate_label
 from hessaudit.report._console import stdout
+from hessaudit.report._escape import console_text, plain_text
+from hessaudit.report._format import fmt_number as fmt
+from hessaudit.report._format import fmt_pair
 
 _BAR_WIDTH = 12
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    """Compact number formatting for tables: '-' for missing values."""
-    if value is None:
-        return "-"
-    if value == 0:
-        return "0"
-    if not math.isfinite(value):
-        return str(value)
-    magnitude = abs(value)
-    if 1e-3 <= magnitude < 1e5:
-        return f"{value:.{digits}g}"
-    return f"{value:.{max(digits - 2, 1)}e}"
 
 
 def share_bar(share: float) -> Text:
@@ -52,8 +40,9 @@ def audit_table(document: dict[str, Any]) -> Table:
     settings = document["settings"]
     table = Table(
         title=(
-            f"Hessian distance per layer  (reduce={settings['reduce']}, form={settings['form']}, "
-            f"engine={settings['engine']}, recipe={escape(str(settings.get('recipe', 'theorem')))})"
+            f"Hessian distance per layer  (reduce={console_text(settings['reduce'])}, "
+            f"form={console_text(settings['form'])}, engine={console_text(settings['engine'])}, "
+            f"recipe={console_text(str(settings.get('recipe', 'theorem')))})"
         ),
         title_justify="left",
         header_style="bold",
@@ -69,7 +58,7 @@ def audit_table(document: dict[str, Any]) -> Table:
     table.add_column("trace ± se", justify="right")
     table.add_column("path")
     for layer, share in zip(document["layers"], layer_shares(document), strict=True):
-        name = Text(layer["name"])
+        name = Text(plain_text(layer["name"]))
         if layer["is_new_head"]:
             name.append(" (new head)", style="magenta")
         hcal = Text(fmt(layer["hcal"]))
@@ -78,7 +67,7 @@ def audit_table(document: dict[str, Any]) -> Table:
         trace = "-"
         if layer["trace"] is not None:
             trace = f"{fmt(layer['trace'], 3)} ± {fmt(layer['trace_stderr'], 2)}"
-        path = Text(layer.get("engine_path", "-"))
+        path = Text(plain_text(layer.get("engine_path", "-")))
         if not layer["converged"]:
             path.append(" (not converged)", style="red")
         table.add_row(
@@ -103,7 +92,7 @@ def summary_panel(document: dict[str, Any]) -> Panel:
     c_note = "empirical max per-example loss" if document["C_source"] == "empirical_max" else "user"
     lines.add_row("training loss Lhat", fmt(document["train_loss"]))
     lines.add_row("loss bound C", f"{fmt(document['C'])}  ({c_note})")
-    lines.add_row("n", str(document["n"]))
+    lines.add_row("n", console_text(document["n"]))
     lines.add_row("epsilon", fmt(document["epsilon"]))
     lines.add_row("Hessian term G", fmt(document["hessian_term"]))
     bound = Text(fmt(document["bound"]), style="bold green")
@@ -117,11 +106,14 @@ def summary_panel(document: dict[str, Any]) -> Panel:
         lines.add_row("observed gap", fmt(document["gap"]))
         ratio = document["ratio_to_gap"]
         lines.add_row("G / gap", "- (gap <= 0)" if ratio is None else fmt(ratio))
-    notes = [Text(f"bound = (1+ε)·Lhat + (1+ε)·G; {document['bound_note']}.", style="dim")]
+    notes = [
+        Text(f"bound = (1+ε)·Lhat + (1+ε)·G; {plain_text(document['bound_note'])}.", style="dim")
+    ]
     if document.get("clamped_layers"):
         notes.append(
             Text(
-                "negative values counted as 0 for: " + ", ".join(document["clamped_layers"]),
+                "negative values counted as 0 for: "
+                + ", ".join(plain_text(name) for name in document["clamped_layers"]),
                 style="yellow",
             )
         )
@@ -131,11 +123,14 @@ def summary_panel(document: dict[str, Any]) -> Panel:
     gates = document.get("gates") or []
     for gate in gates:
         mark = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
+        observed, threshold = fmt_pair(gate["observed"], gate["threshold"])
         notes.append(
             Text.from_markup(
-                f"gate {escape(gate['name'])}: {fmt(gate['observed'])} vs {gate['op']} "
-                f"{fmt(gate['threshold'])} {mark}"
-                + (" [yellow](on an estimate)[/yellow]" if gate.get("observed_is_estimate") else "")
+                f"gate {console_text(gate['name'])}: {observed} vs {console_text(gate['op'])} "
+                f"{threshold} {mark}"
+                + (" [yellow](on an estimate)[/yellow]" if gate.get("observed_is_estimate")
+                   else ""),
+                emoji=False,
             )
         )
     title = "Generalization bound (Ju, Li & Zhang 2022, Thm 2.1)"

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from hessaudit.compare import SUMMARY_LABELS
 from hessaudit.report._console import stdout, warn
-from hessaudit.report.audit import fmt
+from hessaudit.report._escape import console_text, plain_text
+from hessaudit.report._format import fmt_number as fmt
+from hessaudit.report._format import fmt_pair, fmt_percent, fmt_signed
 
 
 def _pct(value: float | None, *, worse_if_up: bool = True) -> Text:
@@ -20,14 +21,11 @@ def _pct(value: float | None, *, worse_if_up: bool = True) -> Text:
     style = ""
     if abs(value) >= 0.05:
         style = "red" if (value > 0) == worse_if_up else "green"
-    return Text(f"{value:+.1f}%" if abs(value) < 1e4 else f"{value:+.3g}%", style=style)
+    return Text(fmt_percent(value), style=style)
 
 
 def _signed(value: float | None) -> str:
-    if value is None:
-        return "-"
-    text = fmt(value)
-    return text if text.startswith("-") or text == "0" else "+" + text
+    return fmt_signed(value)
 
 
 def summary_table(document: Mapping[str, Any]) -> Table:
@@ -47,9 +45,7 @@ def summary_table(document: Mapping[str, Any]) -> Table:
             # A smaller G / gap is not "better" in the same sense: no colour for it.
             _pct(entry["rel_change_pct"])
             if key != "ratio_to_gap"
-            else Text(
-                "-" if entry["rel_change_pct"] is None else f"{entry['rel_change_pct']:+.1f}%"
-            ),
+            else Text(fmt_percent(entry["rel_change_pct"])),
         )
     kinds = [document[side].get("bound_kind") for side in ("base", "new")]
     if kinds[0] != kinds[1] or "estimate" in kinds:
@@ -69,7 +65,7 @@ def layers_table(document: Mapping[str, Any]) -> Table:
         table.add_column(column, justify="right")
     for layer in document["layers"]:
         table.add_row(
-            layer["name"],
+            Text(plain_text(layer["name"])),
             fmt(layer["base"]),
             fmt(layer["new"]),
             _signed(layer["abs_change"]),
@@ -86,19 +82,25 @@ def print_compare(document: Mapping[str, Any]) -> None:
     for key, label in (("only_in_base", "only in base"), ("only_in_new", "only in new")):
         items = document.get(key) or []
         if items:
-            names = ", ".join(f"{item['name']} (Hcal {fmt(item['hcal'])})" for item in items)
+            names = ", ".join(
+                f"{plain_text(item['name'])} (Hcal {fmt(item['hcal'])})" for item in items
+            )
             console.print(Text(f"{label}: {names}", style="yellow"))
     for gate in document.get("gates") or []:
         unit = gate.get("unit", "")
-        observed = "-" if gate["observed"] is None else f"{gate['observed']:+.2f}{unit}"
+        observed, threshold = fmt_pair(gate["observed"], gate["threshold"])
+        if observed != "-":
+            observed = ("" if observed.startswith("-") or observed == "0" else "+") + observed
+            observed += unit
         where = f" at {gate['worst_layer']}" if gate.get("worst_layer") else ""
         mark = "[green]pass[/green]" if gate["passed"] else "[red]FAIL[/red]"
         if gate.get("observed_is_estimate"):
             mark += " [yellow](on an estimate)[/yellow]"
         console.print(
             Text.from_markup(
-                f"gate {escape(gate['name'])}: {escape(observed + where)} vs {gate['op']} "
-                f"{fmt(gate['threshold'])}{unit} {mark}"
+                f"gate {console_text(gate['name'])}: {console_text(observed + where)} vs "
+                f"{console_text(gate['op'])} {threshold}{console_text(unit)} {mark}",
+                emoji=False,
             )
         )
     verdict = "[green]PASS[/green]" if document["success"] else "[red]FAIL[/red]"

@@ -16,7 +16,9 @@ from typing import Any
 
 from hessaudit.bound import estimate_label
 from hessaudit.gates import layer_shares
-from hessaudit.report.audit import fmt
+from hessaudit.report._escape import visible
+from hessaudit.report._format import fmt_number as fmt
+from hessaudit.report._format import fmt_pair
 
 _CSS = """
 :root { --ok: #1a7f37; --bad: #cf222e; --ink: #1f2328; --muted: #59636e; --line: #d1d9e0;
@@ -62,7 +64,7 @@ code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 0
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(visible(value), quote=True)
 
 
 def _failing_layers(gates: Sequence[Mapping[str, Any]]) -> set[str]:
@@ -82,6 +84,8 @@ def plot_png(document: Mapping[str, Any], *, highlight: set[str] | None = None) 
         return None
     highlight = highlight or set()
     names = [layer["name"] for layer in layers]
+    # Tick labels are plain text: no mathtext ('$x^2$' in a name), shown with visible escapes.
+    labels = [visible(name) for name in names]
     hcal = [max(float(layer["hcal"]), 0.0) for layer in layers]
     shares = [100 * share for share in layer_shares(layers)]
     colors = [
@@ -107,7 +111,7 @@ def plot_png(document: Mapping[str, Any], *, highlight: set[str] | None = None) 
     right.set_xlim(0, max(max(shares) * 1.15, 1.0))
     for position, share in zip(positions, shares, strict=True):
         right.text(share, position, f" {share:.1f}%", va="center", fontsize=8)
-    left.set_yticks(positions, names, fontsize=8)
+    left.set_yticks(positions, labels, fontsize=8, parse_math=False, usetex=False)
     left.invert_yaxis()
     for axis in (left, right):
         axis.grid(axis="x", alpha=0.3)
@@ -150,8 +154,8 @@ def _verdict(document: Mapping[str, Any]) -> str:
     failing = [gate for gate in gates if not gate["passed"]]
     if failing:
         items = "".join(
-            f"<li><code>{_e(g['name'])}</code>: {_e(fmt(g['observed']))} "
-            f"(needs {_e(g['op'])} {_e(fmt(g['threshold']))})"
+            f"<li><code>{_e(g['name'])}</code>: {_e(fmt_pair(g['observed'], g['threshold'])[0])} "
+            f"(needs {_e(g['op'])} {_e(fmt_pair(g['observed'], g['threshold'])[1])})"
             + (f" at <code>{_e(g['worst_layer'])}</code>" if g.get("worst_layer") else "")
             + (f" — {_e(g['note'])}" if g.get("note") else "")
             + "</li>"
@@ -181,10 +185,10 @@ def _gates_section(gates: Sequence[Mapping[str, Any]]) -> str:
     rows = "".join(
         "<tr>"
         f"<td><code>{_e(g['name'])}</code></td>"
-        f'<td class="num">{_e(fmt(g["observed"]))}'
+        f'<td class="num">{_e(fmt_pair(g["observed"], g["threshold"])[0])}'
         + (' <span class="tag est">estimate</span>' if g.get("observed_is_estimate") else "")
         + "</td>"
-        f'<td class="num">{_e(g["op"])} {_e(fmt(g["threshold"]))}</td>'
+        f'<td class="num">{_e(g["op"])} {_e(fmt_pair(g["observed"], g["threshold"])[1])}</td>'
         f"<td>{'<code>' + _e(g['worst_layer']) + '</code>' if g.get('worst_layer') else ''}</td>"
         f"<td>{_e(g.get('source', ''))}</td>"
         + ('<td class="pass-cell">pass</td>' if g["passed"] else '<td class="fail-cell">FAIL</td>')

@@ -8,13 +8,14 @@ from rich.table import Table
 from rich.text import Text
 
 from hessaudit.report._console import stdout
-from hessaudit.report.audit import fmt
+from hessaudit.report._escape import console_text, plain_text
+from hessaudit.report._format import fmt_number as fmt
 
 
 def print_distances(document: dict[str, Any]) -> None:
     console = stdout()
     table = Table(
-        title=f"What fine-tuning changed  ({document['finetuned']['path']})",
+        title=f"What fine-tuning changed  ({console_text(document['finetuned']['path'])})",
         title_justify="left",
         header_style="bold",
     )
@@ -27,12 +28,12 @@ def print_distances(document: dict[str, Any]) -> None:
     ):
         table.add_column(column, justify=justify)
     for layer in document["layers"]:
-        name = Text(layer["name"])
+        name = Text(plain_text(layer["name"]))
         if layer["is_new_head"]:
             name.append(" (new head)", style="magenta")
         table.add_row(
             name,
-            "×".join(str(d) for d in layer["shape"]),
+            console_text("×".join(str(d) for d in layer["shape"])),
             f"{layer['numel']:,}",
             fmt(layer["dist_fro"]),
             fmt(layer["rel_dist"]),
@@ -46,9 +47,12 @@ def print_distances(document: dict[str, Any]) -> None:
     ):
         names = document[key]
         if names:
-            console.print(f"[bold]{len(names)} tensor(s) {label}:[/bold] " + ", ".join(names))
+            console.print(
+                f"[bold]{len(names)} tensor(s) {label}:[/bold] "
+                + ", ".join(console_text(name) for name in names)
+            )
     for mismatch in document["shape_mismatches"]:
         console.print(
-            f"[yellow]shape mismatch[/yellow] {mismatch['name']}: "
-            f"{tuple(mismatch['pretrained'])} -> {tuple(mismatch['finetuned'])}"
+            f"[yellow]shape mismatch[/yellow] {console_text(mismatch['name'])}: "
+            + console_text(f"{tuple(mismatch['pretrained'])} -> {tuple(mismatch['finetuned'])}")
         )

@@ -9,40 +9,41 @@ is long). Everything is rendered from the JSON documents (``hessaudit.audit/1`` 
 from __future__ import annotations
 
 import os
-import sys
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hessaudit._atomic import write_text
+from hessaudit._paths import write_output
 from hessaudit.bound import estimate_label
 from hessaudit.compare import SUMMARY_LABELS
 from hessaudit.gates import layer_shares
-from hessaudit.report.audit import fmt
+from hessaudit.report._escape import md_code, md_text
+from hessaudit.report._format import fmt_number as fmt
+from hessaudit.report._format import fmt_pair, fmt_percent, fmt_signed
 
 # Tables with more rows than this are folded into <details>.
 FOLD_ROWS = 15
 _BAR = 10
 
 
+# A pipe not already escaped (strings from inputs come escaped by md_text).
+_RAW_PIPE = re.compile(r"(?<!\\)\|")
+
+
 def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _RAW_PIPE.sub(r"\\|", str(text).replace("\n", " "))
 
 
-def _code(text: Any) -> str:
-    return "`" + str(text).replace("`", "'") + "`"
+# Every string from an input (names, paths, JSON fields) goes through md_code / md_text.
+_code = md_code
 
 
 def _pct(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.1f}%" if abs(value) < 1e4 else f"{value:+.3g}%"
+    return fmt_percent(value)
 
 
 def _signed(value: float | None) -> str:
-    if value is None:
-        return "-"
-    text = fmt(value)
-    return text if text.startswith("-") or text == "0" else "+" + text
+    return fmt_signed(value)
 
 
 def _bar(share: float) -> str:
@@ -65,29 +66,28 @@ def _fold(title: str, body: str, rows: int) -> str:
     return f"<details>\n<summary>{title}</summary>\n\n{body}\n\n</details>"
 
 
-def _observed(gate: Mapping[str, Any]) -> str:
-    value = gate["observed"]
-    if value is None:
-        return "-"
-    if gate.get("unit") == "%":
-        return _pct(value)
-    return fmt(value)
+def _gate_numbers(gate: Mapping[str, Any]) -> tuple[str, str]:
+    """Observed value and threshold, with enough digits to differ when they do."""
+    observed, threshold = fmt_pair(gate["observed"], gate["threshold"])
+    unit = md_text(gate.get("unit", ""))
+    if observed != "-" and gate.get("unit") == "%":
+        observed = ("" if observed.startswith("-") or observed == "0" else "+") + observed + unit
+    return observed, threshold + unit
 
 
 def gate_line(gate: Mapping[str, Any]) -> str:
     """One gate in words: ``max-bound``: 1.42 (needs <= 1.2), plus the worst layer if any."""
-    unit = gate.get("unit", "")
-    observed = _observed(gate)
-    text = f"{_code(gate['name'])}: {observed} (needs {gate['op']} {fmt(gate['threshold'])}{unit})"
+    observed, threshold = _gate_numbers(gate)
+    text = f"{_code(gate['name'])}: {observed} (needs {md_text(gate['op'])} {threshold})"
     if gate.get("worst_layer") is not None:
         text += f" at {_code(gate['worst_layer'])}"
         failing = gate.get("failing_layers") or []
         if failing:
-            text += f"; {len(failing)} of {gate['layers_matched']} matching layers fail"
+            text += f"; {len(failing)} of {md_text(gate['layers_matched'])} matching layers fail"
     if gate.get("observed_is_estimate"):
         text += " (observed value is an estimate)"
     if gate.get("note"):
-        text += f" — {gate['note']}"
+        text += f" — {md_text(gate['note'])}"
     return text
 
 
@@ -112,8 +112,7 @@ def verdict(document: Mapping[str, Any], command: str) -> str:
 def _gates_table(gates: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for gate in gates:
-        unit = gate.get("unit", "")
-        observed = _observed(gate)
+        observed, threshold = _gate_numbers(gate)
         where = gate.get("worst_layer")
         rows.append(
             [
@@ -121,12 +120,14 @@ def _gates_table(gates: Sequence[Mapping[str, Any]]) -> str:
                 observed
                 + (f" ({_code(where)})" if where else "")
                 + (" (estimate)" if gate.get("observed_is_estimate") else ""),
-                f"{gate['op']} {fmt(gate['threshold'])}{unit}",
+                f"{md_text(gate['op'])} {threshold}",
                 "pass" if gate["passed"] else "**FAIL**",
             ]
         )
     table = _table(["gate", "observed", "threshold", "result"], "lrrl", rows)
-    notes = [f"- {_code(gate['name'])}: {gate['note']}" for gate in gates if gate.get("note")]
+    notes = [
+        f"- {_code(gate['name'])}: {md_text(gate['note'])}" for gate in gates if gate.get("note")
+    ]
     return "\n\n".join([table, "\n".join(notes)]) if notes else table
 
 
@@ -140,17 +141,17 @@ def audit_markdown(document: Mapping[str, Any]) -> str:
         f"model {_code(inputs.get('model'))}",
         f"fine-tuned {_code(finetuned.get('path'))}",
         f"data {_code(inputs.get('data'))}",
-        f"reduce={settings.get('reduce')}, form={settings.get('form')}",
+        f"reduce={md_text(settings.get('reduce'))}, form={md_text(settings.get('form'))}",
     ]
     parts.append(" · ".join(context))
     label = estimate_label(document)
     if label is not None:
         parts.append(
-            f"> ⚠️ The bound is an {_cell(label)}, not Theorem 2.1's bound "
+            f"> ⚠️ The bound is an {md_text(label)}, not Theorem 2.1's bound "
             "(see docs/measure.md, \"Bound or estimate\")."
         )
     rows = [
-        ["bound", f"**{fmt(document['bound'])}**" + (f" {label}" if label else "")],
+        ["bound", f"**{fmt(document['bound'])}**" + (f" {md_text(label)}" if label else "")],
         ["Hessian term G", fmt(document["hessian_term"])],
         ["training loss", fmt(document["train_loss"])],
     ]
@@ -164,7 +165,7 @@ def audit_markdown(document: Mapping[str, Any]) -> str:
     c_note = "empirical max loss" if document.get("C_source") == "empirical_max" else "user"
     rows += [
         ["loss bound C", f"{fmt(document.get('C'))} ({c_note})"],
-        ["n", str(document.get("n"))],
+        ["n", md_text(document.get("n"))],
     ]
     parts.append(_table(["quantity", "value"], "lr", rows))
     gates = document.get("gates") or []
@@ -185,7 +186,7 @@ def audit_markdown(document: Mapping[str, Any]) -> str:
     parts.append(_fold(f"Per-layer Hessian distance ({len(layers)} layers)", table, len(layers)))
     note = document.get("bound_note")
     if note:
-        parts.append(f"<sub>bound = (1+ε)·Lhat + (1+ε)·G; {note}.</sub>")
+        parts.append(f"<sub>bound = (1+ε)·Lhat + (1+ε)·G; {md_text(note)}.</sub>")
     return "\n\n".join(parts) + "\n"
 
 
@@ -195,7 +196,7 @@ def compare_markdown(document: Mapping[str, Any]) -> str:
     parts = [verdict(document, "compare")]
     parts.append(f"base {_code(base.get('path'))} → new {_code(new.get('path'))}")
     if document.get("warnings"):
-        parts.append("\n".join(f"> ⚠️ {_cell(w)}" for w in document["warnings"]))
+        parts.append("\n".join(f"> ⚠️ {md_text(w)}" for w in document["warnings"]))
     rows = [
         [
             label,
@@ -240,13 +241,9 @@ def write_summary(path: str, text: str) -> None:
     GitHub collects whatever a step appends to that file, and several commands of one step
     may write to it; anywhere else the file is replaced atomically.
     """
-    if path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary and os.path.abspath(path) == os.path.abspath(step_summary):
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(text + "\n")
         return
-    write_text(path, text)
+    write_output("--summary-md", path, text)

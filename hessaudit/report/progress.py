@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hessaudit.report._console import stderr
+from hessaudit.report._escape import plain_text
 
 
 @contextlib.contextmanager
@@ -23,12 +24,12 @@ def step_progress(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[label]}"),
+        TextColumn("{task.fields[label]}", markup=False),
     )
     with Progress(*columns, console=stderr(), transient=True) as progress:
         task = progress.add_task(description, total=None, label="")
 
         def update(done: int, total: int, label: str) -> None:
-            progress.update(task, completed=done, total=total, label=label)
+            progress.update(task, completed=done, total=total, label=plain_text(label))
 
         yield update

@@ -25,6 +25,8 @@ from rich.progress import (
 from rich.table import Table
 
 from hessaudit.report._console import stderr, stdout
+from hessaudit.report._escape import console_text, plain_text
+from hessaudit.report._format import fmt_number
 from hessaudit.robust.trainer import FinetuneResult, TrainingDisplay
 
 __all__ = ["LogTrainingDisplay", "RichTrainingDisplay", "summary_rows", "training_display"]
@@ -36,7 +38,7 @@ def _num(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "-"
-        return f"{value:.{digits}f}"
+        return fmt_number(value, digits)
     return str(value)
 
 
@@ -172,7 +174,7 @@ class RichTrainingDisplay(TrainingDisplay):
 
     def _print(self, message: str, style: str | None = None) -> None:
         console = self._progress.console if self._progress is not None else stderr()
-        console.print(message, style=style, markup=False, highlight=False)
+        console.print(plain_text(message), style=style, markup=False, highlight=False)
 
     def start(self, info: Mapping[str, Any]) -> None:
         for line in start_lines(info):
@@ -183,7 +185,9 @@ class RichTrainingDisplay(TrainingDisplay):
 
     def warn(self, message: str) -> None:
         console = self._progress.console if self._progress is not None else stderr()
-        console.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+        console.print(
+            f"[yellow]warning:[/yellow] {console_text(message)}", markup=True, highlight=False
+        )
 
     def start_phase(self, name: str, *, epochs: int, first_epoch: int, steps: int) -> None:
         self.end_phase()
@@ -239,11 +243,13 @@ class RichTrainingDisplay(TrainingDisplay):
 
     def finish(self, result: FinetuneResult) -> None:
         self.end_phase()
-        table = Table(title=f"hessaudit finetune: {result.out}", title_justify="left")
+        table = Table(
+            title=f"hessaudit finetune: {console_text(result.out)}", title_justify="left"
+        )
         table.add_column("quantity")
         table.add_column("value")
         for key, value in summary_rows(result):
-            table.add_row(key, value)
+            table.add_row(key, console_text(value))
         stdout().print(table)
 
 
@@ -257,7 +263,7 @@ class LogTrainingDisplay(TrainingDisplay):
 
     def _write(self, line: str) -> None:
         stream = self._stream if self._stream is not None else sys.stderr
-        stream.write(line + "\n")
+        stream.write(plain_text(line) + "\n")
         stream.flush()
 
     def start(self, info: Mapping[str, Any]) -> None:

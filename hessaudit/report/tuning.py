@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hessaudit.report._console import stderr, stdout
+from hessaudit.report._escape import console_text, plain_text
+from hessaudit.report._format import fmt_number
 from hessaudit.tune import TrialRecord, TuneDisplay, TuneResult
 
 __all__ = ["LogTuneDisplay", "RichTuneDisplay", "trial_line", "tune_display"]
@@ -23,7 +25,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "-"
-        return f"{value:.4g}"
+        return fmt_number(value, 4)
     return str(value)
 
 
@@ -69,13 +71,13 @@ def _table(result: TuneResult, top: int = 5) -> Table:
     table = Table(title=f"hessaudit tune: best trials by {direction}")
     names = list(result.settings.space)
     for col in ("trial", "score", *names, "noisy val acc", "epochs", "seconds"):
-        table.add_column(col, justify="right")
+        table.add_column(console_text(col), justify="right")
     complete = [r for r in result.trials if r.state == "complete" and r.score is not None]
     sign = -1.0 if result.document.get("direction") == "maximize" else 1.0
     complete.sort(key=lambda r: (sign * r.score, r.number))
     for r in complete[:top]:
         table.add_row(
-            str(r.number), _fmt(r.score), *[_fmt(r.params.get(n)) for n in names],
+            str(r.number), _fmt(r.score), *[console_text(_fmt(r.params.get(n))) for n in names],
             _fmt(r.metrics.get("val_acc")), _fmt(r.metrics.get("epochs_run")),
             _fmt(r.seconds),
         )
@@ -109,7 +111,7 @@ class RichTuneDisplay(TuneDisplay):
         self._epochs = None
 
     def start(self, info: Mapping[str, Any]) -> None:
-        stderr().print(_start_line(info), markup=False, highlight=False)
+        stderr().print(plain_text(_start_line(info)), markup=False, highlight=False)
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -129,7 +131,7 @@ class RichTuneDisplay(TuneDisplay):
 
     def _print(self, message: str, style: str | None = None) -> None:
         console = self._progress.console if self._progress is not None else stderr()
-        console.print(message, style=style, markup=False, highlight=False)
+        console.print(plain_text(message), style=style, markup=False, highlight=False)
 
     def log(self, message: str) -> None:
         self._print(message)
@@ -174,7 +176,7 @@ class RichTuneDisplay(TuneDisplay):
         self._stop()
         stdout().print(_table(result))
         for line in _summary(result):
-            stdout().print(line, markup=False, highlight=False)
+            stdout().print(plain_text(line), markup=False, highlight=False)
 
 
 class LogTuneDisplay(TuneDisplay):
@@ -185,7 +187,7 @@ class LogTuneDisplay(TuneDisplay):
 
     def _write(self, line: str) -> None:
         stream = self._stream or sys.stderr
-        stream.write(line + "\n")
+        stream.write(plain_text(line) + "\n")
         stream.flush()
 
     def start(self, info: Mapping[str, Any]) -> None:
