@@ -80,12 +80,15 @@ def run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
     """Run a click command and translate every outcome into hessaudit's exit codes.
 
     Click reports usage errors with exit code 2, which hessaudit reserves for failed gates;
-    they are mapped to 1 here.
+    they are mapped to 1 here. A closed stdout or stderr (``| head``) is handled as described
+    in :mod:`hessaudit.commands._pipes`.
     """
-    with warnings.catch_warnings():
+    from hessaudit.commands._pipes import guarded_streams
+
+    with warnings.catch_warnings(), guarded_streams() as streams:
         if not debug_requested(args):
             warnings.showwarning = _show_warning
-        return _run_app(command, args, prog_name=prog_name)
+        return streams.exit_code(_run_app(command, args, prog_name=prog_name), args)
 
 
 def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
@@ -110,6 +113,9 @@ def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
         if debug:
             traceback.print_exc()
         _print_error(exc.format_message().replace("\n", " "))
+        return EXIT_ERROR
+    except BrokenPipeError:  # a write that bypassed the stream guards of run_app
+        _print_error("an output stream was closed before the output was complete (broken pipe)")
         return EXIT_ERROR
     except MemoryError:
         if debug:
