@@ -117,17 +117,17 @@ def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
     except BrokenPipeError:  # a write that bypassed the stream guards of run_app
         _print_error("an output stream was closed before the output was complete (broken pipe)")
         return EXIT_ERROR
-    except MemoryError:
+    except MemoryError as exc:
         if debug:
             traceback.print_exc()
-        _print_error("out of memory; try a smaller --batch-size or fewer --samples")
+        _print_error(_out_of_memory(command, args, exc))
         return EXIT_ERROR
     except Exception as exc:
         if debug:
             traceback.print_exc()
         text = str(exc).strip().splitlines()
         if _is_out_of_memory(exc):
-            _print_error("out of memory; try a smaller --batch-size or fewer --samples")
+            _print_error(_out_of_memory(command, args, exc))
         else:
             first = text[0] if text else ""
             _print_error(
@@ -143,6 +143,12 @@ def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
 #: Phrases of allocator failures: CUDA / MPS ("out of memory") and torch's CPU allocator
 #: ("DefaultCPUAllocator: can't allocate memory ... Error code 12 (Cannot allocate memory)").
 _OOM_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _out_of_memory(command: Any, args: Sequence[str], exc: BaseException) -> str:
+    from hessaudit.commands._memory import out_of_memory_message
+
+    return out_of_memory_message(command, args, exc)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
