@@ -1,13 +1,16 @@
 """Progress for logs: plain lines on stderr when it is not a terminal (CI jobs, ``2> log``).
 
 A rich progress bar draws nothing into a log file, so a several-minute audit would print
-nothing until it ends. :class:`PlainProgress` writes one line per step instead, rate-limited to
-the first step, the last one, and one every :data:`INTERVAL_S` seconds in between::
+nothing until it ends. :class:`PlainProgress` writes a line after a step instead, at most one
+every :data:`INTERVAL_S` seconds, plus a closing line for the last step once any line was
+written::
 
     progress: auditing layers 5/21 (layer3.0.conv1.weight) 12.3 s elapsed, ~40 s left
 
-The time left is the elapsed time per finished step times the steps left. Labels come from
-inputs (layer names), so control and other non-printable characters are shown escaped.
+A run that ends within :data:`INTERVAL_S` seconds prints no progress at all: a log gains
+nothing from it, and an error then stays the only line on stderr. The time left is the
+elapsed time per finished step times the steps left. Labels come from inputs (layer names),
+so control and other non-printable characters are shown escaped.
 
 This module also records, on an exception that leaves a progress display, how far the steps
 got (:func:`note_phase`), so that an out-of-memory message can say where memory ran out.
@@ -48,8 +51,8 @@ def duration(seconds: float) -> str:
 class PlainProgress:
     """``update(done, total, label)`` writes rate-limited ``progress:`` lines to ``stream``.
 
-    With ``first_and_last=False`` only the periodic lines are written (for steps whose end is
-    already announced by another line, such as the epochs of ``finetune``).
+    With ``closing_line=False`` the last step gets no line of its own (for steps whose end is
+    announced by another line, such as the epochs of ``finetune``).
     """
 
     def __init__(
@@ -59,21 +62,21 @@ class PlainProgress:
         stream: TextIO | None = None,
         interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
-        first_and_last: bool = True,
+        closing_line: bool = True,
     ) -> None:
         self.description = description
         self._stream = stream
         self._interval = INTERVAL_S if interval is None else interval
         self._clock = clock
-        self._first_and_last = first_and_last
+        self._closing_line = closing_line
         self._start = clock()
         self._last_line: float | None = None
 
     def update(self, done: int, total: int, label: str = "") -> None:
         now = self._clock()
-        edge = self._first_and_last and (self._last_line is None or done >= total)
-        due = now - (self._start if self._last_line is None else self._last_line)
-        if not edge and due < self._interval:
+        since = now - (self._start if self._last_line is None else self._last_line)
+        closing = self._closing_line and self._last_line is not None and done >= total
+        if since < self._interval and not closing:
             return
         self._last_line = now
         elapsed = now - self._start

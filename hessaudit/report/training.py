@@ -218,7 +218,7 @@ class RichTrainingDisplay(TrainingDisplay):
         if not self._progress.console.is_terminal:
             prefix = "" if self._phase == "fine-tune" else f"[{self._phase}] "
             self._plain = PlainProgress(
-                f"{prefix}epoch {epoch}/{self._epochs} steps", first_and_last=False
+                f"{prefix}epoch {epoch}/{self._epochs} steps", closing_line=False
             )
         self._progress.reset(
             self._step_task, description=f"epoch {epoch}/{self._epochs}", stats=""
