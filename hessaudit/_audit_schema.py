@@ -280,7 +280,7 @@ def read_audit_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         document = json.loads(text, parse_constant=_NonFinite, object_pairs_hook=_object)
     except json.JSONDecodeError as exc:
         raise HessauditError(
-            f"{name} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
+            f"{name} is not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno})",
             hint=_HINT,
         ) from None
     except RecursionError:

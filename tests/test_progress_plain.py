@@ -167,7 +167,7 @@ def test_out_of_memory_names_the_options_and_the_phase(
 
 def test_tracker_phase_before_the_first_step() -> None:
     tracker = StepTracker("auditing layers")
-    assert tracker.phase() == "auditing layers (before the first step finished)"
+    assert tracker.phase() == "auditing layers (none done yet)"
     tracker.update(3, 21, "conv\n1")
     assert tracker.phase() == "auditing layers (3 of 21 done; last: conv\\n1)"
 

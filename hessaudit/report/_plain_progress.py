@@ -114,7 +114,7 @@ class StepTracker:
     def phase(self) -> str:
         """``auditing layers (3 of 21 done; last: conv1.weight)``."""
         if self.total is None:
-            return f"{self.description} (before the first step finished)"
+            return f"{self.description} (none done yet)"
         last = f"; last: {printable(self.label, 60)}" if self.label else ""
         return f"{self.description} ({self.done} of {self.total} done{last})"
 
