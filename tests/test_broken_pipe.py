@@ -112,3 +112,19 @@ def test_stdout_outputs() -> None:
     ]
     assert stdout_outputs(["compare", "a.json", "b.json", "--json", "x.json"]) == []
     assert stdout_outputs(["report", "--", "-"]) == []
+
+
+@pytest.mark.parametrize(("extra", "expected"), [([], 0), (["--json", "-"], 1)])
+def test_stdout_closed_before_the_start(audits, extra, expected) -> None:
+    """``hessaudit ... >&-``: Python starts with sys.stdout = None."""
+    base, new = audits
+    proc = subprocess.run(
+        [sys.executable, "-m", "hessaudit", "compare", str(base), str(new), *extra],
+        stderr=subprocess.PIPE, text=True, timeout=300, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=lambda: os.close(1),
+    )
+    assert proc.returncode == expected, proc.stderr
+    _assert_no_noise(proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("error: --json -:" if expected else "warning: stdout was closed")

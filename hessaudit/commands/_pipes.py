@@ -13,6 +13,8 @@ writes are dropped, and the command runs to its end. Then:
 * if stdout only carried the human-readable tables, every file and gate is complete: one
   ``warning:`` line, and the exit code stays the command's (0, or 2 for a failed gate);
 * a closed stderr is not reported (there is nowhere to report it); the exit code stays.
+
+A descriptor closed before the start (``hessaudit ... >&-``) counts as a pipe closed at once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ class PipeGuard:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self.broken = False
+        self.owned = False  # the stream is ours to close
+
+    @classmethod
+    def around(cls, stream: TextIO | None) -> PipeGuard:
+        """A guard of ``stream``; for a closed descriptor (``>&-``: ``None``), one that is
+        broken from the start and writes into /dev/null."""
+        if stream is not None:
+            return cls(stream)
+        guard = cls(open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - closed at exit
+        guard.broken = guard.owned = True
+        return guard
 
     def _break(self) -> None:
         self.broken = True
@@ -86,8 +99,8 @@ class GuardedStreams:
     """The two guards of one command run, and the exit code their state leads to."""
 
     def __init__(self) -> None:
-        self.stdout = PipeGuard(sys.stdout)
-        self.stderr = PipeGuard(sys.stderr)
+        self.stdout = PipeGuard.around(sys.stdout)
+        self.stderr = PipeGuard.around(sys.stderr)
 
     def exit_code(self, code: int, args: Sequence[str]) -> int:
         """The command's exit code, corrected for a stdout that was closed early."""
@@ -119,6 +132,8 @@ def guarded_streams() -> Iterator[GuardedStreams]:
     try:
         yield streams
     finally:
-        streams.stdout.flush()
-        streams.stderr.flush()
+        for guard in (streams.stdout, streams.stderr):
+            guard.flush()
+            if guard.owned:
+                guard.close()
         sys.stdout, sys.stderr = saved
