@@ -23,6 +23,7 @@ Rules, beyond the table:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -55,32 +56,18 @@ class Spec:
     item: Spec | None = None  # list: every element
 
 
-def _spec(kind: str, **options: Any) -> Spec:
-    return Spec(kind, **options)
+number = functools.partial(Spec, "number")
+integer = functools.partial(Spec, "integer")
+string = functools.partial(Spec, "string")
+boolean = functools.partial(Spec, "boolean")
 
 
-def number(**o: Any) -> Spec:
-    return _spec("number", **o)
+def obj(fields: Mapping[str, Spec], **options: Any) -> Spec:
+    return Spec("object", fields=fields, **options)
 
 
-def integer(**o: Any) -> Spec:
-    return _spec("integer", **o)
-
-
-def string(**o: Any) -> Spec:
-    return _spec("string", **o)
-
-
-def boolean(**o: Any) -> Spec:
-    return _spec("boolean", **o)
-
-
-def obj(fields: Mapping[str, Spec], **o: Any) -> Spec:
-    return _spec("object", fields=fields, **o)
-
-
-def list_of(item: Spec, **o: Any) -> Spec:
-    return _spec("list", item=item, **o)
+def list_of(item: Spec, **options: Any) -> Spec:
+    return Spec("list", item=item, **options)
 
 
 ANY = Spec("any")
@@ -324,28 +311,29 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{shown}" if path else shown
 
 
-def _describe(value: Any) -> str:
+_NAMES = {
+    "null": "null",
+    "boolean": "true/false",
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "list": "a list",
+    "object": "an object",
+}
+
+
+def _kind_of(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, int | float):
-        return "a number"
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
     if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
-
-
-_EXPECTED = {
-    "number": "a number",
-    "integer": "an integer",
-    "string": "a string",
-    "boolean": "true or false",
-    "object": "an object",
-    "list": "a list",
-}
+        return "string"
+    return "list" if isinstance(value, list) else "object"
 
 
 def _fail(name: str, path: str, problem: str) -> HessauditError:
@@ -360,13 +348,12 @@ def _check(value: Any, spec: Spec, path: str, name: str, depth: int) -> None:
         raise _fail(name, path, f"is {value.literal}; an audit holds finite numbers only")
     if isinstance(value, _DuplicateKey):
         raise _fail(name, path, f"has the key {_show(repr(value.key))} more than once")
-    if value is None:
-        if spec.kind in ("any",) or spec.nullable:
-            return
-        raise _fail(name, path, f"is null, expected {_EXPECTED[spec.kind]}")
+    if value is None and (spec.kind == "any" or spec.nullable):
+        return
     _check_scalar(value, path, name)
-    if spec.kind != "any" and not _is_kind(value, spec.kind):
-        raise _fail(name, path, f"is {_describe(value)}, expected {_EXPECTED[spec.kind]}")
+    found = _kind_of(value)
+    if spec.kind not in ("any", found) and (spec.kind, found) != ("number", "integer"):
+        raise _fail(name, path, f"is {_NAMES[found]}, expected {_NAMES[spec.kind]}")
     if isinstance(value, dict):
         missing = [key for key, sub in spec.fields.items() if sub.required and key not in value]
         if missing:
@@ -391,20 +378,6 @@ def _check_scalar(value: Any, path: str, name: str) -> None:
         raise _fail(name, path, "is an integer too large for 64 bits")
     if isinstance(value, str) and _has_surrogate(value):
         raise _fail(name, path, "holds an invalid character (a lone UTF-16 surrogate)")
-
-
-def _is_kind(value: Any, kind: str) -> bool:
-    if kind == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "string":
-        return isinstance(value, str)
-    if kind == "boolean":
-        return isinstance(value, bool)
-    if kind == "object":
-        return isinstance(value, dict)
-    return isinstance(value, list)
 
 
 def _has_surrogate(text: str) -> bool:
