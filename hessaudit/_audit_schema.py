@@ -36,8 +36,8 @@ from typing import Any
 from hessaudit.errors import HessauditError
 
 AUDIT_SCHEMA = "hessaudit.audit/1"
-#: Largest audit file read: about 100 000 layers. Larger is not an audit written by hessaudit.
-MAX_BYTES = 64 * 1024 * 1024
+#: Largest audit file read: about 25 000 layers. Larger is not an audit written by hessaudit.
+MAX_BYTES = 16 * 1024 * 1024
 #: Deepest nesting of objects and lists: an audit needs 5 (inputs.data_summary.shape[0]).
 MAX_DEPTH = 32
 _INT64 = 2**63
@@ -362,12 +362,30 @@ def _check(value: Any, spec: Spec, path: str, name: str, depth: int) -> None:
                 f"{name} is an incomplete audit: {where}missing {', '.join(missing)}", hint=_HINT
             )
         for key, item in value.items():
-            if not isinstance(key, str) or _has_surrogate(key):
+            if not key.isascii() and _has_surrogate(key):
                 raise _fail(name, path, "has a key with an invalid character (a lone surrogate)")
-            _check(item, spec.fields.get(key, ANY), _join(path, key), name, depth + 1)
+            sub = spec.fields.get(key, ANY)
+            if sub is ANY and depth < MAX_DEPTH and _plain_leaf(item):
+                continue  # a fast path for huge files: no call per plain value
+            _check(item, sub, _join(path, key), name, depth + 1)
     elif isinstance(value, list):
+        item_spec = spec.item or ANY
         for index, item in enumerate(value):
-            _check(item, spec.item or ANY, f"{path}[{index}]", name, depth + 1)
+            if item_spec is ANY and depth < MAX_DEPTH and _plain_leaf(item):
+                continue
+            _check(item, item_spec, f"{path}[{index}]", name, depth + 1)
+
+
+def _plain_leaf(value: Any) -> bool:
+    """Whether ``value`` obviously passes every rule: checked without a call to :func:`_check`."""
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)
+    if kind is int:
+        return -_INT64 <= value < _INT64
+    if kind is str:
+        return value.isascii()  # an ASCII string holds no surrogate
+    return value is None or kind is bool or (kind in (list, dict) and not value)
 
 
 def _check_scalar(value: Any, path: str, name: str) -> None:

@@ -250,7 +250,7 @@ def test_huge_file_is_refused_before_reading(files: Path, capsys) -> None:
     code, _, err = run_cli(["compare", files / "base.json", huge], capsys)
     assert code == 1
     assert_clean(code, err)
-    assert f"{huge} is 1024 MiB; an audit JSON is at most 64 MiB" in err
+    assert f"{huge} is 1024 MiB; an audit JSON is at most 16 MiB" in err
 
 
 def test_directory_and_missing(files: Path, capsys) -> None:
