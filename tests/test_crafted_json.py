@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -330,8 +329,13 @@ def mutated_audits(draw) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-_WORKDIR = Path(tempfile.mkdtemp(prefix="hessaudit-crafted-"))
-(_WORKDIR / "base.json").write_text(json.dumps(VALID))
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("crafted")
+    (folder / "base.json").write_text(json.dumps(VALID))
+    return folder
+
+
 _SETTINGS = settings(
     max_examples=100,
     deadline=None,
@@ -341,31 +345,31 @@ _SETTINGS = settings(
 
 @_SETTINGS
 @given(data=mutated_audits())
-def test_random_mutations_compare(capsys, data: bytes) -> None:
+def test_random_mutations_compare(workdir: Path, capsys, data: bytes) -> None:
     """``compare`` both ways round, with gates and every output format."""
-    new = _WORKDIR / "new.json"
+    new = workdir / "new.json"
     new.write_bytes(data)
     for name in ("out.json", "out.md"):
-        (_WORKDIR / name).unlink(missing_ok=True)
+        (workdir / name).unlink(missing_ok=True)
     args = [
-        "compare", _WORKDIR / "base.json", new, "--max-increase", "10",
-        "--max-layer-increase", "5", "--json", _WORKDIR / "out.json",
-        "--summary-md", _WORKDIR / "out.md",
+        "compare", workdir / "base.json", new, "--max-increase", "10",
+        "--max-layer-increase", "5", "--json", workdir / "out.json",
+        "--summary-md", workdir / "out.md",
     ]
     code, _, err = run_fast(args, capsys)
     assert_clean(code, err)
     if code != 1:
-        json.loads((_WORKDIR / "out.json").read_text())  # the output is standard JSON
-    code, _, err = run_fast(["compare", new, _WORKDIR / "base.json", "-q"], capsys)
+        json.loads((workdir / "out.json").read_text())  # the output is standard JSON
+    code, _, err = run_fast(["compare", new, workdir / "base.json", "-q"], capsys)
     assert_clean(code, err)
 
 
 @_SETTINGS
 @given(data=mutated_audits())
-def test_random_mutations_report(capsys, data: bytes) -> None:
-    new = _WORKDIR / "new.json"
+def test_random_mutations_report(workdir: Path, capsys, data: bytes) -> None:
+    new = workdir / "new.json"
     new.write_bytes(data)
-    out = _WORKDIR / "page.html"
+    out = workdir / "page.html"
     out.unlink(missing_ok=True)
     code, _, err = run_fast(["report", new, "--out", out, "--no-plots"], capsys)
     assert_clean(code, err)
@@ -379,12 +383,12 @@ def test_random_mutations_report(capsys, data: bytes) -> None:
         st.floats(min_value=-1e300, max_value=1e300, allow_nan=False), min_size=1, max_size=4
     )
 )
-def test_random_values_with_plots(hcal: list[float]) -> None:
+def test_random_values_with_plots(workdir: Path, hcal: list[float]) -> None:
     """The matplotlib page on extreme but valid values (negative, 0, 1e300, tiny)."""
     document = copy.deepcopy(VALID)
     document["layers"] = [_layer(f"l{i}.weight", h, head=i == 0) for i, h in enumerate(hcal)]
-    (_WORKDIR / "plot.json").write_text(json.dumps(document))
+    (workdir / "plot.json").write_text(json.dumps(document))
     with pytest.raises(SystemExit) as exc:
-        main(["report", str(_WORKDIR / "plot.json"), "--out", str(_WORKDIR / "p.html"), "-q"])
+        main(["report", str(workdir / "plot.json"), "--out", str(workdir / "p.html"), "-q"])
     assert exc.value.code == 0
-    assert os.path.getsize(_WORKDIR / "p.html") > 0
+    assert os.path.getsize(workdir / "p.html") > 0
