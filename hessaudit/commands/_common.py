@@ -90,12 +90,15 @@ def run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
     """Run a click command and translate every outcome into hessaudit's exit codes.
 
     Click reports usage errors with exit code 2, which hessaudit reserves for failed gates;
-    they are mapped to 1 here.
+    they are mapped to 1 here. A closed stdout or stderr (``| head``) is handled as described
+    in :mod:`hessaudit.commands._pipes`.
     """
-    with warnings.catch_warnings():
+    from hessaudit.commands._pipes import guarded_streams
+
+    with warnings.catch_warnings(), guarded_streams() as streams:
         if not debug_requested(args):
             warnings.showwarning = _show_warning
-        return _run_app(command, args, prog_name=prog_name)
+        return streams.exit_code(_run_app(command, args, prog_name=prog_name), args)
 
 
 def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
@@ -121,17 +124,20 @@ def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
             traceback.print_exc()
         _print_error(exc.format_message().replace("\n", " "))
         return EXIT_ERROR
-    except MemoryError:
+    except BrokenPipeError:  # a write that bypassed the stream guards of run_app
+        _print_error("an output stream was closed before the output was complete (broken pipe)")
+        return EXIT_ERROR
+    except MemoryError as exc:
         if debug:
             traceback.print_exc()
-        _print_error("out of memory; try a smaller --batch-size or fewer --samples")
+        _print_error(_out_of_memory(command, args, exc))
         return EXIT_ERROR
     except Exception as exc:
         if debug:
             traceback.print_exc()
         text = str(exc).strip().splitlines()
         if _is_out_of_memory(exc):
-            _print_error("out of memory; try a smaller --batch-size or fewer --samples")
+            _print_error(_out_of_memory(command, args, exc))
         else:
             first = text[0] if text else ""
             _print_error(
@@ -147,6 +153,12 @@ def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
 #: Phrases of allocator failures: CUDA / MPS ("out of memory") and torch's CPU allocator
 #: ("DefaultCPUAllocator: can't allocate memory ... Error code 12 (Cannot allocate memory)").
 _OOM_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _out_of_memory(command: Any, args: Sequence[str], exc: BaseException) -> str:
+    from hessaudit.commands._memory import out_of_memory_message
+
+    return out_of_memory_message(command, args, exc)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -198,6 +198,14 @@ def measure_command(
     debug: DebugOption = False,
 ) -> int:
     """Per-layer Hessian distances between two checkpoints and the generalization bound."""
+    from hessaudit._limits import check_measure_flags
+
+    check_measure_flags(
+        seed=seed,
+        lanczos_steps=lanczos_steps,
+        trace_probes=trace_probes,
+        spectrum_samples=spectrum_samples,
+    )
     from hessaudit import _paths, gates
     from hessaudit.audit import AuditRequest, audit_to_json, layers_frame, run_audit
     from hessaudit.distributed import env_world_size

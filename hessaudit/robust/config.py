@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from hessaudit._limits import check_seed
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -209,14 +210,8 @@ class FinetuneConfig:
         integer("early_stop", 1, optional=True)
         integer("estimate_epochs", 1, optional=True)
         integer("audit_samples", 1, optional=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise HessauditError(f"--seed {self.seed} must be a non-negative integer")
-        if self.noise_seed is not None and (
-            isinstance(self.noise_seed, bool)
-            or not isinstance(self.noise_seed, int)
-            or self.noise_seed < 0
-        ):
-            raise HessauditError(f"--noise-seed {self.noise_seed} must be a non-negative integer")
+        check_seed(self.seed, "--seed")
+        check_seed(self.noise_seed, "--noise-seed")
         real("val_fraction", low=0, high=1, low_open=True, high_open=True, optional=True,
              what="in (0, 1)")
         real("lr", low=0, low_open=True, what="> 0")
