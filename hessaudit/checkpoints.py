@@ -42,6 +42,12 @@ from typing import Any
 import torch
 
 from hessaudit._atomic import atomic_path
+from hessaudit._inputs_guard import (
+    check_regular_file,
+    check_tensor_views,
+    check_zip_members,
+    open_regular,
+)
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -117,7 +123,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """Return the hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             for chunk in iter(lambda: fh.read(_CHUNK), b""):
                 digest.update(chunk)
     except OSError as exc:
@@ -149,6 +155,7 @@ def load_checkpoint(
         tensors, container, metadata = _read_torch(p, map_location)
     if not tensors:
         raise HessauditError(f"{p}: no tensors found in the checkpoint")
+    check_tensor_views(tensors, record.size, f"checkpoint {p}")
     tensors, stripped = _strip_with_check(tensors, p)
     _check_finite(tensors, p)
     return Checkpoint(
@@ -266,8 +273,9 @@ def _check_file(path: str | os.PathLike[str]) -> Path:
             f"checkpoint {p} is a directory, not a file",
             hint="give the .safetensors / .pt file inside it",
         )
+    check_regular_file(p, "checkpoint")  # a FIFO or a device would block or never end
     try:
-        with open(p, "rb") as fh:
+        with open_regular(p, "checkpoint") as fh:
             fh.read(1)
     except OSError as exc:
         raise HessauditError(f"checkpoint {p} cannot be read: {_oneline(exc)}") from None
@@ -350,9 +358,26 @@ def _read_safetensors(
     return tensors, metadata
 
 
+def _check_torch_zip(p: Path) -> None:
+    """Refuse a torch zip archive whose members declare more than the file can expand to.
+
+    torch.save stores members uncompressed, but torch's reader also inflates deflated ones:
+    a re-zipped file of zeros would otherwise expand a thousandfold while it is read.
+    """
+    with open_regular(p, "checkpoint") as fh:
+        if not zipfile.is_zipfile(fh):
+            return  # a legacy pickle, or a damaged zip that torch.load reports
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                check_zip_members(archive, os.fstat(fh.fileno()).st_size, f"checkpoint {p}")
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            return  # torch.load reports the damage in its own words
+
+
 def _read_torch(
     p: Path, map_location: str | torch.device
 ) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
+    _check_torch_zip(p)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             # a legacy pickle of another protocol: torch warns, then loads it or refuses it

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hessaudit._inputs_guard import refuse_special_file
 from hessaudit._version import __version__
 from hessaudit.errors import HessauditError
 from hessaudit.gates import Gate, layer_shares, matching, no_match_error, worst_of
@@ -69,6 +70,7 @@ SETTING_CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = (
 def load_audit(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a ``hessaudit.audit/1`` file; :class:`HessauditError` otherwise."""
     path = Path(path)
+    refuse_special_file(path)  # a FIFO would block the read forever
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

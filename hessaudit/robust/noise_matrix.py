@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -193,6 +194,7 @@ def _load_csv_matrix(path: Path) -> np.ndarray:
 def load_matrix_file(path: str | os.PathLike[str], *, flag: str = "--noise-matrix") -> np.ndarray:
     """Read a matrix from ``.npy``, ``.csv`` or ``.json`` (no validation)."""
     p = Path(path)
+    refuse_special_file(p, f"{flag}:")
     if not p.is_file():
         raise HessauditError(f"{flag}: file {p} does not exist")
     suffix = p.suffix.lower()
