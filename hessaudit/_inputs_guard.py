@@ -34,6 +34,7 @@ __all__ = [
     "check_expansion",
     "check_regular_file",
     "check_tensor_views",
+    "check_zip_archive",
     "check_zip_members",
     "expansion_budget",
     "open_regular",
@@ -195,6 +196,21 @@ def check_zip_members(archive: zipfile.ZipFile, stored: int, what: str) -> None:
         declared, stored, what,
         hint="store arrays uncompressed (numpy.savez, torch.save) if they really are that large",
     )
+
+
+def check_zip_archive(path: str | os.PathLike[str], what: str) -> None:
+    """:func:`check_zip_members` of ``path`` when it is a zip archive; nothing otherwise.
+
+    A damaged archive passes: the library that reads it next reports the damage in its words.
+    """
+    with open_regular(path) as fh:
+        if not zipfile.is_zipfile(fh):
+            return
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                check_zip_members(archive, os.fstat(fh.fileno()).st_size, what)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            return
 
 
 #: Tensors of a checkpoint may add up to this many times the file's size: weights tied under

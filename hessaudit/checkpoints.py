@@ -42,12 +42,7 @@ from typing import Any
 import torch
 
 from hessaudit._atomic import atomic_path
-from hessaudit._inputs_guard import (
-    check_regular_file,
-    check_tensor_views,
-    check_zip_members,
-    open_regular,
-)
+from hessaudit._inputs_guard import check_tensor_views, check_zip_archive, open_regular
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -273,8 +268,7 @@ def _check_file(path: str | os.PathLike[str]) -> Path:
             f"checkpoint {p} is a directory, not a file",
             hint="give the .safetensors / .pt file inside it",
         )
-    check_regular_file(p, "checkpoint")  # a FIFO or a device would block or never end
-    try:
+    try:  # only a regular file: a FIFO or a device would block or never end
         with open_regular(p, "checkpoint") as fh:
             fh.read(1)
     except OSError as exc:
@@ -358,26 +352,12 @@ def _read_safetensors(
     return tensors, metadata
 
 
-def _check_torch_zip(p: Path) -> None:
-    """Refuse a torch zip archive whose members declare more than the file can expand to.
-
-    torch.save stores members uncompressed, but torch's reader also inflates deflated ones:
-    a re-zipped file of zeros would otherwise expand a thousandfold while it is read.
-    """
-    with open_regular(p, "checkpoint") as fh:
-        if not zipfile.is_zipfile(fh):
-            return  # a legacy pickle, or a damaged zip that torch.load reports
-        try:
-            with zipfile.ZipFile(fh) as archive:
-                check_zip_members(archive, os.fstat(fh.fileno()).st_size, f"checkpoint {p}")
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-            return  # torch.load reports the damage in its own words
-
-
 def _read_torch(
     p: Path, map_location: str | torch.device
 ) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
-    _check_torch_zip(p)
+    # torch's reader inflates deflated members too: a re-zipped file of zeros would expand
+    # a thousandfold while it is read
+    check_zip_archive(p, f"checkpoint {p}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             # a legacy pickle of another protocol: torch warns, then loads it or refuses it

@@ -475,6 +475,9 @@ def test_a_class_folder_linking_out_of_the_data_folder_is_refused(
 # --------------------------------------------------------------------------- FIFOs and devices
 
 
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+
+
 def _fifo(path: Path) -> Path:
     os.mkfifo(path)
     return path
@@ -496,6 +499,7 @@ FIFO_NAMES = {
 }
 
 
+@needs_fifo
 @pytest.mark.timeout(60, method="signal")
 @pytest.mark.parametrize("case", list(FIFO_CASES))
 def test_a_fifo_given_as_an_input_is_refused_without_hanging(
@@ -508,6 +512,7 @@ def test_a_fifo_given_as_an_input_is_refused_without_hanging(
     assert not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
 @pytest.mark.timeout(60, method="signal")
 def test_a_character_device_given_as_a_checkpoint_is_refused(
     tiny_checkpoints, capsys
@@ -516,6 +521,7 @@ def test_a_character_device_given_as_a_checkpoint_is_refused(
     assert_refused(code, err, "/dev/zero", "character device")
 
 
+@needs_fifo
 @pytest.mark.timeout(60, method="signal")
 def test_a_fifo_inside_an_image_folder_is_skipped(tiny_checkpoints, tmp_path, capsys) -> None:
     root = image_folder(tmp_path / "imgs")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -201,8 +202,9 @@ def load_matrix_file(path: str | os.PathLike[str], *, flag: str = "--noise-matri
     if suffix == ".npy":
         try:
             return np.asarray(np.load(p, allow_pickle=False), dtype=np.float64)
-        except (ValueError, OSError, EOFError, TypeError) as exc:
-            # EOFError: empty or truncated file; TypeError: an .npz archive, not an array
+        except (ValueError, OSError, EOFError, TypeError, zipfile.BadZipFile) as exc:
+            # EOFError: empty or truncated file; TypeError: an .npz archive, not an array;
+            # BadZipFile: "PK" magic (numpy then reads it as an .npz) but not a zip
             raise HessauditError(
                 f"{flag}: cannot read {p} as .npy ({type(exc).__name__}: {exc})"
             ) from None
