@@ -23,6 +23,7 @@ import contextlib
 import functools
 import io
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,23 +65,57 @@ def user_code(spec: str, stage: str) -> Iterator[None]:
             neither an ``Exception`` nor ``KeyboardInterrupt``).
     """
     real = sys.stderr
-    held = io.StringIO()
+    held = _HeldStderr(real)
     sys.stderr = held
     try:
         yield
     except (Exception, KeyboardInterrupt):
         sys.stderr = real
-        _replay(real, held.getvalue())
+        _replay(real, held.text())
         raise
     except BaseException as exc:
         sys.stderr = real
         raise HessauditError(
             f"--model {spec}: the model factory raised {describe(exc)} while {stage}"
-            f"{_last_line(held.getvalue())}",
+            f"{_last_line(held.text())}",
             hint=_NO_EXIT,
         ) from None
     sys.stderr = real
-    _replay(real, held.getvalue())
+    _replay(real, held.text())
+
+
+class _HeldStderr(io.TextIOBase):
+    """``sys.stderr`` while user code runs: this thread's writes are held, other threads'
+    (a progress bar refreshing in the background) go straight to the real stream."""
+
+    def __init__(self, real: Any) -> None:
+        super().__init__()
+        self._real = real
+        self._owner = threading.get_ident()
+        self._held = io.StringIO()
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() == self._owner:
+            return self._held.write(text)
+        return self._real.write(text)
+
+    def flush(self) -> None:
+        if threading.get_ident() != self._owner:
+            with contextlib.suppress(OSError, ValueError):
+                self._real.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self._real, "isatty", lambda: False)())
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._real, "encoding", None) or "utf-8"
+
+    def text(self) -> str:
+        return self._held.getvalue()
 
 
 def _replay(stream: Any, text: str) -> None:
