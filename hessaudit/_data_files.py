@@ -3,8 +3,8 @@
 * ``.npz``: every member's declared (uncompressed) size and every ``.npy`` header's
   ``prod(shape) * itemsize`` are checked against the archive's size on disk before numpy
   inflates or allocates anything (:func:`read_npz`);
-* ImageFolder: each file counted once, no folder links out of the root or into a loop, no FIFOs
-  (:func:`image_files`); images that PIL cannot read, decompression bombs included, are
+* ImageFolder: each file counted once, no folder links out of a class folder or into a loop, no
+  FIFOs (:func:`image_files`); images that PIL cannot read, decompression bombs included, are
   :class:`Unreadable`; the bytes all images decode to are bounded by their size on disk
   (:class:`DecodeBudget`).
 

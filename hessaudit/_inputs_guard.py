@@ -11,8 +11,9 @@ Three classes of hostile input are refused here, before any library touches them
   stride 0 over one element. What a file declares is checked against a budget relative to the
   bytes it really holds (:func:`expansion_budget`) before it is materialized.
 * **Folder walks that revisit or escape.** :func:`walk_files` lists each file once (by device
-  and inode), never follows a directory link out of the root nor back into a folder already
-  read (a symlink loop), and skips anything that is not a regular file.
+  and inode), never follows a directory link out of the folder it walks, into a folder that
+  contains the link (a loop) or into one already read, and skips anything that is not a
+  regular file.
 """
 
 from __future__ import annotations

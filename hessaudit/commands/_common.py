@@ -160,9 +160,9 @@ def _stray_exit(exc: SystemExit, debug: bool) -> int:
         traceback.print_exc()
     where = _raised_at(exc)
     _print_error(
-        f"{describe(exc)} raised {where}ended the command before it finished; nothing it "
-        "would have written was written (a model factory or model code that calls sys.exit "
-        "or argparse?; rerun with --debug for the traceback)"
+        f"{describe(exc)} raised {where}ended the command before it finished, so its "
+        "outputs are missing or incomplete (model code that calls sys.exit or argparse?; "
+        "rerun with --debug for the traceback)"
     )
     return EXIT_ERROR
 
