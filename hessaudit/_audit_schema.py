@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
 
 AUDIT_SCHEMA = "hessaudit.audit/1"
@@ -212,6 +213,9 @@ def _show(text: str, limit: int = 60) -> str:
 
 def _read_bytes(path: Path) -> bytes:
     name = _show(str(path), 200)
+    # A FIFO with no writer would block the open forever, and a device is no file: inputs are
+    # regular files (docs/errors.md, "Hostile files and model code").
+    refuse_special_file(path, "audit JSON")
     try:
         with open(path, "rb") as handle:
             info = os.fstat(handle.fileno())

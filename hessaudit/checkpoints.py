@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from hessaudit._atomic import atomic_path
+from hessaudit._inputs_guard import check_tensor_views, check_zip_archive, open_regular
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -117,7 +118,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """Return the hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             for chunk in iter(lambda: fh.read(_CHUNK), b""):
                 digest.update(chunk)
     except OSError as exc:
@@ -149,6 +150,7 @@ def load_checkpoint(
         tensors, container, metadata = _read_torch(p, map_location)
     if not tensors:
         raise HessauditError(f"{p}: no tensors found in the checkpoint")
+    check_tensor_views(tensors, record.size, f"checkpoint {p}")
     tensors, stripped = _strip_with_check(tensors, p)
     _check_finite(tensors, p)
     return Checkpoint(
@@ -266,8 +268,8 @@ def _check_file(path: str | os.PathLike[str]) -> Path:
             f"checkpoint {p} is a directory, not a file",
             hint="give the .safetensors / .pt file inside it",
         )
-    try:
-        with open(p, "rb") as fh:
+    try:  # only a regular file: a FIFO or a device would block or never end
+        with open_regular(p, "checkpoint") as fh:
             fh.read(1)
     except OSError as exc:
         raise HessauditError(f"checkpoint {p} cannot be read: {_oneline(exc)}") from None
@@ -353,6 +355,9 @@ def _read_safetensors(
 def _read_torch(
     p: Path, map_location: str | torch.device
 ) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
+    # torch's reader inflates deflated members too: a re-zipped file of zeros would expand
+    # a thousandfold while it is read
+    check_zip_archive(p, f"checkpoint {p}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             # a legacy pickle of another protocol: torch warns, then loads it or refuses it

@@ -15,7 +15,10 @@ Sources (``--data`` / ``--eval-data``):
   pairs 0/5, 1/6, 2/7, 3/8, 4/9 share a class). A model pretrained on it and fine-tuned on
   ``digits`` gets a new 10-class head; the held-out third is seen by neither.
 * a directory in ImageFolder layout: one sub-folder per class, sorted names -> labels 0, 1, ...
-  Files are found recursively; hidden files and folders are ignored. Images (``.png``, ``.jpg``,
+  Files are found recursively; hidden files and folders are ignored. Each file counts once
+  (by device and inode, whatever links reach it); a folder link is followed only when it stays
+  inside its class folder and does not loop, and FIFOs and devices are skipped (see
+  :mod:`hessaudit._data_files`). Images (``.png``, ``.jpg``,
   ``.jpeg``, ``.bmp``, ``.gif``, ``.ppm``, ``.pgm``, ``.tif``, ``.tiff``, ``.webp``) are read with
   PIL, converted to RGB, or to L (grayscale) when the model takes one channel (without an input
   config: L only when every image is single-channel), resized (bilinear) to the input size when
@@ -42,7 +45,6 @@ All data is held in memory as float32; the audit works on hundreds to a few thou
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from hessaudit._data_files import (
+    DecodeBudget,
+    Unreadable,
+    class_folders,
+    image_files,
+    open_image,
+    read_npz,
+)
+from hessaudit._inputs_guard import open_regular, refuse_special_file
 from hessaudit.errors import HessauditError
 
 if TYPE_CHECKING:
@@ -220,6 +231,7 @@ def load_data(
                 hint="give an ImageFolder directory, a .npz file, or a built-in: "
                 + ", ".join(BUILTIN_SOURCES[:4]),
             )
+        refuse_special_file(path, "data")  # a FIFO would block the first read forever
         if path.is_dir():
             ds = _load_image_folder(path, input_config, samples, seed)
         elif path.suffix.lower() == ".npz":
@@ -374,39 +386,10 @@ def _load_digits(name: str, part: str, role: str) -> Dataset:
 
 
 def _load_npz(path: Path) -> Dataset:
-    import zipfile
-
     import numpy as np
 
-    if not zipfile.is_zipfile(path):
-        raise HessauditError(
-            f"data {path} is not a readable .npz (not a zip archive; truncated or corrupt?)",
-            hint="save with numpy.savez(path, x=inputs, y=labels)",
-        )
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = list(archive.files)
-            missing = [k for k in ("x", "y") if k not in names]
-            if missing:
-                raise HessauditError(
-                    f"data {path}: no array named {' or '.join(repr(m) for m in missing)} "
-                    f"(arrays found: {_few(names) or 'none'})",
-                    hint="save with numpy.savez(path, x=inputs, y=labels)",
-                )
-            x = archive["x"]
-            y = archive["y"]
-            clean = archive["clean_y"] if "clean_y" in names else None
-    except HessauditError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise HessauditError(
-                f"data {path}: holds Python objects (object arrays), which are not loaded",
-                hint="store x as a numeric array and y as an integer array",
-            ) from None
-        raise HessauditError(f"data {path} is not a readable .npz: {_oneline(exc)}") from None
-    except Exception as exc:
-        raise HessauditError(f"data {path} is not a readable .npz: {_oneline(exc)}") from None
+    with open_regular(path, "data") as fh:
+        x, y, clean = read_npz(fh, path)
     if x.dtype.kind not in "biuf":
         raise HessauditError(f"data {path}: x must be numeric, found dtype {x.dtype}")
     if x.ndim < 1 or x.shape[0] == 0:
@@ -440,14 +423,6 @@ def _load_npz(path: Path) -> Dataset:
 # --------------------------------------------------------------------------- ImageFolder
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    files: list[Path] = []
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
-    return files
-
-
 def _warn_skipped(root: Path, skipped: list[tuple[Path, str]]) -> None:
     if not skipped:
         return
@@ -461,30 +436,13 @@ def _warn_skipped(root: Path, skipped: list[tuple[Path, str]]) -> None:
 def _load_image_folder(
     root: Path, cfg: InputConfig | None, samples: int | None, seed: int
 ) -> Dataset:
-    from PIL import Image, UnidentifiedImageError
-
-    classes = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+    classes = class_folders(root)
     if not classes:
         raise HessauditError(
             f"data {root}: no class sub-folders",
             hint="an ImageFolder directory has one sub-folder of images per class",
         )
-    skipped: list[tuple[Path, str]] = []
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, name in enumerate(classes):
-        found = 0
-        for f in _visible_files(root / name):
-            if f.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(f)
-                labels.append(label)
-                found += 1
-            else:
-                skipped.append((f, "not an image file"))
-        if not found:
-            raise HessauditError(f"data {root}: class folder {name!r} has no image files")
+    files, labels, skipped = image_files(root, classes, IMAGE_EXTENSIONS)
     idx = _choose(len(files), samples, seed, str(root))
     if idx is not None:
         files = [files[i] for i in idx.tolist()]
@@ -495,13 +453,12 @@ def _load_image_folder(
         mode = "L" if cfg.channels == 1 else "RGB"
     size = None if cfg is None else cfg.size
     opened: list[tuple[Path, Any, int]] = []
+    budget = DecodeBudget(root)
     for f, label in zip(files, labels, strict=True):
         try:
-            with Image.open(f) as img:
-                img.load()
-                image = img.copy()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            skipped.append((f, f"unreadable: {type(exc).__name__}"))
+            image = open_image(f, budget)
+        except Unreadable as exc:
+            skipped.append((f, str(exc)))
             continue
         opened.append((f, image, label))
     _warn_skipped(root, skipped)

@@ -11,6 +11,9 @@ A model spec (``--model``) is one of:
 * a factory ``package.module:function``, imported with the current folder on ``sys.path``.
 
 A factory is called with ``num_classes=`` when its signature accepts it (or ``**kwargs``).
+Whatever its code does while imported, called or running the model's forward (``sys.exit``,
+``argparse``, an exception) ends as one :class:`HessauditError` naming it
+(:mod:`hessaudit._user_code`), never as an exit code of its own.
 
 timm is imported inside the functions that need it, never at module import.
 """
@@ -33,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hessaudit._user_code import guard_forward, user_code
 from hessaudit.checkpoints import strip_prefixes
 from hessaudit.errors import HessauditError
 
@@ -176,20 +180,22 @@ def _import_factory_file(path: Path, spec: str) -> Any:
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
     try:
-        with _on_sys_path(str(resolved.parent)):
+        with user_code(spec, f"importing {path}"), _on_sys_path(str(resolved.parent)):
             module_spec.loader.exec_module(module)
     except BaseException as exc:
         sys.modules.pop(module_name, None)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+        if not isinstance(exc, Exception) or isinstance(exc, HessauditError):
+            raise  # KeyboardInterrupt, or user_code's one line about a SystemExit
         raise HessauditError(f"--model {spec}: importing {path} failed: {_oneline(exc)}") from None
     return module
 
 
 def _import_factory_module(name: str, spec: str) -> Any:
     try:
-        with _on_sys_path(os.getcwd()):
+        with user_code(spec, f"importing {name}"), _on_sys_path(os.getcwd()):
             return importlib.import_module(name)
+    except HessauditError:
+        raise
     except ModuleNotFoundError as exc:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
             raise HessauditError(
@@ -223,7 +229,9 @@ def _resolve_factory(spec: str) -> tuple[Any, str]:
         folder = os.getcwd()
     obj: Any = module
     for part in fn_name.split("."):
-        if not hasattr(obj, part):
+        with user_code(spec, f"looking up {fn_name!r}"):  # a module __getattr__ is user code
+            found = hasattr(obj, part)
+        if not found:
             available = sorted(
                 n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
             )
@@ -251,14 +259,20 @@ def _build_factory(spec: str, *, num_classes: int | None, check_classes: bool) -
     if num_classes is not None and _accepts(fn, "num_classes"):
         kwargs["num_classes"] = num_classes
     try:
-        with _on_sys_path(folder):
+        with user_code(spec, "building the model"), _on_sys_path(folder):
             model = fn(**kwargs)
+    except HessauditError:
+        raise
     except Exception as exc:
         raise HessauditError(f"--model {spec}: the factory raised {_oneline(exc)}") from None
     if not isinstance(model, nn.Module):
         raise HessauditError(
-            f"--model {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module"
+            f"--model {spec}: the factory returned {_what_it_returned(model)}, "
+            "not a torch.nn.Module",
+            hint="return the model alone (return model, not return model, config)"
+            if isinstance(model, (tuple, list)) else None,
         )
+    guard_forward(model, spec)
     if check_classes and num_classes is not None and "num_classes" not in kwargs:
         out = _head_out_features(model)
         if out is not None and out != num_classes:
@@ -267,6 +281,19 @@ def _build_factory(spec: str, *, num_classes: int | None, check_classes: bool) -
                 f"and builds a head with {out} outputs"
             )
     return model
+
+
+def _what_it_returned(value: Any) -> str:
+    """``a tuple of 2 (TinyNet, dict)``, ``None``, ``the class TinyNet``, ``a str``."""
+    if value is None:
+        return "None (a missing return statement?)"
+    if isinstance(value, type):
+        return f"the class {value.__name__} (call it to make the model)"
+    if isinstance(value, (tuple, list)):
+        kinds = ", ".join(type(v).__name__ for v in list(value)[:_SHOW])
+        more = ", ..." if len(value) > _SHOW else ""
+        return f"a {type(value).__name__} of {len(value)} ({kinds}{more})"
+    return f"a {type(value).__name__}"
 
 
 # --------------------------------------------------------------------------- heads

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
 from hessaudit.robust.config import FinetuneConfig
 
@@ -177,6 +178,7 @@ def load_space_file(path: str | Path) -> tuple[dict[str, ParamSpec | None], bool
     from an empty space instead of :data:`DEFAULT_SPACE`. Returns (params, use_defaults).
     """
     p = Path(path)
+    refuse_special_file(p, "--space")  # a FIFO would block the read forever
     try:
         document = json.loads(p.read_text(encoding="utf-8"))
     except OSError as exc:

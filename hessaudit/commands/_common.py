@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hessaudit._user_code import describe, raised_in_forward
 from hessaudit.errors import HessauditError
 
 _Classes = tuple[type[BaseException], ...]
@@ -116,6 +118,8 @@ def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
     except _ABORTS:
         sys.stderr.write("\ninterrupted\n")
         return EXIT_INTERRUPTED
+    except SystemExit as exc:
+        return _stray_exit(exc, debug)
     except _USAGE_ERRORS as exc:
         # A bare ``hessaudit`` prints the help through this exception: not a failure.
         if type(exc).__name__ == "NoArgsIsHelpError":
@@ -138,6 +142,11 @@ def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
         text = str(exc).strip().splitlines()
         if _is_out_of_memory(exc):
             _print_error(_out_of_memory(command, args, exc))
+        elif raised_in_forward(exc) is not None:
+            _print_error(
+                f"--model {raised_in_forward(exc)}: the model's forward raised {describe(exc)} "
+                "(rerun with --debug for the traceback)"
+            )
         else:
             first = text[0] if text else ""
             _print_error(
@@ -148,6 +157,47 @@ def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
     if isinstance(result, int):
         return result
     return EXIT_OK
+
+
+def _stray_exit(exc: SystemExit, debug: bool) -> int:
+    """Exit code and line for a ``SystemExit`` that escaped a command.
+
+    hessaudit's commands return their exit code and click reports ``--help``, ``--version``
+    and usage errors without raising ``SystemExit`` (``standalone_mode=False``), so one that
+    gets here was raised by other code, most likely a model's (``sys.exit``, ``argparse``):
+    its code is not hessaudit's answer. Exit 1 with a line naming where it was raised, so
+    that ``sys.exit(0)`` cannot pass a CI gate and ``argparse``'s 2 cannot read as "gate
+    failed". The one exception is click's own exit after a broken stdout pipe (code 1).
+    """
+    context = exc.__context__
+    if exc.code == EXIT_ERROR and isinstance(context, OSError) and context.errno == errno.EPIPE:
+        return EXIT_ERROR
+    if debug:
+        traceback.print_exc()
+    where = _raised_at(exc)
+    _print_error(
+        f"{describe(exc)} raised {where}ended the command before it finished, so its "
+        "outputs are missing or incomplete (model code that calls sys.exit or argparse?; "
+        "rerun with --debug for the traceback)"
+    )
+    return EXIT_ERROR
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``at path/file.py:12 `` for the innermost frame outside the standard library."""
+    import sysconfig
+
+    stdlib = {
+        os.path.realpath(p)
+        for p in (sysconfig.get_paths().get("stdlib"), sysconfig.get_paths().get("platstdlib"))
+        if p
+    }
+    where = ""
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        filename = os.path.realpath(frame.f_code.co_filename)
+        if not any(filename.startswith(p + os.sep) for p in stdlib):
+            where = f"at {frame.f_code.co_filename}:{lineno} "
+    return where
 
 
 #: Phrases of allocator failures: CUDA / MPS ("out of memory") and torch's CPU allocator
