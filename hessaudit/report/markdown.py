@@ -17,6 +17,7 @@ from hessaudit._atomic import write_text
 from hessaudit.bound import estimate_label
 from hessaudit.compare import SUMMARY_LABELS
 from hessaudit.gates import layer_shares
+from hessaudit.loss_bound import c_source_label
 from hessaudit.report.audit import fmt
 
 # Tables with more rows than this are folded into <details>.
@@ -161,7 +162,7 @@ def audit_markdown(document: Mapping[str, Any]) -> str:
             ["observed gap", fmt(document.get("gap"))],
             ["G / gap", "- (gap <= 0)" if ratio is None else fmt(ratio)],
         ]
-    c_note = "empirical max loss" if document.get("C_source") == "empirical_max" else "user"
+    c_note = c_source_label(document.get("C_source"))
     rows += [
         ["loss bound C", f"{fmt(document.get('C'))} ({c_note})"],
         ["n", str(document.get("n"))],
