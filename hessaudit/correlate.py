@@ -217,11 +217,16 @@ def setting_warnings(documents: Sequence[Mapping[str, Any]]) -> list[str]:
             counts[key] = counts.get(key, 0) + 1
         if len(counts) > 1:
             shown = ", ".join(
-                f"{plain(json.loads(key), 40)} ({count})" for key, count in list(counts.items())[:4]
+                f"{_show(json.loads(key))} ({count})" for key, count in list(counts.items())[:4]
             )
             more = f" and {len(counts) - 4} more" if len(counts) > 4 else ""
             warnings.append(f"the audits differ in {label}: {shown}{more}")
     return warnings
+
+
+def _show(value: Any) -> str:
+    """A setting's value for a message: strings quoted, anything else as JSON, cleaned."""
+    return repr(plain(value, 40)) if isinstance(value, str) else plain(value, 40)
 
 
 def _layer_set(document: Mapping[str, Any]) -> Any:
@@ -279,7 +284,7 @@ def _round_up(value: float, digits: int = 3) -> float:
     """``value`` rounded up to ``digits`` significant digits (exact decimal arithmetic)."""
     if value <= 0:
         return 0.0
-    exact = Decimal(repr(value))
+    exact = Decimal(repr(float(value)))
     step = Decimal(1).scaleb(exact.adjusted() - digits + 1)
     return float(exact.quantize(step, rounding=ROUND_CEILING))
 

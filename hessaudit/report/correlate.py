@@ -149,7 +149,7 @@ def scatter_png(document: Mapping[str, Any], measure: str) -> bytes | None:
         group_by = document["settings"].get("group_by")
         axes.legend(fontsize=7, title=None if group_by is None else _mpl_label(group_by),
                     title_fontsize=7)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.15, right=0.97, bottom=0.13, top=0.91)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
