@@ -29,6 +29,8 @@ MIN_POINTS = 3
 MIN_BOOTSTRAP_POINTS = 6
 DEFAULT_LEVEL = 0.95
 MAX_BOOTSTRAP = 100_000
+# Resampled values held at once (per variable) while bootstrapping.
+_BLOCK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,16 @@ def correlate_pair(
     rho, r = spearman(xs, ys), pearson(xs, ys)
     if n < MIN_BOOTSTRAP_POINTS or bootstrap <= 0:
         return Correlation(n, rho, None, None, r, None, None, 0, 0)
-    index = np.random.default_rng(seed).integers(0, n, size=(bootstrap, n))
-    bx, by = xs[index], ys[index]
-    boot_r = _rows_pearson(bx, by)
-    boot_rho = _rows_pearson(_rows_ranks(bx), _rows_ranks(by))
+    rng = np.random.default_rng(seed)
+    boot_r, boot_rho = np.empty(bootstrap), np.empty(bootstrap)
+    # In blocks of rows, to bound memory; the index stream is the same as one (B, n) draw.
+    block = max(1, _BLOCK_ELEMENTS // n)
+    for start in range(0, bootstrap, block):
+        rows = min(block, bootstrap - start)
+        index = rng.integers(0, n, size=(rows, n))
+        bx, by = xs[index], ys[index]
+        boot_r[start : start + rows] = _rows_pearson(bx, by)
+        boot_rho[start : start + rows] = _rows_pearson(_rows_ranks(bx), _rows_ranks(by))
     valid = np.isfinite(boot_r) & np.isfinite(boot_rho)
     count = int(valid.sum())
     if count < bootstrap / 2:

@@ -142,7 +142,7 @@ def _read_audit_minimal(path: Path) -> dict[str, Any]:
     schema = document.get("schema") if isinstance(document, dict) else None
     if schema != AUDIT_SCHEMA:
         raise HessauditError(
-            f"{name} is not a {AUDIT_SCHEMA} document (schema {plain(schema, 40)})",
+            f"{name} is not a {AUDIT_SCHEMA} document (schema {_show(schema)})",
             hint="give a file written by 'hessaudit measure --json'",
         )
     return document
@@ -221,6 +221,14 @@ def setting_warnings(documents: Sequence[Mapping[str, Any]]) -> list[str]:
             )
             more = f" and {len(counts) - 4} more" if len(counts) > 4 else ""
             warnings.append(f"the audits differ in {label}: {shown}{more}")
+    digests = [_get(d, ("inputs", "finetuned", "sha256")) for d in documents]
+    digests = [d for d in digests if isinstance(d, str)]
+    repeated = len(digests) - len(set(digests))
+    if repeated:
+        warnings.append(
+            f"{repeated} audit(s) repeat a fine-tuned checkpoint of another (same sha256): the "
+            "pooled rows count those checkpoints more than once; see the --group-by rows"
+        )
     return warnings
 
 
@@ -330,6 +338,14 @@ def suggest_gates(
             "gates": gates, "toml": "\n".join(lines) + "\n"}
 
 
+def check_bootstrap(bootstrap: int, seed: int) -> None:
+    """``--bootstrap`` in [0, MAX_BOOTSTRAP] and ``--seed`` in [0, 2^64)."""
+    if not 0 <= bootstrap <= MAX_BOOTSTRAP:
+        raise HessauditError(f"--bootstrap must be between 0 and {MAX_BOOTSTRAP}, not {bootstrap}")
+    if not 0 <= seed < 2**64:
+        raise HessauditError(f"--seed must be between 0 and 2^64 - 1, not {seed}")
+
+
 def correlate_audits(
     points: Sequence[Point],
     *,
@@ -339,8 +355,7 @@ def correlate_audits(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The ``hessaudit.correlate/1`` document for usable audits ``points``."""
-    if not 0 <= bootstrap <= MAX_BOOTSTRAP:
-        raise HessauditError(f"--bootstrap must be between 0 and {MAX_BOOTSTRAP}, not {bootstrap}")
+    check_bootstrap(bootstrap, seed)
     if len(points) < MIN_AUDITS:
         raise HessauditError(
             f"correlate needs at least {MIN_AUDITS} audits with an observed gap, got "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import math
 import subprocess
@@ -70,7 +71,8 @@ def audit(gap: float | None, g: float, *, labels: dict | None = None, reduce="ex
         "created": "2026-01-01T00:00:00+00:00",
         "inputs": {
             "pretrained": {"path": "pre.safetensors", "sha256": "a" * 64, "size": 1},
-            "finetuned": {"path": "ft.safetensors", "sha256": "b" * 64, "size": 1},
+            "finetuned": {"path": "ft.safetensors", "size": 1,
+                          "sha256": hashlib.sha256(repr((gap, g, dist)).encode()).hexdigest()},
             "model": model, "num_classes": 10, "data": "digits", "data_sha256": None,
             "eval_data": "digits" if gap is not None else None, "eval_data_sha256": None,
             "samples": None, "audit_examples": 10, "audit_examples_from": "data", "seed": 0,
@@ -264,6 +266,11 @@ def test_different_settings_are_warned(tmp_path, capsys):
     assert any("reduce" in w and "'mean' (1)" in w for w in warnings), warnings
     assert any("C source" in w for w in warnings)
     assert any("layer set" in w for w in warnings)
+    assert not any("repeat" in w for w in warnings)
+    # the same checkpoint audited twice (e.g. with two --loss-bound choices) is flagged
+    write(tmp_path / "audits", "again.json", json.loads(paths[1].read_text()))
+    code, _, err = run_cli(["correlate", tmp_path / "audits", "--quiet"], capsys)
+    assert code == 0 and "1 audit(s) repeat a fine-tuned checkpoint" in err
 
 
 def test_group_by_an_inputs_field_and_a_missing_key(tmp_path, capsys):
@@ -316,6 +323,7 @@ def test_suggest_gate_prints_toml_from_the_accepted_audits(tmp_path, capsys):
         (["--suggest-gate", "--accepted", "missing.json"], ["--accepted", "missing.json"]),
         (["--suggest-gate", "--accepted", "{first}", "--margin", "0.5"], ["--margin"]),
         (["--bootstrap", "-1"], ["--bootstrap"]),
+        (["--seed", "-1"], ["--seed"]),
         (["--group-by", "a\x1bb"], ["--group-by"]),
         (["--json", "{first}"], ["--json", "would overwrite the input"]),
         (["--out", "{first}"], ["--out", "is a file"]),

@@ -83,10 +83,7 @@ def correlate_command(
     from hessaudit.gates import check_outputs
 
     check_outputs(json_path)
-    if not 0 <= bootstrap <= lib.MAX_BOOTSTRAP:
-        raise HessauditError(
-            f"--bootstrap must be between 0 and {lib.MAX_BOOTSTRAP}, not {bootstrap}"
-        )
+    lib.check_bootstrap(bootstrap, seed)
     if group_by is not None:
         lib.check_group_key(group_by)
     if suggest_gate != bool(accepted):
