@@ -150,16 +150,24 @@ def _read_audit_minimal(path: Path) -> dict[str, Any]:
 
 def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[Path]]:
     """(files named, files found in folders): a folder stands for the ``*.json`` files directly
-    inside it, in name order. A path that does not exist is an error."""
-    named, found = [], []
+    inside it, in name order; a file reached twice counts once. A path that does not exist is
+    an error."""
+    named: list[Path] = []
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()  # a file given twice (or also inside a folder) counts once
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found.extend(sorted(p for p in path.glob("*.json") if p.is_file()))
+            candidates, into = sorted(p for p in path.glob("*.json") if p.is_file()), found
         elif path.exists():
-            named.append(path)
+            candidates, into = [path], named
         else:
             raise HessauditError(f"{plain(str(path), 200)}: no such file or folder")
+        for candidate in candidates:
+            stat = candidate.stat()
+            if (stat.st_dev, stat.st_ino) not in seen:
+                seen.add((stat.st_dev, stat.st_ino))
+                into.append(candidate)
     return named, found
 
 

@@ -240,6 +240,10 @@ def test_audits_without_a_gap_are_listed_and_skipped(tmp_path, capsys):
     assert "compare.json" in err
     document = json.loads((tmp_path / "c.json").read_text())
     assert len(document["audits"]) == 3
+    # a file named and also inside a named folder counts once
+    code, _, _ = run_cli(["correlate", folder / "a0.json", folder, "--json", tmp_path / "c.json",
+                          "--quiet"], capsys)
+    assert code == 0 and len(json.loads((tmp_path / "c.json").read_text())["audits"]) == 3
     assert {Path(s["path"]).name for s in document["skipped"]} == {"nogap.json", "compare.json"}
 
 

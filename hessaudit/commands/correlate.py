@@ -48,7 +48,7 @@ def correlate_command(
         bool,
         typer.Option(
             help="Print --max-hessian-term and --max-bound thresholds from the --accepted "
-            "audits, as TOML for [tool.hessaudit.gates].", rich_help_panel=_GATE,
+            "audits, as TOML for \\[tool.hessaudit.gates].", rich_help_panel=_GATE,
         ),
     ] = False,
     accepted: Annotated[
