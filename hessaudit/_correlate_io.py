@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from hessaudit.correlate import plain
+from hessaudit._audit_read import plain
 from hessaudit.errors import HessauditError
 from hessaudit.measures import MEASURE_NAMES
 

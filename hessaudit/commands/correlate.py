@@ -73,6 +73,7 @@ def correlate_command(
     import sys
 
     from hessaudit import correlate as lib
+    from hessaudit._audit_read import expand_inputs, plain, read_audit
     from hessaudit._correlate_io import (
         check_not_inputs,
         check_out_dir,
@@ -92,19 +93,19 @@ def correlate_command(
             if suggest_gate else "--accepted is used only with --suggest-gate"
         )
     lib.check_margin(margin)
-    named, found = lib.expand_inputs(audits)
+    named, found = expand_inputs(audits)
     accepted_paths = expand_accepted(accepted or [])
     check_not_inputs(out, json_path, [*named, *found, *accepted_paths])
     if out is not None:
         check_out_dir(out)
     points, skipped = lib.load_points(named, found)
     for entry in skipped:
-        sys.stderr.write(f"warning: skipped {lib.plain(entry['path'], 200)}: {entry['reason']}\n")
+        sys.stderr.write(f"warning: skipped {plain(entry['path'], 200)}: {entry['reason']}\n")
     document = lib.correlate_audits(
         points, skipped=skipped, group_by=group_by, bootstrap=bootstrap, seed=seed
     )
     if suggest_gate:
-        documents = [lib.read_audit(path) for path in accepted_paths]
+        documents = [read_audit(path) for path in accepted_paths]
         document["suggested_gates"] = lib.suggest_gates(documents, margin=margin)
     for line in document["warnings"]:
         sys.stderr.write(f"warning: {line}\n")

@@ -21,7 +21,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from hessaudit.correlate import CSV_COLUMNS, plain
+from hessaudit._audit_read import plain
+from hessaudit.correlate import CSV_COLUMNS
 from hessaudit.measures import MEASURE_LABELS
 from hessaudit.report._console import stdout
 from hessaudit.report.audit import fmt
