@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +27,15 @@ from typing import Any
 import torch
 
 from hessaudit._atomic import write_text
+from hessaudit._labels import check_labels
 from hessaudit._version import __version__
 from hessaudit.bound import BoundKind, BoundResult, classify_bound, compute_bound
 from hessaudit.data import Dataset
 from hessaudit.devices import resolve_device, resolve_dtype
 from hessaudit.errors import HessauditError
+from hessaudit.loss_bound import parse_loss_bound, resolve_loss_bound
 from hessaudit.measure import LayerMeasure, MeasureSettings, ProgressCallback, measure_layers
+from hessaudit.measures import NoiseStability, build_measures, check_noise_options, noise_stability
 
 SCHEMA = "hessaudit.audit/1"
 
@@ -52,7 +54,8 @@ class AuditRequest:
     batch_size: int = 32
     input_size: int | None = None
     n_train: int | None = None
-    loss_bound: float | None = None
+    # None or "max" | "quantile:Q" | a number (hessaudit.loss_bound); a float is a user C.
+    loss_bound: float | str | None = None
     epsilon: float = 0.0
     reduce: str = "example-max"
     form: str = "positive"
@@ -73,6 +76,9 @@ class AuditRequest:
     allow_hub: bool = False
     recipe: str = "theorem"  # hessaudit.recipes: "theorem" | "released"
     labels: str | None = None  # --labels FILE: the labels trained on (hessaudit.labels)
+    noise_stability: float | None = None  # EPS of the noise-stability measure (None: off)
+    noise_draws: int | None = None  # None: hessaudit.measures.DEFAULT_NOISE_DRAWS
+    tags: tuple[tuple[str, str], ...] = ()  # --label KEY=VALUE, stored in inputs.tags
 
     def settings(self) -> MeasureSettings:
         return MeasureSettings(
@@ -99,6 +105,7 @@ class AuditResult:
     torch_version: str
     kind: BoundKind
     gates: list[dict[str, Any]] = field(default_factory=list)
+    noise: NoiseStability | None = None
 
     @property
     def success(self) -> bool:
@@ -117,6 +124,15 @@ class AuditResult:
         settings = request.settings().to_dict()
         settings.pop("batch_size")
         bound = self.bound.to_dict()
+        layers = [layer.to_dict() for layer in self.layers]
+        spectrum_n = min(request.spectrum_samples, int(self.inputs.get("audit_examples") or 0))
+        measures = build_measures(
+            layers,
+            hessian_term=bound["hessian_term"],
+            trace_examples=spectrum_n if request.spectrum else None,
+            trace_probes=request.trace_probes if request.spectrum else None,
+            noise=self.noise,
+        )
         return {
             "schema": SCHEMA,
             "tool_version": __version__,
@@ -124,7 +140,7 @@ class AuditResult:
             "created": self.created,
             "inputs": self.inputs,
             "settings": {**settings, "batch_size": request.batch_size, "recipe": request.recipe},
-            "layers": [layer.to_dict() for layer in self.layers],
+            "layers": layers,
             "clamped_layers": self.clamped_layers,
             "unpaired": self.unpaired,
             "train_loss": bound["train_loss"],
@@ -141,6 +157,7 @@ class AuditResult:
             **self.kind.to_dict(),
             "median_train_loss": bound["median_train_loss"],
             "C_over_median_loss": bound["C_over_median_loss"],
+            "measures": measures,
             "gates": self.gates,
             "success": self.success,
         }
@@ -183,10 +200,9 @@ def run_audit(
     dtype = resolve_dtype(request.dtype)
     if request.samples is not None and request.samples < 1:
         raise HessauditError("--samples must be at least 1")
-    if request.loss_bound is not None and not (
-        math.isfinite(request.loss_bound) and request.loss_bound > 0
-    ):
-        raise HessauditError("--loss-bound must be a positive finite number")
+    loss_choice = parse_loss_bound(request.loss_bound)
+    noise_draws = check_noise_options(request.noise_stability, request.noise_draws)
+    tags = dict(check_labels(request.tags))
     if request.n_train is not None and request.n_train < 1:
         raise HessauditError("--n-train must be at least 1")
     # TF32 would silently change float32 results on Ampere+ GPUs.
@@ -263,10 +279,19 @@ def run_audit(
         model, measured, audit_data, settings, generator=generator, progress=progress,
         dist=dist,
     )
-    if request.loss_bound is None:
-        loss_bound, loss_bound_source = float(train_losses.max()), "empirical_max"
-    else:
-        loss_bound, loss_bound_source = float(request.loss_bound), "user"
+    noise = None
+    if request.noise_stability is not None:
+        # Over the held-out data when given, else over --data (the released code's choice).
+        noise = noise_stability(
+            model,
+            [layer.name for layer in measured],
+            list((train if held_out is None else held_out).batches(request.batch_size)),
+            eps=float(request.noise_stability),
+            draws=noise_draws,
+            seed=request.seed,
+            data="data" if held_out is None else "eval_data",
+        )
+    loss_bound, loss_bound_source = resolve_loss_bound(loss_choice, train_losses)
     bound = compute_bound(
         [layer.hcal for layer in layer_measures],
         train_loss=float(train_losses.mean()),
@@ -315,6 +340,7 @@ def run_audit(
             "include_norm": request.include_norm,
             "new_heads": "exclude" if request.exclude_new_head else "from-zero",
         },
+        "tags": tags,
     }
     unpaired = {
         "only_in_pretrained": list(pairing.only_in_pretrained),
@@ -333,6 +359,7 @@ def run_audit(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         torch_version=torch.__version__,
         kind=kind,
+        noise=noise,
     )
 
 

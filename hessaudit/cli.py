@@ -27,6 +27,7 @@ import typer
 from hessaudit._version import __version__
 from hessaudit.commands import _common
 from hessaudit.commands.compare import compare_command
+from hessaudit.commands.correlate import correlate_command
 from hessaudit.commands.demo import demo_command
 from hessaudit.commands.finetune import finetune_command
 from hessaudit.commands.inspect import inspect_command
@@ -75,6 +76,7 @@ app.command("inspect", epilog=EXIT_CODES_HELP)(inspect_command)
 app.command("measure", epilog=EXIT_CODES_HELP)(measure_command)
 app.command("compare", epilog=EXIT_CODES_HELP)(compare_command)
 app.command("report", epilog=EXIT_CODES_HELP)(report_command)
+app.command("correlate", epilog=EXIT_CODES_HELP)(correlate_command)
 app.command("finetune", epilog=EXIT_CODES_HELP)(finetune_command)
 app.command("tune", epilog=EXIT_CODES_HELP)(tune_command)
 app.command("demo", epilog=EXIT_CODES_HELP)(demo_command)

@@ -10,6 +10,10 @@
                        line for each audit whose bound is only an estimate
     summary            {bound, hessian_term, train_loss, eval_loss, gap, ratio_to_gap, C, n}:
                        each {base, new, abs_change, rel_change_pct}
+    measures           {name: {base, new, abs_change, rel_change_pct}} for each measure of
+                       the audits' ``measures`` (hessaudit.measures.MEASURE_NAMES; the noise
+                       stability's mean) that either audit has; recomputed from the layers
+                       for an audit written before ``measures`` existed
     layers             [{name, base, new, abs_change, rel_change_pct, base_share, new_share}]
                        for the layers present in both (values are Hcal), in NEW's order
     only_in_base, only_in_new   [{name, hcal}]
@@ -36,6 +40,7 @@ from hessaudit._version import __version__
 from hessaudit.bound import ESTIMATE, estimate_label
 from hessaudit.errors import HessauditError
 from hessaudit.gates import Gate, layer_shares, matching, no_match_error, worst_of
+from hessaudit.measures import document_measures
 
 SCHEMA = "hessaudit.compare/1"
 # The summary quantities a comparison reports, with the labels people read.
@@ -189,6 +194,7 @@ def compare_audits(
         "new": _side(new, new_path),
         "warnings": setting_warnings(base, new) + bound_kind_warnings(base, new),
         "summary": summary,
+        "measures": measure_changes(base, new),
         "layers": layers,
         "only_in_base": only_in_base,
         "only_in_new": only_in_new,
@@ -196,6 +202,12 @@ def compare_audits(
     document["gates"] = evaluate_compare_gates(gates, document)
     document["success"] = all(gate["passed"] for gate in document["gates"])
     return document
+
+
+def measure_changes(base: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`change` of every measure that either audit has (see the module docstring)."""
+    a, b = document_measures(base), document_measures(new)
+    return {name: change(a[name], b[name]) for name in a if (a[name], b[name]) != (None, None)}
 
 
 def evaluate_compare_gates(

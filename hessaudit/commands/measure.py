@@ -60,7 +60,12 @@ def measure_command(
         int | None, typer.Option(help="Training-set size n (default: size of --data).")
     ] = None,
     loss_bound: Annotated[
-        float | None, typer.Option(help="Loss bound C (default: largest per-example loss seen).")
+        str | None,
+        typer.Option(
+            help="Loss bound C: max (default: the largest per-example training loss), "
+            "quantile:Q (the Q-quantile of those losses; an estimate), or a number.",
+            metavar="max|quantile:Q|VALUE",
+        ),
     ] = None,
     epsilon: Annotated[float, typer.Option(help="The bound's epsilon.")] = 0.0,
     reduce: Annotated[
@@ -103,6 +108,21 @@ def measure_command(
     trace_probes: Annotated[
         int, typer.Option(help="Hutchinson probes for the trace.", rich_help_panel=_MEASURE)
     ] = 8,
+    noise_stability: Annotated[
+        float | None,
+        typer.Option(
+            help="Also measure noise stability: mean loss change under Gaussian noise of std "
+            "EPS on every measured weight (over --eval-data if given, else --data).",
+            metavar="EPS",
+            rich_help_panel=_MEASURE,
+        ),
+    ] = None,
+    noise_draws: Annotated[
+        int | None,
+        typer.Option(
+            help="Noise draws for --noise-stability (default 20).", rich_help_panel=_MEASURE
+        ),
+    ] = None,
     include: Annotated[
         list[str] | None,
         typer.Option(help="Only layers matching this glob (repeatable).", rich_help_panel=_LAYERS),
@@ -129,6 +149,15 @@ def measure_command(
     allow_hub: Annotated[
         bool, typer.Option(help="Allow timm to download a hub model (off: never use the network).")
     ] = False,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE stored in the JSON's inputs.tags, for 'correlate --group-by' "
+            "(repeatable).",
+            metavar="KEY=VALUE",
+            rich_help_panel=_OUTPUT,
+        ),
+    ] = None,
     json_path: Annotated[
         str | None,
         typer.Option(
@@ -207,8 +236,11 @@ def measure_command(
         spectrum_samples=spectrum_samples,
     )
     from hessaudit import _paths, gates
+    from hessaudit._labels import parse_labels
     from hessaudit.audit import AuditRequest, audit_to_json, layers_frame, run_audit
     from hessaudit.distributed import env_world_size
+    from hessaudit.loss_bound import parse_loss_bound
+    from hessaudit.measures import check_noise_options
     from hessaudit.recipes import resolve_request
     from hessaudit.report.audit import print_audit, warn_if_estimate
     from hessaudit.report.progress import step_progress
@@ -235,6 +267,9 @@ def measure_command(
         config=config,
     )
     gates.check_before_audit(gate_specs, eval_data=eval_data)
+    tags = parse_labels(label)
+    parse_loss_bound(loss_bound)  # fail on a bad --loss-bound before any work
+    check_noise_options(noise_stability, noise_draws)
     request = AuditRequest(
         pretrained=str(pretrained),
         finetuned=str(finetuned),
@@ -266,7 +301,10 @@ def measure_command(
         seed=seed,
         allow_hub=allow_hub,
         recipe=recipe,
+        noise_stability=noise_stability,
+        noise_draws=noise_draws,
         labels=labels,
+        tags=tags,
     )
     request = resolve_request(request, explicit=_given_on_command_line(ctx))
     main_rank = env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hessaudit.compare import SUMMARY_LABELS
+from hessaudit.measures import MEASURE_LABELS
 from hessaudit.report._console import stdout, warn
 from hessaudit.report._escape import console_text, plain_text
 from hessaudit.report._format import fmt_number as fmt
@@ -54,6 +55,26 @@ def summary_table(document: Mapping[str, Any]) -> Table:
     return table
 
 
+def measures_table(document: Mapping[str, Any]) -> Table | None:
+    """The measures side by side (base → new); None when neither audit has any."""
+    measures = document.get("measures") or {}
+    if not measures:
+        return None
+    table = Table(title="Measures (base → new)", title_justify="left", header_style="bold")
+    table.add_column("measure")
+    for column in ("base", "new", "change", "change %"):
+        table.add_column(column, justify="right")
+    for name, entry in measures.items():
+        table.add_row(
+            MEASURE_LABELS.get(name, "?"),
+            fmt(entry["base"]),
+            fmt(entry["new"]),
+            _signed(entry["abs_change"]),
+            _pct(entry["rel_change_pct"]),
+        )
+    return table
+
+
 def layers_table(document: Mapping[str, Any]) -> Table:
     table = Table(
         title=f"Hcal per layer ({len(document['layers'])} layers in both audits)",
@@ -78,6 +99,9 @@ def layers_table(document: Mapping[str, Any]) -> Table:
 def print_compare(document: Mapping[str, Any]) -> None:
     console = stdout()
     console.print(summary_table(document))
+    measures = measures_table(document)
+    if measures is not None:
+        console.print(measures)
     console.print(layers_table(document))
     for key, label in (("only_in_base", "only in base"), ("only_in_new", "only in new")):
         items = document.get(key) or []
