@@ -86,7 +86,7 @@ def array_to_tensor(x: np.ndarray, source: str) -> tuple[Tensor, str]:
         scale, label = 1.0, "bool"
     elif kind == "u" and size == 1:
         scale, label = 255.0, "uint8/255"
-        if x.size and int(x.max()) <= 1:
+        if x.size and int(x.max()) == 1:
             warnings.warn(
                 f"data {source}: x is uint8 holding only 0 and 1; it is read as 8-bit pixels "
                 "and divided by 255 (store 0/1 features as bool or float32)",

@@ -244,7 +244,7 @@ def check_layer_gates(gates: Iterable[Gate], layer_names: Sequence[str]) -> None
             shown += f", ... ({len(names)} in all)"
         raise HessauditError(
             f"{where} {gate.pattern}={gate.threshold:g}: the pattern {gate.pattern!r} matches "
-            "none of the measured layers",
+            "no layer that the audit measures",
             hint=f"measured layers: {shown}" if names else "the audit measures no layer",
         )
 
