@@ -334,7 +334,7 @@ def _check_losses(losses: torch.Tensor, source: str) -> None:
     kind = "NaN" if bool(torch.isnan(losses[index])) else "Inf"
     raise HessauditError(
         f"the fine-tuned model's loss on example {index} of --data {source} is {kind} "
-        f"({int(bad.sum())} of {losses.numel()} examples)",
+        f"({int(bad.sum())} of {losses.numel()} examples have a non-finite loss)",
         hint="the checkpoint or the data's scale is probably wrong (see inputs.data_scaling); "
         "try --dtype float64 if the logits overflow",
     )

@@ -110,7 +110,8 @@ def check_real(
         if high is not None:
             parts.append(f"{'<' if high_open else '<='} {high:g}")
         what = "a finite number" + (" " + " and ".join(parts) if parts else "")
-        raise HessauditError(f"{flag} {value}: must be {what}")
+        shown = f"{value:g}" if _is_real(value) else repr(value)
+        raise HessauditError(f"{flag} {shown}: must be {what}")
 
 
 # --------------------------------------------------------------------------- data config
