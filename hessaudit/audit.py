@@ -287,6 +287,7 @@ def run_audit(
         "dtype": request.dtype,
         "input_config": config.to_dict(),
         "data_scaling": train.scaling,
+        "eval_data_scaling": None if eval_record is None else eval_record["scaling"],
         "layer_selection": {
             "include": list(request.include),
             "exclude": list(request.exclude),

@@ -104,6 +104,7 @@ def array_to_tensor(x: np.ndarray, source: str) -> tuple[Tensor, str]:
         )
     elif kind == "f":
         scale, label = 1.0, "none"
+        _warn_if_unscaled_pixels(x, source)
     else:
         raise HessauditError(f"data {source}: x must be numeric, found dtype {x.dtype}")
     arr = np.ascontiguousarray(x).astype(np.float32, copy=False)
@@ -112,6 +113,24 @@ def array_to_tensor(x: np.ndarray, source: str) -> tuple[Tensor, str]:
         t = t / scale
     check_finite_examples(t, source, what="x")
     return t, label
+
+
+def _warn_if_unscaled_pixels(x: np.ndarray, source: str) -> None:
+    """A float array of whole numbers in 0..255 is probably 8-bit pixels saved as float: say
+    so (it is still used as it is: a float array means what it holds)."""
+    import numpy as np
+
+    finite = x[np.isfinite(x)]  # NaN / Inf are refused just after, naming the example
+    if not finite.size:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    if low >= 0 and 1 < high <= 255 and bool(np.all(np.mod(finite, 1) == 0)):
+        warnings.warn(
+            f"data {source}: x is float with whole values in 0..{high:g}, like unscaled 8-bit "
+            "pixels; it is used as it is (store uint8 to have it divided by 255)",
+            _data_warning(),
+            stacklevel=3,
+        )
 
 
 def check_finite_examples(x: Tensor, source: str, *, what: str = "x") -> None:

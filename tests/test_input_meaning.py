@@ -147,6 +147,22 @@ def test_uint16_is_divided_by_65535(tmp_path, tiny_checkpoints, capsys):
     assert numbers(a) == pytest.approx(numbers(b), rel=1e-6)
 
 
+def test_float_pixels_in_0_255_are_used_as_they_are_with_a_warning(
+    tmp_path, tiny_checkpoints, capsys
+):
+    x, y = digits_arrays(12)
+    data = save_npz(tmp_path / "f255.npz", x=x.astype(np.float32), y=y)
+    u8 = save_npz(tmp_path / "u8.npz", x=x, y=y)
+    out = tmp_path / "a.json"
+    code, _, err = run_cli(
+        measure_args(tiny_checkpoints, data, "--eval-data", u8, "--json", out), capsys
+    )
+    assert code == 0, err
+    assert "warning:" in err and "f255.npz" in err and "unscaled 8-bit" in err
+    inputs = json.loads(out.read_text())["inputs"]
+    assert inputs["data_scaling"] == "none" and inputs["eval_data_scaling"] == "uint8/255"
+
+
 @pytest.mark.parametrize("dtype", ["int64", "int8", "uint32"])
 def test_other_integer_dtypes_are_refused_with_a_hint(tmp_path, tiny_checkpoints, capsys, dtype):
     x, y = digits_arrays(8)
