@@ -62,7 +62,7 @@ from hessaudit.errors import HessauditError
 from hessaudit.preprocess import adapt_images, array_to_tensor, prepare_images, resize_images
 
 if TYPE_CHECKING:
-    from hessaudit.models import InputConfig
+    from hessaudit.data_config import InputConfig
 
 __all__ = [
     "BUILTIN_SOURCES",

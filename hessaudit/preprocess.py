@@ -40,7 +40,7 @@ from hessaudit.errors import HessauditError
 if TYPE_CHECKING:
     import numpy as np
 
-    from hessaudit.models import InputConfig
+    from hessaudit.data_config import InputConfig
 
 __all__ = [
     "SCALINGS",
@@ -276,9 +276,9 @@ def expected_input(model: nn.Module, cfg: InputConfig | None) -> str:
     pretrained_cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(pretrained_cfg, dict) and pretrained_cfg.get("input_size"):
         return f"timm's config for the model says input_size {tuple(pretrained_cfg['input_size'])}"
-    from hessaudit.models import _first_layer
+    from hessaudit.data_config import first_layer
 
-    first = _first_layer(model)
+    first = first_layer(model)
     if first is None:
         return "the model's input layer is not a convolution or linear layer"
     name, layer = first
@@ -296,9 +296,9 @@ def expected_input(model: nn.Module, cfg: InputConfig | None) -> str:
 
 
 def _hint(model: nn.Module, shape: tuple[int, ...], cfg: InputConfig | None) -> str:
-    from hessaudit.models import _first_layer
+    from hessaudit.data_config import first_layer
 
-    first = _first_layer(model)
+    first = first_layer(model)
     if first is not None and isinstance(first[1], nn.Linear) and len(shape) == 3:
         features, channels = first[1].in_features, shape[0]
         side = round((features / channels) ** 0.5) if features % channels == 0 else 0

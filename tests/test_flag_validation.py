@@ -137,6 +137,9 @@ def test_finetune_config_normalizes_the_data_flags() -> None:
     assert config.crop_pct == 1.0 and config.interpolation == "bicubic"
     again = FinetuneConfig.from_dict(config.to_dict()).resolved()
     assert again == config
+    from hessaudit.tune import _command  # the command line tune prints for the best trial
+
+    assert "--mean 0.5,0.25,0.1 --std 1 --interpolation bicubic --crop-pct 1" in _command(config)
 
 
 # --------------------------------------------------------------------------- layer gates
