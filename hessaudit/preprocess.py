@@ -116,15 +116,18 @@ def array_to_tensor(x: np.ndarray, source: str) -> tuple[Tensor, str]:
 
 
 def _warn_if_unscaled_pixels(x: np.ndarray, source: str) -> None:
-    """A float array of whole numbers in 0..255 is probably 8-bit pixels saved as float: say
-    so (it is still used as it is: a float array means what it holds)."""
+    """Image-sized float examples of whole numbers in 0..255 (reaching 32 or more) are
+    probably 8-bit pixels saved as float: say so (the array is still used as it is: a float
+    array means what it holds)."""
     import numpy as np
 
+    if x.ndim < 2 or x[0].size < 64:  # not image-sized examples
+        return
     finite = x[np.isfinite(x)]  # NaN / Inf are refused just after, naming the example
     if not finite.size:
         return
     low, high = float(finite.min()), float(finite.max())
-    if low >= 0 and 1 < high <= 255 and bool(np.all(np.mod(finite, 1) == 0)):
+    if low >= 0 and 32 <= high <= 255 and bool(np.all(np.mod(finite, 1) == 0)):
         warnings.warn(
             f"data {source}: x is float with whole values in 0..{high:g}, like unscaled 8-bit "
             "pixels; it is used as it is (store uint8 to have it divided by 255)",
