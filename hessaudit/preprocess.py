@@ -9,6 +9,8 @@ Decisions (also in docs/measure.md, "Inputs"):
   pixels' depth), so the user says what they mean by storing uint8, uint16 or float32. Float
   arrays are used as they are. The choice is recorded as ``inputs.data_scaling`` of the audit
   JSON (:data:`SCALINGS`). A uint8 ``x`` holding only 0 and 1 is still scaled, with a warning.
+* **(N, H, W) arrays are grayscale images** (as MNIST loads in numpy) when the model takes
+  images: a channel axis is added, with a warning.
 * **Channels-last arrays are transposed, with a warning.** An (N, A, B, C) array whose last
   dimension is 1, 3 or 4 and whose second is not is read as (N, H, W, C) and transposed to
   (N, C, H, W), when the model's channel count is C (or C is 1, repeated to the model's),
@@ -107,7 +109,8 @@ def array_to_tensor(x: np.ndarray, source: str) -> tuple[Tensor, str]:
         _warn_if_unscaled_pixels(x, source)
     else:
         raise HessauditError(f"data {source}: x must be numeric, found dtype {x.dtype}")
-    arr = np.ascontiguousarray(x).astype(np.float32, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32: named below
+        arr = np.ascontiguousarray(x).astype(np.float32, copy=False)
     t = torch.from_numpy(arr)
     if scale != 1.0:
         t = t / scale
@@ -171,13 +174,27 @@ def adapt_images(
     """
     steps: list[str] = []
     wants_images = cfg.size is not None or cfg.mean is not None or cfg.std is not None
+    if x.ndim == 3 and (
+        x.shape[1] != cfg.channels if cfg.channels is not None else wants_images
+    ):
+        # (N, H, W): grayscale images without a channel axis (MNIST as numpy keeps it); an
+        # (N, C, L) array whose C is the model's channel count stays (a Conv1d model's input)
+        warnings.warn(
+            f"data {source}: x of shape (N, {x.shape[1]}, {x.shape[2]}) has no channel axis; "
+            f"read as grayscale images (N, 1, {x.shape[1]}, {x.shape[2]})",
+            _data_warning(),
+            stacklevel=3,
+        )
+        steps.append("(N, H, W) read as grayscale (N, 1, H, W)")
+        x = x.unsqueeze(1)
     if x.ndim != 4:
         if not wants_images:
             return x, steps
         raise HessauditError(
             f"data {source}: inputs of shape {tuple(x.shape[1:])} are not images (C, H, W), so the "
             "model's input size / normalization cannot be applied",
-            hint="store images as (N, C, H, W), or give a model without an input size",
+            hint="store images as (N, C, H, W), or drop --input-size / --mean / --std for data "
+            "that are not images",
         )
     x = _channels_first(x, cfg, source, steps, wants_images)
     channels = x.shape[1]

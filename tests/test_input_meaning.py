@@ -214,6 +214,17 @@ def test_channels_last_28x28_digits_no_longer_says_28_channels(tmp_path, tiny_ch
     assert "28 channels" not in err
 
 
+def test_images_without_a_channel_axis_are_grayscale(tmp_path, tiny_checkpoints, capsys):
+    x, y = digits_arrays(16)
+    a = audit(tiny_checkpoints, save_npz(tmp_path / "a.npz", x=x, y=y), tmp_path, capsys)
+    nhw = save_npz(tmp_path / "nhw.npz", x=x[:, 0], y=y)  # (N, 8, 8), as MNIST loads
+    out = tmp_path / "nhw.json"
+    code, _, err = run_cli(measure_args(tiny_checkpoints, nhw, "--json", out), capsys)
+    assert code == 0, err
+    assert "warning:" in err and "no channel axis" in err
+    assert numbers(json.loads(out.read_text())) == pytest.approx(numbers(a), rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("shape", "needles"),
     [
@@ -483,6 +494,7 @@ def test_float64_values_beyond_float32_are_named(tmp_path, tiny_checkpoints, cap
     data = save_npz(tmp_path / "huge.npz", x=xf, y=y)
     code, _, err = run_cli(measure_args(tiny_checkpoints, data), capsys)
     assert_one_error(code, err, "huge.npz", "example 4")
+    assert err.count("\n") == 1  # no numpy overflow warning either
 
 
 def test_normalization_overflow_is_named(tmp_path, tiny_checkpoints, capsys):
