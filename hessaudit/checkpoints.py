@@ -447,12 +447,43 @@ def _strip_with_check(
     return out, removed
 
 
+def _check_supported(name: str, tensor: torch.Tensor, p: Path) -> None:
+    """Refuse tensors the audit cannot take as weights: complex (loading would drop the
+    imaginary part), sparse or other non-dense layouts, quantized."""
+    if tensor.layout != torch.strided:
+        raise HessauditError(
+            f"checkpoint {p}: tensor {name!r} is sparse ({tensor.layout}); hessaudit reads dense "
+            "weights only",
+            hint="save dense tensors: {k: v.to_dense() for k, v in state.items()}",
+        )
+    if tensor.is_complex():
+        raise HessauditError(
+            f"checkpoint {p}: tensor {name!r} is complex ({tensor.dtype}); hessaudit audits "
+            "real-valued weights only",
+            hint="the model must have real weights; a complex layer cannot be audited",
+        )
+    if tensor.is_quantized:
+        raise HessauditError(
+            f"checkpoint {p}: tensor {name!r} is quantized ({tensor.dtype}); hessaudit audits "
+            "floating-point weights only",
+            hint="audit the float checkpoint the quantized one was made from",
+        )
+
+
 def _check_finite(tensors: Mapping[str, torch.Tensor], p: Path) -> None:
     for name, tensor in tensors.items():
-        floating = tensor.is_floating_point() or tensor.is_complex()
-        if floating and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-            kind = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+        _check_supported(name, tensor, p)
+        floating = tensor.is_floating_point()
+        if floating and tensor.numel() and not _all_finite(tensor):
+            kind = "NaN" if bool(torch.isnan(tensor.float()).any()) else "Inf"
             raise HessauditError(
                 f"checkpoint {p}: tensor {name!r} contains {kind} values",
                 hint="the training run probably diverged; use an earlier checkpoint",
             )
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    try:
+        return bool(torch.isfinite(tensor).all())
+    except (RuntimeError, NotImplementedError):  # float8 and other dtypes without the kernel
+        return bool(torch.isfinite(tensor.to(torch.float32)).all())

@@ -78,6 +78,7 @@ _NOT_TUNABLE = {
     "model", "pretrained", "data", "out", "eval_data", "val_fraction", "device", "seed",
     "allow_hub", "inject_noise", "noise_seed", "noise_matrix", "audit", "audit_samples",
     "epochs", "samples", "num_classes", "input_size", "radius_table", "early_stop",
+    "mean", "std", "interpolation", "crop_pct",
 }
 
 
@@ -431,7 +432,10 @@ def _study_data(base: FinetuneConfig) -> tuple[_ValData, Any, Any]:
 
     with torch.random.fork_rng(devices=[]):
         probe = build_model(base.model, num_classes=base.num_classes, allow_hub=base.allow_hub)
-    in_cfg = input_config(probe, input_size=base.input_size)
+    in_cfg = input_config(
+        probe, input_size=base.input_size, mean=base.mean, std=base.std,
+        interpolation=base.interpolation, crop_pct=base.crop_pct,
+    )
     del probe
     train = load_data(
         base.data, role="train", input_config=in_cfg, num_classes=base.num_classes,
@@ -674,6 +678,10 @@ def _audit_bound(settings: TuneSettings, trial_out: Path, audit_data: Path, n_tr
         samples=base.audit_samples,
         batch_size=base.batch_size,
         input_size=base.input_size,
+        mean=base.mean,
+        std=base.std,
+        interpolation=base.interpolation,
+        crop_pct=base.crop_pct,
         n_train=n_train,
         seed=base.seed,
         device=base.device,
@@ -693,7 +701,10 @@ def _write_audit_data(base: FinetuneConfig, path: Path, x: Any, y: Any) -> None:
 
     with torch.random.fork_rng(devices=[]):
         probe = build_model(base.model, num_classes=base.num_classes, allow_hub=base.allow_hub)
-    cfg = input_config(probe, input_size=base.input_size)
+    cfg = input_config(
+        probe, input_size=base.input_size, mean=base.mean, std=base.std,
+        interpolation=base.interpolation, crop_pct=base.crop_pct,
+    )
     if cfg.mean is not None or cfg.std is not None:
         mean = torch.tensor(cfg.mean or (0.0,), dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(cfg.std or (1.0,), dtype=x.dtype).view(1, -1, 1, 1)
@@ -909,6 +920,8 @@ def _command(config: FinetuneConfig) -> str:
             continue
         if value is None:
             continue
+        if isinstance(value, (tuple, list)):  # --mean / --std: one comma-separated value
+            value = ",".join(f"{v:.6g}" for v in value)
         parts += [flag, f"{value:.6g}" if isinstance(value, float) else str(value)]
     return " ".join(parts)
 

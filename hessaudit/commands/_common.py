@@ -108,6 +108,8 @@ def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
     # torch's forward-mode AD scripts its decompositions on first use and warns about its own
     # deprecated torch.jit.script; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    # torch.load announces its check of a sparse tensor; hessaudit then refuses sparse weights.
+    warnings.filterwarnings("ignore", message=r"Validating sparse tensor invariants.*")
     try:
         result = command.main(list(args), prog_name=prog_name, standalone_mode=False)
     except HessauditError as exc:

@@ -56,6 +56,37 @@ def measure_command(
     input_size: Annotated[
         int | None, typer.Option(help="Resize images to this size.", rich_help_panel=_DATA)
     ] = None,
+    mean: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Normalization mean, one value or one per channel (e.g. 0.485,0.456,0.406; "
+            "default: the model's timm config, else none).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    std: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Normalization std, like --mean (default: the model's timm config, else none).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    interpolation: Annotated[
+        str | None,
+        typer.Option(
+            help="Resize filter: bilinear | bicubic | nearest (default: the model's timm "
+            "config, else bilinear).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    crop_pct: Annotated[
+        float | None,
+        typer.Option(
+            help="Center-crop fraction when resizing, in (0, 1] (default: the model's timm "
+            "config, else 1: no crop).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
     n_train: Annotated[
         int | None, typer.Option(help="Training-set size n (default: size of --data).")
     ] = None,
@@ -280,6 +311,10 @@ def measure_command(
         samples=samples,
         batch_size=batch_size,
         input_size=input_size,
+        mean=tuple(mean) if mean else None,
+        std=tuple(std) if std else None,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
         n_train=n_train,
         loss_bound=loss_bound,
         epsilon=epsilon,
@@ -313,7 +348,7 @@ def measure_command(
             step_progress("auditing layers", enabled=not quiet and main_rank) as advance,
             _paths.stdout_reserved(outputs.to_stdout),  # the model's prints go to stderr
         ):
-            result = run_audit(request, progress=advance)
+            result = run_audit(request, progress=advance, layer_gates=gate_specs)
     except KeyboardInterrupt:
         import sys
 
