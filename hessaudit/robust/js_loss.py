@@ -16,8 +16,9 @@ loss depends on ``p_y`` alone. With ``m_y = pi + (1 - pi) p_y`` and ``u = 1 - m_
 
     JS_pi = -m_y log m_y + (1 - pi) p_y log p_y - u log(1 - pi).
 
-That closed form is what is computed (``log1p``/``expm1`` keep it accurate as ``p_y -> 1``,
-where the first two terms nearly cancel). Properties (checked in tests/test_js_loss.py):
+That closed form is what is computed, with ``1 - p_y`` summed from the other classes'
+probabilities and ``log1p`` so that it stays accurate in float32 as ``p_y -> 1`` (where the
+first two terms nearly cancel). Properties (checked in tests/test_js_loss.py):
 ``0 <= L_JS <= H(pi) / (-(1 - pi) log(1 - pi))`` with ``H`` the binary entropy (reached when
 ``p_y = 0``); ``L_JS -> CE = -log p_y`` as ``pi -> 0`` and ``L_JS -> 1 - p_y`` (MAE / 2) as
 ``pi -> 1``, so ``pi`` moves the loss between the two. The seed clamps ``m`` and the label at
@@ -54,9 +55,16 @@ def jensen_shannon_loss(
     one_minus_pi = 1.0 - pi
     log_one_minus_pi = math.log1p(-pi)
     scale = -1.0 / (one_minus_pi * log_one_minus_pi)
-    log_p = nnf.log_softmax(logits, dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
-    p = log_p.exp()
-    u = one_minus_pi * -torch.expm1(log_p)  # (1 - pi)(1 - p_y), accurate near p_y = 1
+    log_probs = nnf.log_softmax(logits, dim=1)
+    label = labels.view(-1, 1)
+    # q = 1 - p_y as the sum of the other classes' probabilities: accurate when p_y is near 1,
+    # where 1 - exp(log p_y) would cancel; log p_y from q there (log1p), from log_softmax else.
+    q = log_probs.exp().scatter(1, label, 0.0).sum(dim=1)
+    log_p = torch.where(
+        q < 0.5, torch.log1p(-q.clamp(max=0.5)), log_probs.gather(1, label).squeeze(1)
+    )
+    p = torch.where(q < 0.5, 1.0 - q, log_p.exp())
+    u = one_minus_pi * q  # (1 - pi)(1 - p_y)
     js = -(1.0 - u) * torch.log1p(-u) + one_minus_pi * p * log_p - u * log_one_minus_pi
     values = scale * js
     if reduction == "mean":
