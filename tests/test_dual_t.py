@@ -256,3 +256,17 @@ def test_cli_singular_dual_t_estimate_is_a_clear_error(digits_pretrained, tmp_pa
     assert not any(line.startswith(("error", "Traceback")) for line in err[:-1])
     assert sorted(p.name for p in out.iterdir()) == ["final.safetensors", "notes.txt"]
     assert (out / "final.safetensors").read_bytes() == b"previous run"
+
+
+def test_resume_refuses_another_estimation_method(tmp_path) -> None:
+    """``estimate:METHOD`` resolves to ``estimate`` plus ``estimate_method``: on --resume a
+    different method must be refused, not silently ignored."""
+    from hessaudit.robust.trainer import resume_config
+
+    saved = FinetuneConfig(model=MODEL, pretrained="p.safetensors", data="digits",
+                           out=str(tmp_path), noise_matrix="estimate").resolved()
+    (tmp_path / "config.json").write_text(json.dumps({"config": saved.to_dict()}))
+    assert resume_config(tmp_path, {"noise_matrix": "estimate"}) == saved
+    assert resume_config(tmp_path, {"noise_matrix": "estimate:confident-joint"}) == saved
+    with pytest.raises(HessauditError, match="--noise-matrix estimate:dual-t differs"):
+        resume_config(tmp_path, {"noise_matrix": "estimate:dual-t"})

@@ -31,6 +31,7 @@ folder).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import sys
@@ -123,7 +124,7 @@ def nonneg_rows(pretrained: Path, work: Path, quick: bool) -> list[dict]:
                 rows.append({
                     "noise": noise, "seed": seed, "method": method,
                     "final_acc": acc[-1], "best_acc": max(acc),
-                    "largest_drop": max([0.0] + [a - b for a, b in zip(acc, acc[1:])]),
+                    "largest_drop": max([0.0] + [a - b for a, b in itertools.pairwise(acc)]),
                     "min_train_loss": min(losses),
                     "negative_epochs": sum(v < 0 for v in losses), "epochs": len(losses),
                 })

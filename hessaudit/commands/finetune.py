@@ -159,7 +159,6 @@ def finetune_command(
     nonneg_correction: Annotated[
         bool,
         typer.Option(
-            "--nonneg-correction",
             help="reweight: clamp each class's corrected partial risk in the batch at zero, "
             "so the loss cannot run below zero (non-negative risk estimator).",
             rich_help_panel=_LOSS,
