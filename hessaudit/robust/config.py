@@ -10,7 +10,8 @@ beta = 1.0, L2-SP head weight 0.01). Choices of our own:
 * ``estimate_method = "confident"``: on the digits demo (40% symmetric noise, first models of a
   few epochs on half the data) the confident joint recovered ``F`` far better than anchor
   points (Frobenius error 0.39 vs 0.95), whose arg-max anchors need a sharp, well-calibrated
-  first model.
+  first model. Dual-T (``estimate:dual-t``) was measured too and is at least as far off in every
+  setting (docs/finetune.md, "Dual-T").
 * ``js_weight = 0.5``: the seed's repository ships the JS loss (``model/loss.py``) but none of its
   configs sets its weights; 0.5 is the default of the JS authors' own ``train.py``
   (ErikEnglesson/GJS), whose tuned CIFAR-10 values were 0.1 (no noise), 0.7 (20-40% symmetric),
