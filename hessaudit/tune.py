@@ -161,6 +161,7 @@ DEFAULT_SPACE: dict[str, ParamSpec] = {
     "gce_q": ParamSpec("gce_q", low=0.1, high=1.0),
     "sce_alpha": ParamSpec("sce_alpha", low=0.01, high=1.0, log=True),
     "sce_beta": ParamSpec("sce_beta", low=0.1, high=10.0, log=True),
+    "js_weight": ParamSpec("js_weight", low=0.1, high=0.9),
 }
 _RADII = ("radius", "radius_growth", "head_radius")
 _LOSS_PARAMS = {
@@ -168,6 +169,7 @@ _LOSS_PARAMS = {
     "gce_q": ("gce",),
     "sce_alpha": ("sce",),
     "sce_beta": ("sce",),
+    "js_weight": ("js",),
 }
 
 

@@ -118,7 +118,7 @@ def test_estimate_confident_joint(seed: int) -> None:
 def test_estimate_errors() -> None:
     probs = np.full((4, 2), 0.5)
     with pytest.raises(HessauditError, match="method"):
-        estimate_noise_matrix(probs, [0, 1, 0, 1], method="dual-t")
+        estimate_noise_matrix(probs, [0, 1, 0, 1], method="bogus")
     with pytest.raises(HessauditError, match="length"):
         estimate_noise_matrix(probs, [0, 1], method="anchor")
     with pytest.raises(HessauditError, match="outside"):

@@ -307,7 +307,7 @@ def test_same_seed_same_run_and_global_rng_untouched(pretrained, tmp_path) -> No
         ({"smoothing": 1.0}, "--smoothing"),
         ({"momentum": 1.0}, "--momentum"),
         ({"weight_decay": -1.0}, "--weight-decay"),
-        ({"estimate_method": "dual-t"}, "--estimate-method"),
+        ({"estimate_method": "bogus"}, "--estimate-method"),
         ({"device": "tpu"}, "--device"),
         ({"seed": -1}, "--seed"),
     ],

@@ -160,6 +160,7 @@ def test_space_rules(pretrained, tmp_path) -> None:
     ce = base.replace(loss="ce", noise_matrix=None)
     assert set(build_space(ce)) == {"lr"}  # no constraint by default for ce: no radii
     assert "gce_q" in build_space(base.replace(loss="gce"))
+    assert set(build_space(base.replace(loss="js", noise_matrix=None))) == {"lr", "js_weight"}
     assert set(build_space(base, fixed={"lr", "radius"})) == {"radius_growth", "head_radius"}
     path = tmp_path / "space.json"
     path.write_text(json.dumps({

@@ -166,7 +166,7 @@ def finetune_command(
         str,
         typer.Option(
             help="reweight (backward correction with F^-1, the paper's) | ce | "
-            "label-smoothing | forward | gce | sce.",
+            "label-smoothing | forward | gce | sce | js.",
             rich_help_panel=_LOSS,
         ),
     ] = "reweight",
@@ -181,18 +181,37 @@ def finetune_command(
         float, typer.Option(help="SCE weight of the reverse cross-entropy.",
                             rich_help_panel=_LOSS)
     ] = 1.0,
+    js_weight: Annotated[
+        float,
+        typer.Option(
+            metavar="PI1",
+            help="JS loss: weight of the label in the mixture, in (0, 1) (0.5, the JS authors' "
+            "default; near 0 acts like CE, near 1 like MAE).",
+            rich_help_panel=_LOSS,
+        ),
+    ] = 0.5,
+    nonneg_correction: Annotated[
+        bool,
+        typer.Option(
+            help="reweight: clamp each class's corrected partial risk in the batch at zero, "
+            "so the loss cannot run below zero (non-negative risk estimator).",
+            rich_help_panel=_LOSS,
+        ),
+    ] = False,
     noise_matrix: Annotated[
         str | None,
         typer.Option(
             help="F (rows = true, columns = noisy label): symmetric:RATE, a .csv/.npy/.json "
-            "file, 'estimate' (from a first model), or 'injected' (the --inject-noise matrix). "
+            "file, 'estimate' (from first models; estimate:confident-joint | estimate:anchor | "
+            "estimate:dual-t picks the method), or 'injected' (the --inject-noise matrix). "
             "Needed by reweight and forward.",
             rich_help_panel=_LOSS,
         ),
     ] = None,
     estimate_method: Annotated[
         str,
-        typer.Option(help="How --noise-matrix estimate works: confident | anchor.",
+        typer.Option(help="How --noise-matrix estimate works: confident (alias "
+                     "confident-joint) | anchor | dual-t.",
                      rich_help_panel=_LOSS),
     ] = "confident",
     estimate_epochs: Annotated[

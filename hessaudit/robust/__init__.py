@@ -4,6 +4,9 @@
   forward correction, GCE, SCE, label smoothing, L2-SP;
 * :mod:`~hessaudit.robust.noise_matrix`: the noise matrix ``F`` (rows = true label, columns =
   noisy label): symmetric, from a file, validated, estimated;
+* :mod:`~hessaudit.robust.dual_t`, :mod:`~hessaudit.robust.js_loss`,
+  :mod:`~hessaudit.robust.nonneg`: the seed's Dual-T estimator, the JS loss and the non-negative
+  backward correction;
 * :mod:`~hessaudit.robust.noise`: seeded synthetic noise injection;
 * :mod:`~hessaudit.robust.projection`: per-layer radii and the projection onto Frobenius balls;
 * :mod:`~hessaudit.robust.config` / :mod:`~hessaudit.robust.trainer`: :class:`FinetuneConfig`
@@ -30,6 +33,9 @@ _EXPORTS = {
     "make_loss": "losses",
     "symmetric_cross_entropy": "losses",
     "estimate_noise_matrix": "noise_matrix",
+    "dual_t_estimate": "dual_t",
+    "jensen_shannon_loss": "js_loss",
+    "nonneg_backward_corrected_loss": "nonneg",
     "load_noise_matrix": "noise_matrix",
     "symmetric_noise_matrix": "noise_matrix",
     "validate_noise_matrix": "noise_matrix",

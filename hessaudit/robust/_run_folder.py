@@ -207,7 +207,9 @@ def _differs(saved_value: Any, value: Any, name: str, saved: FinetuneConfig) -> 
         return False
     resolved = dataclasses.replace(saved, **{name: value})
     try:
-        return getattr(resolved.resolved(), name) != getattr(saved.resolved(), name)
+        # the whole resolved config: one option may set another (estimate:METHOD sets
+        # estimate_method)
+        return resolved.resolved() != saved.resolved()
     except HessauditError:
         return True
 

@@ -10,7 +10,13 @@ beta = 1.0, L2-SP head weight 0.01). Choices of our own:
 * ``estimate_method = "confident"``: on the digits demo (40% symmetric noise, first models of a
   few epochs on half the data) the confident joint recovered ``F`` far better than anchor
   points (Frobenius error 0.39 vs 0.95), whose arg-max anchors need a sharp, well-calibrated
-  first model.
+  first model. Dual-T (``estimate:dual-t``) was measured too and is at least as far off in every
+  setting (docs/finetune.md, "Dual-T").
+* ``js_weight = 0.5``: the seed's repository ships the JS loss (``model/loss.py``) but none of its
+  configs sets its weights; 0.5 is the default of the JS authors' own ``train.py``
+  (ErikEnglesson/GJS), whose tuned CIFAR-10 values were 0.1 (no noise), 0.7 (20-40% symmetric),
+  0.9 (60-80% symmetric) and 0.3 (asymmetric).
+* ``nonneg_correction = False``: the paper's loss is the plain backward correction.
 * ``noise_seed`` defaults to ``seed``; pass it explicitly to vary training seeds over one fixed
   noisy label set.
 * ``weight_decay = 0``: the constraint (or ``--penalty``) is the regularizer.
@@ -40,8 +46,10 @@ __all__ = [
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("step", "cosine", "none")
 CONSTRAINTS = ("frobenius", "none")
-ESTIMATE_METHODS = ("anchor", "confident")
-LOSSES = ("reweight", "ce", "label-smoothing", "forward", "gce", "sce")
+ESTIMATE_METHODS = ("anchor", "confident", "dual-t")
+#: Other spellings accepted by ``--estimate-method`` and ``--noise-matrix estimate:METHOD``.
+ESTIMATE_ALIASES = {"confident-joint": "confident"}
+LOSSES = ("reweight", "ce", "label-smoothing", "forward", "gce", "sce", "js")
 NEEDS_NOISE_MATRIX = ("reweight", "forward")
 #: Default weight of the plain L2 term on the new head in ``--penalty l2sp:ALPHA[:BETA]``.
 L2SP_HEAD_DEFAULT = 0.01
@@ -51,6 +59,18 @@ RESUMABLE_FIELDS = ("epochs", "early_stop", "device", "audit", "audit_samples")
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _estimate_method(text: Any, *, flag: str) -> str:
+    """``confident`` / ``confident-joint``, ``anchor`` or ``dual-t`` -> the canonical name."""
+    name = str(text).strip().lower()
+    name = ESTIMATE_ALIASES.get(name, name)
+    if name not in ESTIMATE_METHODS:
+        raise HessauditError(
+            f"{flag}: unknown estimation method {text!r}",
+            hint="use confident (alias confident-joint), anchor or dual-t",
+        )
+    return name
 
 
 def parse_penalty(spec: str | None) -> tuple[str, float, float] | None:
@@ -124,6 +144,8 @@ class FinetuneConfig:
     gce_q: float = 0.7
     sce_alpha: float = 0.1
     sce_beta: float = 1.0
+    js_weight: float = 0.5
+    nonneg_correction: bool = False
     # noise matrix
     noise_matrix: str | None = None
     estimate_method: str = "confident"
@@ -225,6 +247,7 @@ class FinetuneConfig:
         real("gce_q", low=0, high=1, low_open=True, what="in (0, 1]")
         real("sce_alpha", low=0, what=">= 0")
         real("sce_beta", low=0, what=">= 0")
+        real("js_weight", low=0, high=1, low_open=True, high_open=True, what="in (0, 1)")
         real("radius", low=0, low_open=True, what="> 0")
         real("radius_growth", low=0, low_open=True, what="> 0")
         real("head_radius", low=0, low_open=True, optional=True, what="> 0")
@@ -245,7 +268,14 @@ class FinetuneConfig:
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
         choice("loss", LOSSES)
-        choice("estimate_method", ESTIMATE_METHODS)
+        if not isinstance(self.nonneg_correction, bool):
+            raise HessauditError(f"--nonneg-correction {self.nonneg_correction!r} must be a flag")
+        if self.nonneg_correction and self.loss != "reweight":
+            raise HessauditError(
+                f"--nonneg-correction applies to --loss reweight, not --loss {self.loss}",
+                hint="drop --nonneg-correction or use --loss reweight",
+            )
+        estimate_method = _estimate_method(self.estimate_method, flag="--estimate-method")
         constraint = self.constraint
         if constraint is None:
             constraint = "frobenius" if self.loss == "reweight" else "none"
@@ -270,6 +300,16 @@ class FinetuneConfig:
             raise HessauditError("--noise-matrix injected needs --inject-noise")
         if matrix is not None and matrix.lower() in ("estimate", "injected"):
             matrix = matrix.lower()
+        if matrix is not None and matrix.lower().startswith("estimate:"):
+            # estimate:METHOD picks the method; a non-default --estimate-method must agree
+            method = _estimate_method(matrix.split(":", 1)[1], flag="--noise-matrix")
+            if estimate_method not in (method, "confident"):
+                raise HessauditError(
+                    f"--noise-matrix {matrix} and --estimate-method {self.estimate_method} "
+                    "disagree",
+                    hint="give the method once, e.g. --noise-matrix estimate:dual-t",
+                )
+            matrix, estimate_method = "estimate", method
         if matrix is not None and matrix.lower().startswith("symmetric:"):
             from hessaudit.robust.noise_matrix import parse_rate
 
@@ -300,5 +340,6 @@ class FinetuneConfig:
             crop_pct=data_flags["crop_pct"],
             constraint=constraint,
             noise_matrix=matrix,
+            estimate_method=estimate_method,
             noise_seed=self.seed if self.noise_seed is None else self.noise_seed,
         )

@@ -16,6 +16,10 @@ returns the batch mean (``reduction="mean"``) or the per-example values (``reduc
 * :func:`symmetric_cross_entropy` (``sce``, Wang et al. 2019): ``alpha CE + beta RCE``.
 * :func:`label_smoothing_cross_entropy` (``label-smoothing``).
 * :func:`l2sp_penalty` (L2-SP, Li et al. 2018), the penalty alternative to the projection.
+* ``js``: the Jensen-Shannon divergence loss (Englesson & Azizpour 2021), in
+  :mod:`hessaudit.robust.js_loss`;
+* ``reweight`` with ``nonneg_correction``: the backward loss with its per-class partial risks
+  clamped at zero, in :mod:`hessaudit.robust.nonneg`.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ __all__ = [
     "symmetric_cross_entropy",
 ]
 
-LOSS_NAMES = ("reweight", "ce", "label-smoothing", "forward", "gce", "sce")
+LOSS_NAMES = ("reweight", "ce", "label-smoothing", "forward", "gce", "sce", "js")
 #: Losses that need a noise matrix F.
 NEEDS_NOISE_MATRIX = ("reweight", "forward")
 
@@ -214,6 +218,7 @@ class LossFunction:
     options: Mapping[str, float] = field(default_factory=dict)
     noise_matrix: np.ndarray | None = None
     inverse: np.ndarray | None = None
+    nonneg: bool = False  # reweight only: clamp the per-class partial risks at zero
 
     def __call__(
         self, logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean"
@@ -221,6 +226,12 @@ class LossFunction:
         name = self.name
         if name == "ce":
             return cross_entropy(logits, labels, reduction=reduction)
+        if name == "reweight" and self.nonneg:
+            from hessaudit.robust.nonneg import nonneg_backward_corrected_loss
+
+            return nonneg_backward_corrected_loss(
+                logits, labels, self.noise_matrix, inverse=self.inverse, reduction=reduction
+            )
         if name == "reweight":
             return backward_corrected_loss(
                 logits, labels, self.noise_matrix, inverse=self.inverse, reduction=reduction
@@ -243,6 +254,12 @@ class LossFunction:
             return label_smoothing_cross_entropy(
                 logits, labels, smoothing=self.options["smoothing"], reduction=reduction
             )
+        if name == "js":
+            from hessaudit.robust.js_loss import jensen_shannon_loss
+
+            return jensen_shannon_loss(
+                logits, labels, pi1=self.options["pi1"], reduction=reduction
+            )
         raise HessauditError(f"unknown loss {name!r}")  # pragma: no cover - make_loss checks
 
     def to_dict(self) -> dict[str, Any]:
@@ -250,6 +267,7 @@ class LossFunction:
             "name": self.name,
             "options": dict(self.options),
             "noise_matrix": None if self.noise_matrix is None else self.noise_matrix.tolist(),
+            "nonneg_correction": self.nonneg,
         }
 
 
@@ -261,10 +279,13 @@ def make_loss(
     gce_q: float = 0.7,
     sce_alpha: float = 0.1,
     sce_beta: float = 1.0,
+    js_weight: float = 0.5,
+    nonneg_correction: bool = False,
 ) -> LossFunction:
     """Build a loss by its CLI name (``reweight``, ``ce``, ``label-smoothing``, ``forward``,
-    ``gce``, ``sce``). ``reweight`` and ``forward`` need ``noise_matrix`` (a validated ``F``);
-    for ``reweight`` its inverse is computed once, in float64.
+    ``gce``, ``sce``, ``js``). ``reweight`` and ``forward`` need ``noise_matrix`` (a validated
+    ``F``); for ``reweight`` its inverse is computed once, in float64. ``nonneg_correction``
+    (``reweight`` only) clamps the per-class partial risks at zero.
     """
     from hessaudit.robust.noise_matrix import validate_noise_matrix
 
@@ -297,4 +318,12 @@ def make_loss(
             raise HessauditError("--sce-alpha and --sce-beta are both 0; the loss would be 0")
         options["alpha"] = float(sce_alpha)
         options["beta"] = float(sce_beta)
-    return LossFunction(name=name, options=options, noise_matrix=F, inverse=Finv)
+    elif name == "js":
+        from hessaudit.robust.js_loss import check_js_weight
+
+        options["pi1"] = check_js_weight(js_weight)
+    if nonneg_correction and name != "reweight":
+        raise HessauditError(f"--nonneg-correction applies to --loss reweight, not --loss {name}")
+    return LossFunction(
+        name=name, options=options, noise_matrix=F, inverse=Finv, nonneg=bool(nonneg_correction)
+    )

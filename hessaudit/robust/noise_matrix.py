@@ -21,8 +21,8 @@ Sources of ``F`` understood by :func:`load_noise_matrix`:
   object with a ``"noise_matrix"`` key holding one, such as the ``noise.json`` a finetune run
   writes).
 
-``estimate`` (fit a first model, then :func:`estimate_noise_matrix`) and ``injected`` (the matrix
-used to inject synthetic noise) need a training run and are resolved by
+``estimate`` / ``estimate:METHOD`` (fit a first model, then :func:`estimate_noise_matrix`) and
+``injected`` (the matrix used to inject synthetic noise) need a training run and are resolved by
 :func:`hessaudit.robust.trainer.run_finetune`.
 """
 
@@ -44,6 +44,7 @@ __all__ = [
     "MAX_CONDITION_NUMBER",
     "ROW_SUM_TOLERANCE",
     "estimate_noise_matrix",
+    "estimation_errors",
     "load_matrix_file",
     "load_noise_matrix",
     "parse_rate",
@@ -287,6 +288,9 @@ def estimate_noise_matrix(
       counted). The counts are calibrated so that each noisy-label row sums to that label's
       frequency, giving a joint ``Q[z, y] ~ P(noisy = z, true = y)``; then
       ``F[y, z] = Q[z, y] / sum_z' Q[z', y]``. A true class with no count gets an identity row.
+    * ``dual-t`` (Yao et al., NeurIPS 2020): ``F = T_club @ T_spade`` through the model's
+      predicted class, with ``quantile`` as the anchors' outlier filter; see
+      :mod:`hessaudit.robust.dual_t`.
 
     The result is row-stochastic but *not* checked for invertibility: pass it through
     :func:`validate_noise_matrix` before using it in a loss.
@@ -348,6 +352,29 @@ def estimate_noise_matrix(
                 F[y] = Q[:, y] / col_sums[y]
         return F
 
+    if method == "dual-t":
+        from hessaudit.robust.dual_t import dual_t_estimate
+
+        return dual_t_estimate(P, z, num_classes=k, quantile=quantile).F
+
     raise HessauditError(
-        f"unknown noise-matrix estimation method {method!r}", hint="use 'anchor' or 'confident'"
+        f"unknown noise-matrix estimation method {method!r}",
+        hint="use 'confident', 'anchor' or 'dual-t'",
     )
+
+
+def estimation_errors(probs: Any, noisy_labels: Any, truth: Any) -> dict[str, dict[str, float]]:
+    """Every estimation method's error against a known ``truth`` (e.g. the injected ``F``), all
+    from the same probabilities: ``{method: {"frobenius": ||F_hat - F||_F, "max_abs":
+    max |F_hat - F|}}``."""
+    from hessaudit.robust.config import ESTIMATE_METHODS
+
+    F = np.asarray(truth, dtype=np.float64)
+    errors: dict[str, dict[str, float]] = {}
+    for method in ESTIMATE_METHODS:
+        diff = estimate_noise_matrix(probs, noisy_labels, method=method, num_classes=F.shape[0]) - F
+        errors[method] = {
+            "frobenius": float(np.linalg.norm(diff)),
+            "max_abs": float(np.abs(diff).max()),
+        }
+    return errors

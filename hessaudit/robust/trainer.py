@@ -396,13 +396,32 @@ def _estimate_F(setup: _Setup, display: TrainingDisplay) -> tuple[np.ndarray, di
             (probs.argmax(dim=1) == noisy).double().mean()
         ),
     }
+    if config.estimate_method == "dual-t":
+        from hessaudit.robust.dual_t import dual_t_estimate
+
+        info["dual_t"] = dual_t_estimate(probs.numpy(), noisy.numpy()).to_dict()
     if setup.injection is not None:
+        from hessaudit.robust.noise_matrix import estimation_errors
+
         info["frobenius_error_vs_injected"] = float(
             np.linalg.norm(F_hat - setup.injection.noise_matrix)
         )
-    F = validate_noise_matrix(
-        F_hat, num_classes=setup.num_classes, source="--noise-matrix estimate"
-    )
+        # every method from the same first models, for comparison
+        info["errors_vs_injected_by_method"] = estimation_errors(
+            probs.numpy(), noisy.numpy(), setup.injection.noise_matrix
+        )
+    try:
+        F = validate_noise_matrix(
+            F_hat, num_classes=setup.num_classes,
+            source=f"--noise-matrix estimate:{config.estimate_method}",
+        )
+    except HessauditError as exc:
+        accuracy = info["first_model_accuracy_on_noisy_labels"]
+        raise HessauditError(
+            exc.message,
+            hint=f"the first models reached {accuracy:.2f} accuracy on the noisy labels; give "
+            "more --estimate-epochs, or estimate with another method",
+        ) from None
     return F, info
 
 
@@ -699,6 +718,8 @@ def _set_up_training(
         gce_q=config.gce_q,
         sce_alpha=config.sce_alpha,
         sce_beta=config.sce_beta,
+        js_weight=config.js_weight,
+        nonneg_correction=config.nonneg_correction,
     )
     if F is not None and config.loss not in ("reweight", "forward"):
         display.warn(f"--noise-matrix is recorded but not used by --loss {config.loss}")
