@@ -1,22 +1,36 @@
-"""``hessaudit report``: a self-contained HTML page, checked as text, as a plot image, and in a
-headless browser when one is installed (skipped otherwise)."""
+"""``hessaudit report``: a self-contained HTML page, checked as text, as a plot image, and laid
+out by a real headless Chromium: it never scrolls sideways at 1280, 800 or 400 pixels (long
+checkpoint paths, digests, layer names and hostile values included), every number of the audit
+JSON is on it, and the key ones are visible.
+
+One browser launch per width (a second or two each). Without Chromium the browser tests skip,
+except in CI (``CI=true``), where they fail (see tests/_report_page.py; .ci/run installs it).
+"""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import math
 import re
-import shutil
-import subprocess
 import sys
 
 import pytest
+from _report_page import (
+    layout,
+    missing_numbers,
+    number_tokens,
+    page_text,
+    require_browser,
+    run_browser,
+)
 from test_cli_gates import MODEL, make_checkpoints, run_cli, run_main
 from test_gates import audit_doc
 
 from hessaudit import gates
 from hessaudit.gates import Gate
+from hessaudit.report._format import fmt_number
 from hessaudit.report.html import audit_html, plot_png
 
 BAR_BLUE = (0x4C, 0x72, 0xB0)
@@ -136,9 +150,16 @@ def test_names_are_escaped():
 # --------------------------------------------------------------------------- CLI and browser
 
 
+#: A folder name as long as the demo's cache path, and longer: the page must wrap it.
+LONG_FOLDER = "experiments-2026-finetune-digits-cnn-" + "f9379f6a2c5f" * 4
+
+
 @pytest.fixture(scope="module")
 def real_audit(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("report")
+    """A real audit (digits CNN, held-out data, an estimate, a failing gate) of checkpoints
+    under a long folder name."""
+    folder = tmp_path_factory.mktemp("report") / LONG_FOLDER / "v0.1.0-nested-run-folder"
+    folder.mkdir(parents=True)
     ckpts = make_checkpoints(folder, {"ft": 0.1})
     path = folder / "audit.json"
     code = run_main(
@@ -187,30 +208,15 @@ def test_cli_report_bad_input_exits_1(real_audit, capsys, tmp_path, setup, messa
     assert not (tmp_path / "r.html").exists()
 
 
-def _browser() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-@pytest.mark.skipif(_browser() is None, reason="no headless chromium installed")
 def test_page_renders_in_headless_chromium(real_audit, capsys, tmp_path):
+    browser = require_browser()
     pytest.importorskip("matplotlib")
     out = tmp_path / "report.html"
     code, _, _ = run_cli(["report", real_audit, "--out", out], capsys)
     assert code == 0
     shot = tmp_path / "shot.png"
-    profile = tmp_path / "profile"
-    profile.mkdir()
-    command = [
-        _browser(), "--headless", "--no-sandbox", "--disable-gpu",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run", f"--user-data-dir={profile}", f"--screenshot={shot}",
-        "--window-size=1200,1600", out.as_uri(),
-    ]  # fmt: skip
-    subprocess.run(command, capture_output=True, timeout=60, check=False)
+    window = "--window-size=1200,1600"
+    run_browser(browser, out, tmp_path / "profile", f"--screenshot={shot}", window)
     assert shot.is_file() and shot.stat().st_size > 10_000
     image = decode_png(shot.read_bytes())
     assert image.shape[:2] == (1600, 1200)
@@ -226,3 +232,200 @@ def test_screenshot_data_uri_roundtrip():
     page, _ = audit_html(audit_doc())
     encoded = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
     assert base64.b64decode(encoded) == plot_png(audit_doc())
+
+
+# --------------------------------------------------------------------------- what the page shows
+
+
+def with_measures(document: dict) -> dict:
+    """The audit with a ``measures`` object like the one ``measure`` writes (kept if present)."""
+    layers = document["layers"]
+    dist = [layer["dist_fro"] for layer in layers]
+    document.setdefault(
+        "measures",
+        {
+            "hessian_term": document["hessian_term"],
+            "sum_sqrt_hcal": sum(math.sqrt(max(layer["hcal"], 0.0)) for layer in layers),
+            "distance_fro": sum(dist),
+            "distance_fro_sq": sum(d * d for d in dist),
+            "trace_distance": 12.345678,
+            "trace_distance_stderr": 0.9876,
+            "trace_distance_trace": "mean-hessian-hutchinson",
+            "trace_examples": 32,
+            "trace_probes": 8,
+            "layers": len(layers),
+            "noise_stability": {"mean": 0.0123, "std": 0.0045, "stderr": 0.001,
+                                "draws": 20, "eps": 0.01, "data": "eval_data"},
+        },
+    )  # fmt: skip
+    return document
+
+
+@pytest.fixture(scope="module")
+def real_page(real_audit) -> tuple[dict, str]:
+    """The real audit (with measures) and its page, with the matplotlib plot when available."""
+    document = with_measures(json.loads(real_audit.read_text()))
+    return document, audit_html(document)[0]
+
+
+def test_every_number_of_the_audit_is_on_the_page(real_page):
+    document, page = real_page
+    assert missing_numbers(document, page_text(page)) == []
+    assert_self_contained(page)
+
+
+def test_engine_path_column_and_not_converged_tag():
+    document = audit_doc()
+    for layer, path in zip(document["layers"], ["jvp", "lanczos", "<b>x</b>", "jvp"], strict=True):
+        layer.update(engine_path=path, converged=path != "lanczos")
+    page, _ = audit_html(document, plots=False)
+    assert "<th>engine path</th>" in page
+    cell = '<td data-label="engine path"><code>lanczos</code> <span class="tag fail">not converged'
+    assert cell in page
+    assert "<code>&lt;b&gt;x&lt;/b&gt;</code>" in page and "<b>x</b>" not in page
+    # An audit from before engine paths were recorded: no empty column.
+    assert "engine path" not in audit_html(audit_doc(), plots=False)[0]
+
+
+def test_identical_form_columns_collapse():
+    same = audit_doc()
+    for layer in same["layers"]:
+        layer.update(quad_raw=layer["hcal"], quad_pos=layer["hcal"])
+    page, _ = audit_html(same, plots=False)
+    assert "vᵀHv</th>" not in page and "vᵀH⁺v</th>" not in page
+    differ = audit_doc()
+    for layer in differ["layers"]:
+        layer.update(quad_raw=layer["hcal"] - 0.5, quad_pos=layer["hcal"])
+    page, _ = audit_html(differ, plots=False)
+    assert "vᵀHv</th>" in page and "vᵀH⁺v</th>" not in page
+    assert '<td class="num" data-label="vᵀHv">3.5</td>' in page
+
+
+@pytest.mark.parametrize(
+    ("fields", "shown", "absent"),
+    [
+        ({"bound_kind": "bound", "estimate_reasons": [], "hcal_scope": "all"},
+         ['<span class="tag ok">bound</span>', "every example of the data"], ["estimate"]),
+        ({"bound_kind": "estimate", "estimate_reasons": ["max over 10 of 40 examples", "<i>"],
+          "hcal_scope": "subset"},
+         ['<span class="tag est">estimate</span>', "max over 10 of 40 examples", "&lt;i&gt;",
+          "a subset of the data"], ["<i>"]),
+        ({}, [], ["bound kind"]),  # an audit from before bound_kind
+    ],
+)  # fmt: skip
+def test_bound_kind_in_the_summary(fields, shown, absent):
+    page, _ = audit_html(audit_doc(**fields), plots=False)
+    body = page.split("</style>", 1)[1]
+    summary = body[body.index("<h2>Bound</h2>") : body.index("<h2>Inputs</h2>")]
+    for text in shown:
+        assert text in summary, text
+    for text in absent:
+        assert text not in body, text
+    if fields:
+        assert '<td class="key">bound kind</td>' in summary
+
+
+def test_measures_side_by_side():
+    document = with_measures(audit_doc())
+    document["measures"]["<b>odd</b>"] = {"mean": 0.5, "x<y": "a&b"}
+    page, _ = audit_html(document, plots=False)
+    body = page.split("</style>", 1)[1]
+    section = body[body.index("<h2>Measures</h2>") : body.index("<h2>Per-layer bars</h2>")]
+    for key in ("hessian_term", "sum_sqrt_hcal", "distance_fro", "distance_fro_sq",
+                "trace_distance", "noise_stability"):  # fmt: skip
+        assert f"<code>{key}</code>" in section
+    assert "12.3457 <small>± 0.9876</small>" in section  # the stderr on its measure's card
+    assert "<code>trace_distance_stderr</code>" not in section
+    text = page_text(section)
+    for value in ("0.0123", "0.0045", "0.001", "20", "0.01", "eval_data", "32", "8"):
+        assert value in number_tokens(text) or value in text, value
+    assert "&lt;b&gt;odd&lt;/b&gt;" in section and "<b>odd" not in section
+    assert "x&lt;y" in section and "a&amp;b" in section
+
+
+@pytest.mark.parametrize("measures", [None, {}, [1.5, 2.5], "text"])
+def test_no_measures_section_without_a_measures_object(measures):
+    document = audit_doc()
+    if measures is not None:
+        document["measures"] = measures
+    page, _ = audit_html(document, plots=False)
+    assert "<h2>Measures</h2>" not in page
+    if isinstance(measures, list):  # still shown, under "Every field of the audit file"
+        assert missing_numbers(document, page_text(page)) == []
+
+
+def test_digests_shortened_whole_on_hover_and_every_field_shown():
+    document = audit_doc(unknown_field={"a<b": [1.25, "x"]})
+    document["inputs"]["finetuned"]["sha256"] = "ab" * 32
+    document["inputs"]["deep"] = json.loads("[" * 50 + "7" + "]" * 50)
+    page, _ = audit_html(document, plots=False)
+    assert f'title="sha256 {"ab" * 32}">sha256 {"ab" * 6}…</span>' in page
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    details = page[page.index("<details>") :]
+    assert "Every field of the audit file" in details
+    assert "unknown_field" in details and "a&lt;b" in details and "1.25" in details
+    assert "…" in details  # nesting past MAX_DEPTH is cut, not recursed into
+    assert "ab" * 32 in details  # the whole digest, under Every field
+
+
+# --------------------------------------------------------------------------- layout in Chromium
+
+
+@pytest.mark.parametrize("width", [1280, 800, 400])
+def test_no_sideways_scroll_and_every_number_in_chromium(real_page, tmp_path, width):
+    browser = require_browser()
+    document, page = real_page
+    probe = layout(browser, page, width, tmp_path)
+    assert probe["inner"] == width  # the page really was laid out that wide
+    assert probe["scroll"] <= probe["client"], probe["outside"]
+    assert probe["outside"] == []
+    # Nothing to scroll inside the page either, but the plot on a phone (readable, not shrunk)
+    # and the table of every per-layer field (one column per JSON key, in the closed details).
+    allowed = ("plot", "scroll: fields")
+    assert [box for box in probe["scrollers"] if not box.startswith(allowed)] == []
+    assert any(box.startswith("plot") for box in probe["scrollers"]) == (width < 640)
+    # Every number of the JSON is on the page (some inside the closed "Every field" details).
+    assert missing_numbers(document, probe["text"]) == []
+    # The ones a reader looks for are visible without opening anything.
+    visible = number_tokens(probe["visible"])
+    key = [document[k] for k in ("bound", "hessian_term", "train_loss", "eval_loss", "gap")]
+    key += [layer[k] for layer in document["layers"] for k in ("hcal", "dist_fro", "top_eig")]
+    key += [v for v in document["measures"].values() if isinstance(v, float)]
+    assert {fmt_number(value) for value in key} <= visible
+    for layer in document["layers"]:
+        assert layer["name"] in probe["visible"]
+        assert layer["engine_path"] in probe["visible"]
+    assert "bound kind" in probe["visible"] and "estimate" in probe["visible"]
+    assert LONG_FOLDER in probe["visible"]  # the paths are shown whole, wrapped
+
+
+def test_hostile_values_do_not_widen_a_phone_page(tmp_path):
+    """Values with no place to break, huge numbers and deep nesting: still no sideways scroll."""
+    browser = require_browser()
+    unbroken = "x" * 300
+    document = audit_doc(
+        layers=[
+            {"name": unbroken, "hcal": 1.0, "numel": 10**12, "dist_fro": 1e-300,
+             "engine_path": "y" * 200, "converged": False},
+            {"name": "b", "hcal": 2.0, "numel": 5, "dist_fro": -1.5, unbroken: unbroken},
+        ],
+        inputs={"model": unbroken, "data": "/" + "d" * 400, "seed": 10**40,
+                "finetuned": {"path": "/" + "p" * 500, "sha256": "f" * 64},
+                "deep": json.loads("[" * 30 + "1" + "]" * 30)},
+        n=10**60,
+        bound_kind="estimate",
+        estimate_reasons=["r" * 400],
+        hcal_scope="s" * 200,
+        measures={unbroken: 1.5, "z" * 100: {unbroken: 2.5, "n": 10**30}, "s": unbroken},
+        extra_field={unbroken: [unbroken, 1e300]},
+    )  # fmt: skip
+    document["gates"] = [
+        {"name": "g" * 300, "op": "<=", "threshold": 1.0, "observed": 2.0, "passed": False,
+         "source": unbroken, "worst_layer": unbroken, "failing_layers": [unbroken],
+         "note": unbroken, "layers_matched": 2},
+    ]  # fmt: skip
+    page, _ = audit_html(document, plots=False, title=unbroken)
+    probe = layout(browser, page, 400, tmp_path)
+    assert probe["inner"] == 400
+    assert probe["scroll"] <= probe["client"], probe["outside"]
+    assert probe["outside"] == []
