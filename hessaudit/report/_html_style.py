@@ -1,7 +1,7 @@
 """The inline stylesheet of ``hessaudit report``'s page.
 
 Responsive by construction, so that the page never scrolls sideways, from a phone's 400 pixels
-to a desktop's 1280 (checked in a real headless Chromium by tests/test_report_browser.py):
+to a desktop's 1280 (checked in a real headless Chromium by tests/test_report_html.py):
 
 * the Bound and Inputs panels sit side by side only above 860 px, and their grid columns are
   ``minmax(0, 1fr)``, so that a long value cannot widen its column past half the page;
@@ -71,9 +71,10 @@ code.name { overflow-wrap: normal; }
 .plot img { max-width: 100%; height: auto; border: 1px solid var(--line); }
 .bound { font-size: 1.25em; font-weight: 700; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; }
-.card { flex: 1 1 180px; min-width: 0; border: 1px solid var(--line); border-radius: 8px;
+.card { flex: 1 1 140px; min-width: 0; border: 1px solid var(--line); border-radius: 8px;
         padding: 8px 12px; background: var(--bg2); }
 .card .k { color: var(--muted); font-size: 0.85em; overflow-wrap: anywhere; }
+.card .v small { white-space: nowrap; }
 .card .v { font-size: 1.2em; font-weight: 600; font-variant-numeric: tabular-nums;
            overflow-wrap: anywhere; }
 .card table { font-size: 0.85em; }
