@@ -1,5 +1,11 @@
-"""``hessaudit report``: a self-contained HTML page, checked as text, as a plot image, and in a
-headless browser when one is installed (skipped otherwise)."""
+"""``hessaudit report``: a self-contained HTML page, checked as text, as a plot image, and laid
+out by a real headless Chromium: it never scrolls sideways at 1280, 800 or 400 pixels (long
+checkpoint paths, digests, layer names and hostile values included), every number of the audit
+JSON is on it, and the key ones are visible.
+
+One browser launch per width (a second or two each). Without Chromium the browser tests skip,
+except in CI (``CI=true``), where they fail (see tests/_report_page.py; .ci/run installs it).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,24 @@ import base64
 import io
 import json
 import re
-import shutil
-import subprocess
 import sys
 
 import pytest
+from _report_page import (
+    layout,
+    missing_numbers,
+    number_tokens,
+    page_text,
+    require_browser,
+    run_browser,
+    with_measures,
+)
 from test_cli_gates import MODEL, make_checkpoints, run_cli, run_main
 from test_gates import audit_doc
 
 from hessaudit import gates
 from hessaudit.gates import Gate
+from hessaudit.report._format import fmt_number
 from hessaudit.report.html import audit_html, plot_png
 
 BAR_BLUE = (0x4C, 0x72, 0xB0)
@@ -136,9 +150,16 @@ def test_names_are_escaped():
 # --------------------------------------------------------------------------- CLI and browser
 
 
+#: A folder name as long as the demo's cache path, and longer: the page must wrap it.
+LONG_FOLDER = "experiments-2026-finetune-digits-cnn-" + "f9379f6a2c5f" * 4
+
+
 @pytest.fixture(scope="module")
 def real_audit(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("report")
+    """A real audit (digits CNN, held-out data, an estimate, a failing gate) of checkpoints
+    under a long folder name."""
+    folder = tmp_path_factory.mktemp("report") / LONG_FOLDER / "v0.1.0-nested-run-folder"
+    folder.mkdir(parents=True)
     ckpts = make_checkpoints(folder, {"ft": 0.1})
     path = folder / "audit.json"
     code = run_main(
@@ -187,30 +208,20 @@ def test_cli_report_bad_input_exits_1(real_audit, capsys, tmp_path, setup, messa
     assert not (tmp_path / "r.html").exists()
 
 
-def _browser() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+@pytest.fixture(scope="module")
+def browser() -> str:
+    """The headless Chromium (skips without one; fails under CI=true)."""
+    return require_browser()
 
 
-@pytest.mark.skipif(_browser() is None, reason="no headless chromium installed")
-def test_page_renders_in_headless_chromium(real_audit, capsys, tmp_path):
+def test_page_renders_in_headless_chromium(browser, real_audit, capsys, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "report.html"
     code, _, _ = run_cli(["report", real_audit, "--out", out], capsys)
     assert code == 0
     shot = tmp_path / "shot.png"
-    profile = tmp_path / "profile"
-    profile.mkdir()
-    command = [
-        _browser(), "--headless", "--no-sandbox", "--disable-gpu",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run", f"--user-data-dir={profile}", f"--screenshot={shot}",
-        "--window-size=1200,1600", out.as_uri(),
-    ]  # fmt: skip
-    subprocess.run(command, capture_output=True, timeout=60, check=False)
+    window = "--window-size=1200,1600"
+    run_browser(browser, out, tmp_path / "profile", f"--screenshot={shot}", window)
     assert shot.is_file() and shot.stat().st_size > 10_000
     image = decode_png(shot.read_bytes())
     assert image.shape[:2] == (1600, 1200)
@@ -226,3 +237,80 @@ def test_screenshot_data_uri_roundtrip():
     page, _ = audit_html(audit_doc())
     encoded = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
     assert base64.b64decode(encoded) == plot_png(audit_doc())
+
+
+# --------------------------------------------------------------------------- what the page shows
+
+
+@pytest.fixture(scope="module")
+def real_page(real_audit) -> tuple[dict, str]:
+    """The real audit (with measures) and its page, with the matplotlib plot when available."""
+    document = with_measures(json.loads(real_audit.read_text()))
+    return document, audit_html(document)[0]
+
+
+def test_every_number_of_the_audit_is_on_the_page(real_page):
+    document, page = real_page
+    assert missing_numbers(document, page_text(page)) == []
+    assert_self_contained(page)
+
+
+# --------------------------------------------------------------------------- layout in Chromium
+
+
+@pytest.mark.parametrize("width", [1280, 800, 400])
+def test_no_sideways_scroll_and_every_number_in_chromium(browser, real_page, tmp_path, width):
+    document, page = real_page
+    probe = layout(browser, page, width, tmp_path)
+    assert probe["inner"] == width  # the page really was laid out that wide
+    assert probe["scroll"] <= probe["client"], probe["outside"]
+    assert probe["outside"] == []
+    # Nothing to scroll inside the page either, but the plot on a phone (readable, not shrunk)
+    # and the table of every per-layer field (one column per JSON key, in the closed details).
+    allowed = ("plot", "scroll: fields")
+    assert [box for box in probe["scrollers"] if not box.startswith(allowed)] == []
+    assert any(box.startswith("plot") for box in probe["scrollers"]) == (width < 640)
+    # Every number of the JSON is on the page (some inside the closed "Every field" details).
+    assert missing_numbers(document, probe["text"]) == []
+    # The ones a reader looks for are visible without opening anything.
+    visible = number_tokens(probe["visible"])
+    key = [document[k] for k in ("bound", "hessian_term", "train_loss", "eval_loss", "gap")]
+    key += [layer[k] for layer in document["layers"] for k in ("hcal", "dist_fro", "top_eig")]
+    key += [v for v in document["measures"].values() if isinstance(v, float)]
+    assert {fmt_number(value) for value in key} <= visible
+    for layer in document["layers"]:
+        assert layer["name"] in probe["visible"]
+        assert layer["engine_path"] in probe["visible"]
+    assert "bound kind" in probe["visible"] and "estimate" in probe["visible"]
+    assert LONG_FOLDER in probe["visible"]  # the paths are shown whole, wrapped
+
+
+def test_hostile_values_do_not_widen_a_phone_page(browser, tmp_path):
+    """Values with no place to break, huge numbers and deep nesting: still no sideways scroll."""
+    unbroken = "x" * 300
+    document = audit_doc(
+        layers=[
+            {"name": unbroken, "hcal": 1.0, "numel": 10**12, "dist_fro": 1e-300,
+             "engine_path": "y" * 200, "converged": False},
+            {"name": "b", "hcal": 2.0, "numel": 5, "dist_fro": -1.5, unbroken: unbroken},
+        ],
+        inputs={"model": unbroken, "data": "/" + "d" * 400, "seed": 10**40,
+                "finetuned": {"path": "/" + "p" * 500, "sha256": "f" * 64},
+                "deep": json.loads("[" * 30 + "1" + "]" * 30)},
+        n=10**60,
+        bound_kind="estimate",
+        estimate_reasons=["r" * 400],
+        hcal_scope="s" * 200,
+        measures={unbroken: 1.5, "z" * 100: {unbroken: 2.5, "n": 10**30}, "s": unbroken},
+        extra_field={unbroken: [unbroken, 1e300]},
+    )  # fmt: skip
+    document["gates"] = [
+        {"name": "g" * 300, "op": "<=", "threshold": 1.0, "observed": 2.0, "passed": False,
+         "source": unbroken, "worst_layer": unbroken, "failing_layers": [unbroken],
+         "note": unbroken, "layers_matched": 2},
+    ]  # fmt: skip
+    page, _ = audit_html(document, plots=False, title=unbroken)
+    probe = layout(browser, page, 400, tmp_path)
+    assert probe["inner"] == 400
+    assert probe["scroll"] <= probe["client"], probe["outside"]
+    assert probe["outside"] == []

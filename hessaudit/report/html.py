@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,48 +19,20 @@ from hessaudit.loss_bound import c_source_label
 from hessaudit.report._escape import visible
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair
+from hessaudit.report._html_fields import fields_section, measures_section
+from hessaudit.report._html_plot import plot_png
+from hessaudit.report._html_style import CSS
 
-_CSS = """
-:root { --ok: #1a7f37; --bad: #cf222e; --ink: #1f2328; --muted: #59636e; --line: #d1d9e0;
-        --bar: #4c72b0; --head: #8172b2; --fail: #c44e52; --bg2: #f6f8fa; }
-* { box-sizing: border-box; }
-body { font-family: -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif;
-       color: var(--ink); margin: 0 auto; max-width: 1100px; padding: 24px; line-height: 1.45; }
-h1 { font-size: 1.6em; margin: 0 0 4px; }
-h2 { font-size: 1.2em; margin: 28px 0 8px; border-bottom: 1px solid var(--line);
-     padding-bottom: 4px; }
-.sub { color: var(--muted); margin: 0 0 16px; }
-.verdict { border-radius: 8px; padding: 14px 18px; font-size: 1.15em; margin: 16px 0; }
-.verdict.pass { background: #dafbe1; border: 1px solid var(--ok); }
-.verdict.fail { background: #ffebe9; border: 1px solid var(--bad); }
-.verdict b { font-size: 1.2em; }
-.verdict ul { margin: 6px 0 0; font-size: 0.9em; }
-.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 24px; }
-table { border-collapse: collapse; width: 100%; font-size: 0.9em; }
-th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left;
-         vertical-align: middle; }
-th { background: var(--bg2); }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.key { color: var(--muted); white-space: nowrap; }
-td.share { white-space: nowrap; font-variant-numeric: tabular-nums; }
-code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 0.92em;
-       overflow-wrap: anywhere; }
-.pass-cell { color: var(--ok); font-weight: 600; }
-.fail-cell { color: var(--bad); font-weight: 700; }
-.tag { font-size: 0.75em; border-radius: 4px; padding: 0 4px; margin-left: 4px; color: #fff; }
-.tag.head { background: var(--head); }
-.tag.fail { background: var(--fail); }
-.tag.est { background: #9a6700; }
-.estimate { background: #fff8c5; border: 1px solid #9a6700; border-radius: 8px;
-            padding: 8px 14px; }
-.bar { display: inline-block; width: 140px; height: 10px; background: var(--bg2);
-       border: 1px solid var(--line); vertical-align: middle; margin-right: 6px; }
-.bar > span { display: block; height: 100%; background: var(--bar); }
-.bar.failing > span { background: var(--fail); }
-.note { color: var(--muted); font-size: 0.85em; }
-.plot img { max-width: 100%; height: auto; border: 1px solid var(--line); }
-.bound { font-size: 1.25em; font-weight: 700; }
-"""
+#: Top-level keys the page's own sections show; "Every field of the audit file" shows the rest
+#: (with all of ``inputs``, ``settings`` and ``layers``).
+_SHOWN = frozenset(
+    {
+        "inputs", "settings", "layers", "gates", "success", "tool_version", "created",
+        "train_loss", "eval_loss", "gap", "ratio_to_gap", "n", "C", "C_source", "epsilon",
+        "hessian_term", "bound", "bound_note", "bound_kind", "estimate_reasons", "hcal_scope",
+        "median_train_loss", "C_over_median_loss", "clamped_layers",
+    }
+)  # fmt: skip
 
 
 def _e(value: Any) -> str:
@@ -72,82 +43,19 @@ def _failing_layers(gates: Sequence[Mapping[str, Any]]) -> set[str]:
     return {name for gate in gates if not gate["passed"] for name in gate.get("failing_layers", [])}
 
 
-def plot_png(document: Mapping[str, Any], *, highlight: set[str] | None = None) -> bytes | None:
-    """The per-layer bar chart (Hcal, and share of G) as PNG bytes; None without matplotlib."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Patch
-    except ImportError:
-        return None
-    layers = list(document["layers"])
-    if not layers:
-        return None
-    highlight = highlight or set()
-    names = [layer["name"] for layer in layers]
-    # Tick labels are plain text: no mathtext ('$x^2$' in a name), shown with visible escapes.
-    labels = [visible(name) for name in names]
-    hcal = [max(float(layer["hcal"]), 0.0) for layer in layers]
-    shares = [100 * share for share in layer_shares(layers)]
-    colors = [
-        "#c44e52" if name in highlight else "#8172b2" if layer.get("is_new_head") else "#4c72b0"
-        for name, layer in zip(names, layers, strict=True)
-    ]
-    height = max(2.4, 0.3 * len(layers) + 1.3)
-    figure = Figure(figsize=(11, height), dpi=100)
-    FigureCanvasAgg(figure)
-    left, right = figure.subplots(1, 2, sharey=True)
-    positions = list(range(len(layers)))
-    left.barh(positions, hcal, color=colors)
-    positive = [h for h in hcal if h > 0]
-    if positive and min(hcal) > 0 and max(positive) / min(positive) > 100:
-        left.set_xscale("log")
-        left.set_xlabel("Hcal (log scale)")
-    else:
-        left.set_xlabel("Hcal")
-    left.set_title("Hessian distance per layer", fontsize=11, loc="left")
-    right.barh(positions, shares, color=colors)
-    right.set_xlabel("share of the Hessian term G (%)")
-    right.set_title("share of G = √Hcal / Σ√Hcal", fontsize=11, loc="left")
-    right.set_xlim(0, max(max(shares) * 1.15, 1.0))
-    for position, share in zip(positions, shares, strict=True):
-        right.text(share, position, f" {share:.1f}%", va="center", fontsize=8)
-    left.set_yticks(positions, labels, fontsize=8, parse_math=False, usetex=False)
-    left.invert_yaxis()
-    for axis in (left, right):
-        axis.grid(axis="x", alpha=0.3)
-        axis.set_axisbelow(True)
-        for side in ("top", "right"):
-            axis.spines[side].set_visible(False)
-    legend = []
-    if any(layer.get("is_new_head") for layer in layers):
-        legend.append(Patch(color="#8172b2", label="new head (distance from zero)"))
-    if highlight:
-        legend.append(Patch(color="#c44e52", label="fails a gate"))
-    if legend:
-        # Below the axes, so that it never covers a bar.
-        figure.legend(
-            handles=legend, loc="lower center", ncol=len(legend), fontsize=8, frameon=False
-        )
-        figure.tight_layout(rect=(0, 0.35 / height, 1, 1))
-    else:
-        figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
 def _css_bar(fraction: float, *, failing: bool = False) -> str:
     width = max(0.0, min(1.0, fraction)) * 100
     cls = "bar failing" if failing else "bar"
     return f'<span class="{cls}"><span style="width:{width:.1f}%"></span></span>'
 
 
-def _kv_table(rows: Sequence[tuple[str, str]]) -> str:
+def _kv_table(rows: Sequence[tuple[str, str]], *, right: bool = True) -> str:
+    """Label / value rows (values are HTML already); values wrap rather than widen the page."""
+    cls = "val right" if right else "val"
     body = "".join(
-        f'<tr><td class="key">{_e(k)}</td><td class="num">{v}</td></tr>' for k, v in rows
+        f'<tr><td class="key">{_e(k)}</td><td class="{cls}">{v}</td></tr>' for k, v in rows
     )
-    return f"<table>{body}</table>"
+    return f'<div class="scroll"><table>{body}</table></div>'
 
 
 def _verdict(document: Mapping[str, Any]) -> str:
@@ -180,28 +88,56 @@ def _estimate_note(document: Mapping[str, Any]) -> str:
     )
 
 
+def _cell(label: str, content: str, cls: str = "") -> str:
+    """A cell labelled by its column (``data-label``), for the stacked layout on phones."""
+    attr = f' class="{cls}"' if cls else ""
+    return f'<td{attr} data-label="{_e(label)}">{content}</td>'
+
+
+def _stack_table(headers: Sequence[tuple[str, str]], rows: Sequence[str]) -> str:
+    """A table that scrolls inside the page when too wide, and stacks on narrow screens."""
+    head = "".join(
+        f'<th class="{cls}">{label}</th>' if cls else f"<th>{label}</th>" for label, cls in headers
+    )
+    return (
+        f'<div class="scroll"><table class="stack"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
 def _gates_section(gates: Sequence[Mapping[str, Any]]) -> str:
     if not gates:
         return ""
-    rows = "".join(
-        "<tr>"
-        f"<td><code>{_e(g['name'])}</code></td>"
-        f'<td class="num">{_e(fmt_pair(g["observed"], g["threshold"])[0])}'
-        + (' <span class="tag est">estimate</span>' if g.get("observed_is_estimate") else "")
-        + "</td>"
-        f'<td class="num">{_e(g["op"])} {_e(fmt_pair(g["observed"], g["threshold"])[1])}</td>'
-        f"<td>{'<code>' + _e(g['worst_layer']) + '</code>' if g.get('worst_layer') else ''}</td>"
-        f"<td>{_e(g.get('source', ''))}</td>"
-        + ('<td class="pass-cell">pass</td>' if g["passed"] else '<td class="fail-cell">FAIL</td>')
-        + "</tr>"
-        for g in gates
-    )
+    rows = []
+    for g in gates:
+        observed, threshold = fmt_pair(g["observed"], g["threshold"])
+        estimate = ' <span class="tag est">estimate</span>' if g.get("observed_is_estimate") else ""
+        worst = f"<code>{_e(g['worst_layer'])}</code>" if g.get("worst_layer") else ""
+        if worst and g.get("layers_matched") is not None:
+            worst += f' <span class="note">(worst of {_e(fmt(g["layers_matched"]))})</span>'
+        result = (
+            _cell("result", "pass", "pass-cell")
+            if g["passed"]
+            else _cell("result", "FAIL", "fail-cell")
+        )
+        rows.append(
+            "<tr>"
+            + _cell("gate", f"<code>{_e(g['name'])}</code>", "first")
+            + _cell("observed", _e(observed) + estimate, "num")
+            + _cell("threshold", f"{_e(g['op'])} {_e(threshold)}", "num")
+            + _cell("worst layer", worst)
+            + _cell("from", _e(g.get("source", "")))
+            + result
+            + "</tr>"
+        )
     notes = "".join(
         f"<li><code>{_e(g['name'])}</code>: {_e(g['note'])}</li>" for g in gates if g.get("note")
     )
+    headers = [("gate", ""), ("observed", "num"), ("threshold", "num"), ("worst layer", ""),
+               ("from", ""), ("result", "")]  # fmt: skip
     return (
-        "<h2>Gates</h2><table><tr><th>gate</th><th>observed</th><th>threshold</th>"
-        f"<th>worst layer</th><th>from</th><th>result</th></tr>{rows}</table>"
+        "<h2>Gates</h2>"
+        + _stack_table(headers, rows)
         + (f'<ul class="note">{notes}</ul>' if notes else "")
     )
 
@@ -214,6 +150,7 @@ def _summary_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
             f'<span class="bound">{_e(fmt(document["bound"]))}</span>'
             + (f' <span class="tag est">{_e(label)}</span>' if label else ""),
         ),
+        *_kind_rows(document),
         ("Hessian term G", _e(fmt(document["hessian_term"]))),
         ("training loss Lhat", _e(fmt(document["train_loss"]))),
     ]
@@ -230,18 +167,48 @@ def _summary_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("n", _e(document.get("n"))),
         ("epsilon", _e(fmt(document.get("epsilon")))),
     ]
+    for key, label in (("median_train_loss", "median loss"), ("C_over_median_loss", "C / median")):
+        if document.get(key) is not None:
+            rows.append((label, _e(fmt(document[key]))))
     return rows
 
 
+def _kind_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``bound_kind`` (bound or estimate, with ``estimate_reasons``) and ``hcal_scope``; no row
+    for an audit written before they existed."""
+    kind, scope = document.get("bound_kind"), document.get("hcal_scope")
+    if kind is None and scope is None:
+        return []
+    if kind == "bound":
+        shown = '<span class="tag ok">bound</span> Theorem 2.1'
+    elif kind == "estimate":
+        reasons = document.get("estimate_reasons")
+        reasons = reasons if isinstance(reasons, list) else []
+        shown = '<span class="tag est">estimate</span>' + "".join(
+            f'<br><span class="note">{_e(reason)}</span>' for reason in reasons
+        )
+    else:
+        shown = _e(fmt(kind) if kind is None else kind)
+    scopes = {"all": "every example of the data", "subset": "a subset of the data"}
+    scope_text = scopes.get(scope, scope) if isinstance(scope, str) else fmt(scope)
+    return [("bound kind", shown), ("Hcal taken over", _e(scope_text))]
+
+
+def _digest(sha: Any) -> str:
+    """A SHA-256 digest shortened to 12 digits, whole on hover (and under "Every field")."""
+    text = visible(sha)
+    short = text if len(text) <= 16 else text[:12] + "…"
+    return f' <span class="digest" title="sha256 {_e(text)}">sha256 {_e(short)}</span>'
+
+
 def _input_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
-    inputs = document.get("inputs") or {}
-    settings = document.get("settings") or {}
+    inputs = _mapping(document.get("inputs"))
+    settings = _mapping(document.get("settings"))
 
     def checkpoint(key: str) -> str:
-        record = inputs.get(key) or {}
-        sha = record.get("sha256") or ""
-        short = f" <span class='note'>sha256 {_e(sha[:12])}</span>" if sha else ""
-        return f"<code>{_e(record.get('path', '-'))}</code>{short}"
+        record = _mapping(inputs.get(key))
+        sha = record.get("sha256")
+        return f"<code>{_e(record.get('path', '-'))}</code>" + (_digest(sha) if sha else "")
 
     rows = [
         ("model", f"<code>{_e(inputs.get('model', '-'))}</code>"),
@@ -260,36 +227,76 @@ def _input_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is an object, else an empty one (a file may hold anything)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _differs(layers: Sequence[Mapping[str, Any]], key: str) -> bool:
+    """Whether column ``key`` shows something the Hcal column does not (vᵀHv and vᵀH⁺v equal
+    Hcal on the JVP path and for their own form: identical columns are left out)."""
+    return any(key in layer and fmt(layer[key]) != fmt(layer["hcal"]) for layer in layers)
+
+
+def _layer_columns(layers: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+    """(key, header, class) of the per-layer table's columns that have something to show."""
+    columns = [("name", "layer", ""), ("numel", "params", "num"), ("dist_fro", "‖v‖", "num")]
+    columns += [(k, h, "num") for k, h in (("quad_raw", "vᵀHv"), ("quad_pos", "vᵀH⁺v"))
+                if _differs(layers, k)]  # fmt: skip
+    columns += [("hcal", "Hcal", "num"), ("share", "share of G", "share")]
+    for key, header, cls in (("top_eig", "top eig", "num"), ("trace", "trace ± se", "num"),
+                             ("engine_path", "engine path", "")):  # fmt: skip
+        if any(layer.get(key) is not None for layer in layers):
+            columns.append((key, header, cls))
+    return columns
+
+
+def _layer_cell(layer: Mapping[str, Any], key: str) -> str:
+    """The HTML of one per-layer cell other than the name, Hcal and share."""
+    value = layer.get(key)
+    if key == "numel":  # thousands separators: parameter counts run to millions
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "-"
+    if key == "trace":  # a Hutchinson estimate: the digits its standard error supports
+        stderr = layer.get("trace_stderr")
+        return _e(fmt(value, 3)) + (f" ± {_e(fmt(stderr, 2))}" if stderr is not None else "")
+    if key == "engine_path":
+        converged = layer.get("converged") is not False
+        tag = "" if converged else ' <span class="tag fail">not converged</span>'
+        return f"<code>{_e(value if value is not None else '-')}</code>{tag}"
+    return _e(fmt(value))
+
+
 def _layers_section(document: Mapping[str, Any], failing: set[str], *, hcal_bars: bool) -> str:
     layers = list(document["layers"])
     shares = layer_shares(layers)
     top = max((max(float(layer["hcal"]), 0.0) for layer in layers), default=0.0)
+    columns = _layer_columns(layers)
     rows = []
     for layer, share in zip(layers, shares, strict=True):
-        name = f"<code>{_e(layer['name'])}</code>"
-        if layer.get("is_new_head"):
-            name += '<span class="tag head">new head</span>'
-        if layer["name"] in failing:
-            name += '<span class="tag fail">fails a gate</span>'
         bad = layer["name"] in failing
-        hcal = _e(fmt(layer["hcal"]))
-        if hcal_bars:
-            fraction = max(float(layer["hcal"]), 0.0) / top if top > 0 else 0.0
-            hcal = _css_bar(fraction, failing=bad) + hcal
-        rows.append(
-            "<tr>"
-            f"<td>{name}</td>"
-            f'<td class="num">{layer.get("numel", 0):,}</td>'
-            f'<td class="num">{_e(fmt(layer.get("dist_fro")))}</td>'
-            f'<td class="num">{hcal}</td>'
-            f'<td class="share">{_css_bar(share, failing=bad)}{100 * share:.1f}%</td>'
-            f'<td class="num">{_e(fmt(layer.get("top_eig")))}</td>'
-            "</tr>"
-        )
-    return (
-        f"<h2>Per-layer Hessian distance ({len(layers)} layers)</h2>"
-        "<table><tr><th>layer</th><th>params</th><th>‖v‖</th><th>Hcal</th>"
-        "<th>share of G</th><th>top eig</th></tr>" + "".join(rows) + "</table>"
+        cells = []
+        for key, header, cls in columns:
+            if key == "name":
+                content, cls = f'<code class="name">{_e(layer["name"])}</code>', "first"
+                if layer.get("is_new_head"):
+                    content += ' <span class="tag head">new head</span>'
+                if bad:
+                    content += ' <span class="tag fail">fails a gate</span>'
+            elif key == "hcal":
+                content = _e(fmt(layer["hcal"]))
+                if layer.get("clamped"):
+                    content += ' <span class="tag est">clamped</span>'
+                if hcal_bars:
+                    fraction = max(float(layer["hcal"]), 0.0) / top if top > 0 else 0.0
+                    content = _css_bar(fraction, failing=bad) + content
+            elif key == "share":
+                content = f"{_css_bar(share, failing=bad)}{100 * share:.1f}%"
+            else:
+                content = _layer_cell(layer, key)
+            cells.append(_cell(header, content, cls))
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<h2>Per-layer Hessian distance ({len(layers)} layers)</h2>" + _stack_table(
+        [(header, cls) for _, header, cls in columns], rows
     )
 
 
@@ -305,8 +312,8 @@ def audit_html(
     failing = _failing_layers(gates)
     has_layers = bool(document.get("layers"))
     png = plot_png(document, highlight=failing) if plots and has_layers else None
-    inputs = document.get("inputs") or {}
-    finetuned = (inputs.get("finetuned") or {}).get("path", "")
+    inputs = _mapping(document.get("inputs"))
+    finetuned = _mapping(inputs.get("finetuned")).get("path", "")
     title = title or f"hessaudit audit: {finetuned or inputs.get('model', '')}"
     if png is not None:
         encoded = base64.b64encode(png).decode("ascii")
@@ -324,11 +331,11 @@ def audit_html(
         )
         plot = f'<p class="note">{_e(why)}: the bars below are drawn in plain HTML.</p>'
     note = document.get("bound_note", "")
-    settings = document.get("settings") or {}
+    settings = _mapping(document.get("settings"))
     head = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
     )
     body = [
         f"<h1>{_e(title)}</h1>",
@@ -340,8 +347,9 @@ def audit_html(
         '<div class="grid"><div><h2>Bound</h2>'
         + _kv_table(_summary_rows(document))
         + "</div><div><h2>Inputs</h2>"
-        + _kv_table(_input_rows(document))
+        + _kv_table(_input_rows(document), right=False)
         + "</div></div>",
+        measures_section(document.get("measures")),
         _gates_section(gates),
         "<h2>Per-layer bars</h2>" + plot,
         _layers_section(document, failing, hcal_bars=png is None),
@@ -354,4 +362,6 @@ def audit_html(
             + ", ".join(f"<code>{_e(n)}</code>" for n in document["clamped_layers"])
             + "</p>"
         )
+    shown = _SHOWN | ({"measures"} if isinstance(document.get("measures"), Mapping) else set())
+    body.append(fields_section(document, frozenset(shown)))
     return head + "\n".join(part for part in body if part) + "</body></html>\n", png is not None
