@@ -6,9 +6,16 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from hessaudit.report._console import stderr
 from hessaudit.report._escape import plain_text
+
+
+def live_bar() -> BarColumn:
+    """The bar of a live display: 10 to 40 cells, and the first column to give up width, so
+    that the numbers beside it keep theirs in an 80-column terminal."""
+    return BarColumn(bar_width=None, table_column=Column(min_width=10, max_width=40))
 
 
 @contextlib.contextmanager
@@ -21,7 +28,7 @@ def step_progress(
         return
     columns = (
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        live_bar(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[label]}", markup=False),
