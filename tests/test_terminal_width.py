@@ -113,8 +113,10 @@ def check_names(lines: list[str], names: list[str]) -> list[str]:
     out = list(lines)
     for name in names:
         whole = re.compile(rf"(?<![\w.]){re.escape(name)}(?![\w.])")
-        short = [m for i, line in enumerate(out) for m in re.finditer(rf"{MARKER}[\w.]+", line)
+        short = [m for line in out for m in re.finditer(rf"{MARKER}[\w.]+", line)
                  if name.endswith(m.group()[1:])]
+        for m in short:  # a shortened name still tells its layer apart
+            assert [n for n in names if n.endswith(m.group()[1:])] == [name], m.group()
         hits = [i for i, line in enumerate(out) if whole.search(line)]
         assert hits or short, f"layer name {name!r} is not on one line, whole or shortened"
         out = [whole.sub(" ", line) for line in out]
@@ -147,8 +149,10 @@ def table_lines(lines: list[str]) -> tuple[list[str], str]:
     start = next(i for i, line in enumerate(lines) if line.startswith(("┏", "┌")))
     end = next(i for i, line in enumerate(lines) if i > start and line.startswith(("└", "┗")))
     rows = [line for line in lines[start:end] if line.startswith("│")]
-    caption = " ".join(lines[end + 1 : end + 3])
-    return rows, caption
+    after = lines[end + 1 :]
+    stop = next((i for i, line in enumerate(after) if not line.strip() or line[0] in "╭┏┌"),
+                len(after))
+    return rows, " ".join(after[:stop])
 
 
 # ------------------------------------------------------------------ measure
@@ -427,9 +431,12 @@ def test_plan_drops_by_rank_and_names_shrink_last() -> None:
 def test_shorten_left() -> None:
     assert _layout.shorten_left("fc.weight", 20) == "fc.weight"
     short = _layout.shorten_left("layer4.1.downsample.0.weight", 20)
-    assert short.startswith(MARKER) and len(short) <= 20
-    assert "layer4.1.downsample.0.weight".endswith(short[1:]) and short[1] != "."
+    assert short == MARKER + "1.downsample.0.weight"[-19:] and len(short) == 20
     assert _layout.shorten_left("x" * 30, 12) == MARKER + "x" * 11
+    names = [f"layer{i}.0.downsample.1.weight" for i in (2, 3, 4)] + ["fc.weight"]
+    width = _layout.distinct_width(names, 12)
+    assert len({_layout.shorten_left(n, width) for n in names}) == 4
+    assert len({_layout.shorten_left(n, width - 1) for n in names}) < 4
 
 
 # ------------------------------------------------------------------ a real terminal
@@ -499,3 +506,22 @@ def test_measure_in_an_80_column_tmux(tiny, tmp_path) -> None:
     document = json.loads(audit.read_text())
     rows = check_names(rows, [la["name"] for la in document["layers"]])
     check_numbers(rows, audit_numbers(document), caption)
+
+
+def test_every_width_from_60_to_160(tiny, timm_audit) -> None:
+    """The same checks at widths between the two above (and the odd ones in between)."""
+    from hessaudit.report.audit import print_audit
+
+    long = json.loads(json.dumps(tiny.audit))
+    long["layers"][0].update(name="encoder.layer.0.attention.output.dense.weight", clamped=True,
+                             converged=False, engine_path="lanczos")
+    long["layers"].append({**long["layers"][0], "name": "encoder.layer.1.attention.output."
+                           "dense.weight", "clamped": False, "converged": True})
+    for width in range(60, 161, 7):
+        for document in (tiny.audit, timm_audit, long):
+            if document is not long or width >= 77:  # the names tell apart from 32 cells on
+                check_audit(document, width)
+    # Narrower: the table is as wide as it must be (the terminal wraps it), the names are
+    # never shortened until two of them read alike.
+    lines = render(60, lambda c: print_audit(long, c))
+    check_names(table_lines(lines)[0], [la["name"] for la in long["layers"]])

@@ -5,7 +5,8 @@ The rules (the same for ``measure``, ``inspect``, ``compare``, ``finetune`` and 
 * a number is never cut, wrapped or ellipsized: a numeric column is exactly as wide as its
   widest cell, or it is not shown;
 * a layer name is never broken: it stays on one line, and when it must be shortened it loses
-  its *left* end behind a visible marker (``…layer4.1.conv2.weight``);
+  its *left* end behind a visible marker (``…layer4.1.conv2.weight``), never so much that
+  two names read alike;
 * prose cells (labels, values of a key/value table) wrap between words only: their column is
   never narrower than their longest word;
 * when the width is short, the table first wraps its headers (between words and after ``_``),
@@ -35,7 +36,8 @@ MARKER = "…"
 LAST = 1_000_000
 #: Least width of a layer-name column (the marker and 11 characters of the name).
 NAME_MIN = 12
-#: Names up to this width stay whole until the steps ranked ``name_rank`` and lower are used up.
+#: Names up to this width stay whole until the steps ranked below the column's ``shrink`` are
+#: used up.
 NAME_FLOOR = 28
 #: Borders and padding of a rich table with the default box: 3 cells per column, 1 more.
 PER_COLUMN, EDGE = 3, 1
@@ -107,15 +109,31 @@ class _State:
 def plan(specs: Sequence[Spec], width: int | None) -> Plan:
     """Fit ``specs`` into ``width`` cells (see the module doc); ``None``: no limit.
 
-    Steps are taken in rank order until the table fits; then each is undone, latest first,
-    when the table still fits without it (a column dropped before a name was allowed to
-    shrink comes back if the shrinking made room for it).
+    Headers are wrapped first, the one that gains most first, as far as needed. Then steps
+    are taken in rank order until the table fits; then each is undone, latest first, when
+    the table still fits without it (a column dropped before a name was allowed to shrink
+    comes back if the shrinking made room for it). Room left over goes to the flexible
+    columns, then to wrapped headers.
     """
     state = {s.key: _State(s.cells) for s in specs}
-    wrapped = width is not None and not _fits(specs, state, False, width)
+    header = {s.key: s.header for s in specs}
+
+    def widths() -> dict[str, int]:
+        return {s.key: state[s.key].need(header[s.key]) for s in specs if state[s.key].shown}
 
     def fits() -> bool:
-        return width is None or _fits(specs, state, wrapped, width)
+        return width is None or table_total(list(widths().values())) <= width
+
+    def wrap_headers() -> bool:
+        """Wrap headers, the one that gains most first, until the table fits; whether it does."""
+        while not fits():
+            gain = {s.key: header[s.key] - max(state[s.key].need(0), s.header_min)
+                    for s in specs if state[s.key].shown}
+            key = max(gain, key=lambda k: gain[k], default=None)
+            if key is None or gain[key] <= 0:
+                return False
+            header[key] -= gain[key]
+        return True
 
     steps = sorted(
         ((step.rank, i, spec.key, step) for i, spec in enumerate(specs) for step in spec.steps),
@@ -123,43 +141,43 @@ def plan(specs: Sequence[Spec], width: int | None) -> Plan:
     )
     taken: list[tuple[str, _State]] = []
     for _, _, key, step in steps:
-        if fits():
+        if wrap_headers():
             break
         if state[key].shown:
             taken.append((key, state[key]))
             state[key] = state[key].after(step)
+    wrap_headers()
     for key, before in reversed(taken):
         now, state[key] = state[key], before
         if not fits():
             state[key] = now
-    shown = [s for s in specs if state[s.key].shown]
-    headers = {s.key: s.header_min if wrapped else s.header for s in shown}
-    widths = {s.key: state[s.key].need(headers[s.key]) for s in shown}
-    if width is not None:  # flexible columns share what is left, up to their own width
-        room = width - table_total(list(widths.values()))
-        for spec in reversed(shown):  # values sit right of their labels: they go first
-            if state[spec.key].least is not None and room > 0:
-                grow = min(room, max(state[spec.key].cells, headers[spec.key])
-                           - widths[spec.key])
-                widths[spec.key] += grow
-                room -= grow
+    final = widths()
+    if width is not None:
+        room = width - table_total(list(final.values()))
+        # values sit right of their labels: they grow first
+        flexible = [k for k in reversed(final) if state[k].least is not None]
+        room = _grow(final, {k: max(state[k].cells, header[k]) for k in flexible}, room)
+        _grow(final, {s.key: s.header for s in specs if s.key in final}, room)
     forms = {s.key: state[s.key].form for s in specs}
     dropped = tuple(s.key for s in specs if not state[s.key].shown)
-    return Plan(widths, forms, dropped, table_total(list(widths.values())))
+    return Plan(final, forms, dropped, table_total(list(final.values())))
 
 
-def _fits(specs: Sequence[Spec], state: dict[str, _State], wrapped: bool, width: int) -> bool:
-    needs = [state[s.key].need(s.header_min if wrapped else s.header)
-             for s in specs if state[s.key].shown]
-    return table_total(needs) <= width
+def _grow(widths: dict[str, int], targets: dict[str, int], room: int) -> int:
+    """Widen the columns of ``targets`` towards their target, in order, within ``room``;
+    the room left."""
+    for key, target in targets.items():
+        grow = max(0, min(room, target - widths[key]))
+        widths[key] += grow
+        room -= grow
+    return room
 
 
 # ------------------------------------------------------------------ text helpers
 
 
 def shorten_left(name: str, width: int) -> str:
-    """``name`` in at most ``width`` cells: whole, or its right end behind :data:`MARKER`,
-    starting at a ``.`` boundary when that keeps at least half of the room."""
+    """``name`` in at most ``width`` cells: whole, or its right end behind :data:`MARKER`."""
     if cell_len(name) <= width:
         return name
     room = max(width - cell_len(MARKER), 1)
@@ -168,10 +186,22 @@ def shorten_left(name: str, width: int) -> str:
         if used + cell_len(ch) > room:
             break
         tail, used = ch + tail, used + cell_len(ch)
-    cut = tail.find(".")
-    if 0 <= cut < len(tail) - 1 and cell_len(tail[cut + 1 :]) >= room // 2:
-        tail = tail[cut + 1 :]
     return MARKER + tail
+
+
+def distinct_width(names: Sequence[str], least: int) -> int:
+    """The narrowest width, at least ``least``, at which :func:`shorten_left` keeps distinct
+    names distinct (a longer right end tells apart whatever a shorter one does)."""
+    longest = max(map(cell_len, names), default=0)
+    count = len(set(names))
+    low, high = min(least, longest), longest
+    while low < high:
+        mid = (low + high) // 2
+        if len({shorten_left(n, mid) for n in names}) == count:
+            high = mid
+        else:
+            low = mid + 1
+    return low
 
 
 _PIECE = re.compile(r"[^_]*_|[^_]+")
@@ -251,8 +281,11 @@ class Column:
             names = max([cell_len(str(n)) for n in self.cells] or [0])
             below = max([_suffix_width(s, inline=False) for s in self._suffixes()] or [0])
             least = max(min(names, NAME_MIN), below)
-            steps.append(Step(self.shrink, "shrink", max(min(names, NAME_FLOOR), below)))
-            steps.append(Step(LAST, "shrink", least))
+            distinct = max(distinct_width([str(n) for n in self.cells], NAME_MIN), least)
+            # Whole up to NAME_FLOOR, then still told apart; never so short that two rows read
+            # alike (a table wider than the terminal is the lesser evil: it wraps, nothing lies).
+            steps.append(Step(self.shrink, "shrink", max(min(names, NAME_FLOOR), distinct)))
+            steps.append(Step(LAST, "shrink", distinct))
         elif self.kind == "prose":
             steps.append(Step(self.shrink, "shrink", max(map(longest_word, self.cells),
                                                          default=0)))
