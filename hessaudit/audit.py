@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +27,16 @@ from typing import Any
 import torch
 
 from hessaudit._atomic import write_text
+from hessaudit._labels import check_labels
 from hessaudit._version import __version__
 from hessaudit.bound import BoundKind, BoundResult, classify_bound, compute_bound
 from hessaudit.data import Dataset
 from hessaudit.devices import resolve_device, resolve_dtype
 from hessaudit.errors import HessauditError
+from hessaudit.gates import Gate
+from hessaudit.loss_bound import parse_loss_bound, resolve_loss_bound
 from hessaudit.measure import LayerMeasure, MeasureSettings, ProgressCallback, measure_layers
+from hessaudit.measures import NoiseStability, build_measures, check_noise_options, noise_stability
 
 SCHEMA = "hessaudit.audit/1"
 
@@ -51,8 +54,13 @@ class AuditRequest:
     samples: int | None = None
     batch_size: int = 32
     input_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
     n_train: int | None = None
-    loss_bound: float | None = None
+    # None or "max" | "quantile:Q" | a number (hessaudit.loss_bound); a float is a user C.
+    loss_bound: float | str | None = None
     epsilon: float = 0.0
     reduce: str = "example-max"
     form: str = "positive"
@@ -73,6 +81,17 @@ class AuditRequest:
     allow_hub: bool = False
     recipe: str = "theorem"  # hessaudit.recipes: "theorem" | "released"
     labels: str | None = None  # --labels FILE: the labels trained on (hessaudit.labels)
+    noise_stability: float | None = None  # EPS of the noise-stability measure (None: off)
+    noise_draws: int | None = None  # None: hessaudit.measures.DEFAULT_NOISE_DRAWS
+    tags: tuple[tuple[str, str], ...] = ()  # --label KEY=VALUE, stored in inputs.tags
+
+    def __post_init__(self) -> None:
+        # Every flag is checked here, before any file is read (hessaudit/validate.py).
+        from hessaudit.validate import parse_floats, validate_request
+
+        object.__setattr__(self, "mean", parse_floats(self.mean, "--mean"))
+        object.__setattr__(self, "std", parse_floats(self.std, "--std"))
+        validate_request(self)
 
     def settings(self) -> MeasureSettings:
         return MeasureSettings(
@@ -99,6 +118,7 @@ class AuditResult:
     torch_version: str
     kind: BoundKind
     gates: list[dict[str, Any]] = field(default_factory=list)
+    noise: NoiseStability | None = None
 
     @property
     def success(self) -> bool:
@@ -117,6 +137,15 @@ class AuditResult:
         settings = request.settings().to_dict()
         settings.pop("batch_size")
         bound = self.bound.to_dict()
+        layers = [layer.to_dict() for layer in self.layers]
+        spectrum_n = min(request.spectrum_samples, int(self.inputs.get("audit_examples") or 0))
+        measures = build_measures(
+            layers,
+            hessian_term=bound["hessian_term"],
+            trace_examples=spectrum_n if request.spectrum else None,
+            trace_probes=request.trace_probes if request.spectrum else None,
+            noise=self.noise,
+        )
         return {
             "schema": SCHEMA,
             "tool_version": __version__,
@@ -124,7 +153,7 @@ class AuditResult:
             "created": self.created,
             "inputs": self.inputs,
             "settings": {**settings, "batch_size": request.batch_size, "recipe": request.recipe},
-            "layers": [layer.to_dict() for layer in self.layers],
+            "layers": layers,
             "clamped_layers": self.clamped_layers,
             "unpaired": self.unpaired,
             "train_loss": bound["train_loss"],
@@ -141,6 +170,7 @@ class AuditResult:
             **self.kind.to_dict(),
             "median_train_loss": bound["median_train_loss"],
             "C_over_median_loss": bound["C_over_median_loss"],
+            "measures": measures,
             "gates": self.gates,
             "success": self.success,
         }
@@ -160,19 +190,23 @@ def run_audit(
     *,
     progress: ProgressCallback | None = None,
     train_data: Dataset | None = None,
+    layer_gates: Sequence[Gate] = (),
 ) -> AuditResult:
     """Run one audit end to end. Raises :class:`HessauditError` for anything the user can fix.
 
     ``train_data`` replaces loading ``request.data``: ``finetune --audit`` passes exactly the
     examples it trained on (after ``--samples`` and the validation split), so that Lhat, C and
-    n all describe the same training set.
+    n all describe the same training set. ``layer_gates``: the per-layer gates to be evaluated
+    on the result; a pattern matching no measured layer is refused before any Hessian work.
     """
     from hessaudit import distributed
     from hessaudit.checkpoints import load_checkpoint
     from hessaudit.data import load_data
     from hessaudit.layers import pair_layers
     from hessaudit.models import disable_fused_attention, input_config, load_model
+    from hessaudit.preprocess import check_forward
     from hessaudit.recipes import audit_examples, get_recipe, resolve_request, select_layers
+    from hessaudit.validate import check_finite_document, check_layer_gates
 
     request = resolve_request(request)  # the recipe's settings (a no-op for "theorem")
     recipe = get_recipe(request.recipe)
@@ -183,10 +217,9 @@ def run_audit(
     dtype = resolve_dtype(request.dtype)
     if request.samples is not None and request.samples < 1:
         raise HessauditError("--samples must be at least 1")
-    if request.loss_bound is not None and not (
-        math.isfinite(request.loss_bound) and request.loss_bound > 0
-    ):
-        raise HessauditError("--loss-bound must be a positive finite number")
+    loss_choice = parse_loss_bound(request.loss_bound)
+    noise_draws = check_noise_options(request.noise_stability, request.noise_draws)
+    tags = dict(check_labels(request.tags))
     if request.n_train is not None and request.n_train < 1:
         raise HessauditError("--n-train must be at least 1")
     # TF32 would silently change float32 results on Ampere+ GPUs.
@@ -216,8 +249,12 @@ def run_audit(
         order=list(model.state_dict()),
     )
     measured = select_layers(recipe, model, pairing.layers)
+    check_layer_gates(layer_gates, [layer.name for layer in measured])
     num_classes = _model_num_classes(model, finetuned.tensors)
-    config = input_config(model, input_size=request.input_size)
+    config = input_config(
+        model, input_size=request.input_size, mean=request.mean, std=request.std,
+        interpolation=request.interpolation, crop_pct=request.crop_pct,
+    )
     if train_data is None:
         train_data = load_data(
             request.data, role="train", input_config=config, num_classes=num_classes
@@ -228,6 +265,7 @@ def run_audit(
 
         train_data, labels_record = apply_label_file(train_data, request.labels)
     train = _to(train_data, device, dtype)
+    check_forward(model, train.x, data=request.data, model_spec=request.model, cfg=config)
     own_examples = recipe.examples != "audit-data"  # the recipe picks them, below
     audit_data = (
         train if request.samples is None or own_examples else _take_samples(train, request)
@@ -235,11 +273,7 @@ def run_audit(
     audit_from = "data"
 
     train_losses = per_example_losses(model, train, batch_size=request.batch_size)
-    if not bool(torch.isfinite(train_losses).all()):
-        raise HessauditError(
-            f"the fine-tuned model gives a non-finite loss on {request.data}",
-            hint="check the checkpoint and the data's preprocessing",
-        )
+    _check_losses(train_losses, request.data)
     eval_loss = None
     eval_record = None
     held_out = None
@@ -249,9 +283,12 @@ def run_audit(
         )
         eval_record = held_out.to_dict()
         held_out = _to(held_out, device, dtype)
-        eval_loss = float(
-            per_example_losses(model, held_out, batch_size=request.batch_size).mean()
+        check_forward(
+            model, held_out.x, data=request.eval_data, model_spec=request.model, cfg=config
         )
+        eval_losses = per_example_losses(model, held_out, batch_size=request.batch_size)
+        _check_losses(eval_losses, request.eval_data)
+        eval_loss = float(eval_losses.mean())
     if own_examples:
         audit_data, audit_from = audit_examples(
             recipe, train=train, held_out=held_out, samples=request.samples,
@@ -263,10 +300,19 @@ def run_audit(
         model, measured, audit_data, settings, generator=generator, progress=progress,
         dist=dist,
     )
-    if request.loss_bound is None:
-        loss_bound, loss_bound_source = float(train_losses.max()), "empirical_max"
-    else:
-        loss_bound, loss_bound_source = float(request.loss_bound), "user"
+    noise = None
+    if request.noise_stability is not None:
+        # Over the held-out data when given, else over --data (the released code's choice).
+        noise = noise_stability(
+            model,
+            [layer.name for layer in measured],
+            list((train if held_out is None else held_out).batches(request.batch_size)),
+            eps=float(request.noise_stability),
+            draws=noise_draws,
+            seed=request.seed,
+            data="data" if held_out is None else "eval_data",
+        )
+    loss_bound, loss_bound_source = resolve_loss_bound(loss_choice, train_losses)
     bound = compute_bound(
         [layer.hcal for layer in layer_measures],
         train_loss=float(train_losses.mean()),
@@ -308,6 +354,8 @@ def run_audit(
         "device": str(device),
         "dtype": request.dtype,
         "input_config": config.to_dict(),
+        "data_scaling": train.scaling,
+        "eval_data_scaling": None if eval_record is None else eval_record["scaling"],
         "layer_selection": {
             "include": list(request.include),
             "exclude": list(request.exclude),
@@ -315,6 +363,7 @@ def run_audit(
             "include_norm": request.include_norm,
             "new_heads": "exclude" if request.exclude_new_head else "from-zero",
         },
+        "tags": tags,
     }
     unpaired = {
         "only_in_pretrained": list(pairing.only_in_pretrained),
@@ -324,7 +373,7 @@ def run_audit(
             for name, a, b in pairing.shape_mismatches
         ],
     }
-    return AuditResult(
+    result = AuditResult(
         request=request,
         inputs=inputs,
         layers=layer_measures,
@@ -333,11 +382,34 @@ def run_audit(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         torch_version=torch.__version__,
         kind=kind,
+        noise=noise,
     )
+    check_finite_document(result.to_dict(), what="the audit")
+    return result
 
 
 def audit_to_json(result: AuditResult) -> str:
-    return json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+    from hessaudit.validate import check_finite_document
+
+    document = result.to_dict()
+    check_finite_document(document, what="the audit")
+    return json.dumps(document, indent=2, allow_nan=False) + "\n"
+
+
+def _check_losses(losses: torch.Tensor, source: str) -> None:
+    """Refuse a NaN or Inf per-example loss, naming the first example (its index in the data
+    as loaded, after any --samples subset)."""
+    bad = ~torch.isfinite(losses)
+    if not bool(bad.any()):
+        return
+    index = int(bad.nonzero()[0, 0])
+    kind = "NaN" if bool(torch.isnan(losses[index])) else "Inf"
+    raise HessauditError(
+        f"the fine-tuned model's loss on example {index} of --data {source} is {kind} "
+        f"({int(bad.sum())} of {losses.numel()} examples have a non-finite loss)",
+        hint="the checkpoint or the data's scale is probably wrong (see inputs.data_scaling); "
+        "try --dtype float64 if the logits overflow",
+    )
 
 
 def write_audit_json(path: str, result: AuditResult) -> None:

@@ -12,7 +12,9 @@ xi = O(n^(-3/4)) a Taylor remainder whose constant the paper does not give. hess
 
 A negative raw or cross-term value of Hcal_i counts as 0 (the layer is reported as clamped).
 Cross-entropy is unbounded, so by default C is the largest per-example loss seen on the data, an
-empirical plug-in labelled ``"empirical_max"``; a user-given bound is labelled ``"user"``.
+empirical plug-in labelled ``"empirical_max"``; a user-given bound is labelled ``"user"``;
+``--loss-bound quantile:Q`` takes the Q-quantile of the losses, ``"empirical_quantile:Q"``
+(:mod:`hessaudit.loss_bound`).
 The ratio G / gap is reported only when the observed gap is positive.
 
 Bound or estimate (docs/measure.md, "Bound or estimate"). The theorem's Hcal_i is a maximum over
@@ -21,7 +23,8 @@ one of them. :func:`classify_bound` labels an audit ``"bound"`` only when it com
 that: Hcal the per-example (``example-max``) maximum of the positive-part form over every example
 of the data, C given by the user or the largest loss over every example, n no larger than the
 data audited, and every layer's Hcal converged. Anything else is an ``"estimate"``, with one
-short reason per condition that failed.
+short reason per condition that failed. A C that is a quantile of the losses
+(``"empirical_quantile:Q"``) bounds only a fraction Q of them, so it makes an estimate too.
 
 C dominance: with an empirical C, one badly fitted example can set C. ``C_over_median_loss`` =
 C / median per-example training loss says how far C sits above a typical example's loss; above
@@ -36,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hessaudit.errors import HessauditError
+from hessaudit.loss_bound import quantile_of
 
 REMAINDER_NOTE = "the O(n^-3/4) Taylor remainder xi of Theorem 2.1 is not included"
 # C / median per-example loss above which the summary notes that C is dominated by the
@@ -163,6 +167,9 @@ def classify_bound(
         reasons.append(f"max over {hcal_examples} of {data_examples} examples")
     if loss_bound_source != "user" and loss_bound_examples < data_examples:
         reasons.append(f"C is the max loss over {loss_bound_examples} of {data_examples} examples")
+    quantile = quantile_of(loss_bound_source)
+    if quantile is not None:
+        reasons.append(f"C is the {quantile:g} quantile of the loss, not a bound on it")
     if reduce != "example-max":
         reasons.append(f"reduce={reduce}, not the per-example max")
     if form != "positive":

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from hessaudit._atomic import atomic_path
+from hessaudit._inputs_guard import check_tensor_views, check_zip_archive, open_regular
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -117,7 +118,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """Return the hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             for chunk in iter(lambda: fh.read(_CHUNK), b""):
                 digest.update(chunk)
     except OSError as exc:
@@ -149,6 +150,7 @@ def load_checkpoint(
         tensors, container, metadata = _read_torch(p, map_location)
     if not tensors:
         raise HessauditError(f"{p}: no tensors found in the checkpoint")
+    check_tensor_views(tensors, record.size, f"checkpoint {p}")
     tensors, stripped = _strip_with_check(tensors, p)
     _check_finite(tensors, p)
     return Checkpoint(
@@ -266,8 +268,8 @@ def _check_file(path: str | os.PathLike[str]) -> Path:
             f"checkpoint {p} is a directory, not a file",
             hint="give the .safetensors / .pt file inside it",
         )
-    try:
-        with open(p, "rb") as fh:
+    try:  # only a regular file: a FIFO or a device would block or never end
+        with open_regular(p, "checkpoint") as fh:
             fh.read(1)
     except OSError as exc:
         raise HessauditError(f"checkpoint {p} cannot be read: {_oneline(exc)}") from None
@@ -353,6 +355,9 @@ def _read_safetensors(
 def _read_torch(
     p: Path, map_location: str | torch.device
 ) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
+    # torch's reader inflates deflated members too: a re-zipped file of zeros would expand
+    # a thousandfold while it is read
+    check_zip_archive(p, f"checkpoint {p}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             # a legacy pickle of another protocol: torch warns, then loads it or refuses it
@@ -442,12 +447,43 @@ def _strip_with_check(
     return out, removed
 
 
+def _check_supported(name: str, tensor: torch.Tensor, p: Path) -> None:
+    """Refuse tensors the audit cannot take as weights: complex (loading would drop the
+    imaginary part), sparse or other non-dense layouts, quantized."""
+    if tensor.layout != torch.strided:
+        raise HessauditError(
+            f"checkpoint {p}: tensor {name!r} is sparse ({tensor.layout}); hessaudit reads dense "
+            "weights only",
+            hint="save dense tensors: {k: v.to_dense() for k, v in state.items()}",
+        )
+    if tensor.is_complex():
+        raise HessauditError(
+            f"checkpoint {p}: tensor {name!r} is complex ({tensor.dtype}); hessaudit audits "
+            "real-valued weights only",
+            hint="the model must have real weights; a complex layer cannot be audited",
+        )
+    if tensor.is_quantized:
+        raise HessauditError(
+            f"checkpoint {p}: tensor {name!r} is quantized ({tensor.dtype}); hessaudit audits "
+            "floating-point weights only",
+            hint="audit the float checkpoint the quantized one was made from",
+        )
+
+
 def _check_finite(tensors: Mapping[str, torch.Tensor], p: Path) -> None:
     for name, tensor in tensors.items():
-        floating = tensor.is_floating_point() or tensor.is_complex()
-        if floating and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-            kind = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+        _check_supported(name, tensor, p)
+        floating = tensor.is_floating_point()
+        if floating and tensor.numel() and not _all_finite(tensor):
+            kind = "NaN" if bool(torch.isnan(tensor.float()).any()) else "Inf"
             raise HessauditError(
                 f"checkpoint {p}: tensor {name!r} contains {kind} values",
                 hint="the training run probably diverged; use an earlier checkpoint",
             )
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    try:
+        return bool(torch.isfinite(tensor).all())
+    except (RuntimeError, NotImplementedError):  # float8 and other dtypes without the kernel
+        return bool(torch.isfinite(tensor.to(torch.float32)).all())

@@ -14,7 +14,12 @@ Exit codes (the same for every command and every output format):
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -22,6 +27,7 @@ import typer
 from hessaudit._version import __version__
 from hessaudit.commands import _common, _help
 from hessaudit.commands.compare import compare_command
+from hessaudit.commands.correlate import correlate_command
 from hessaudit.commands.demo import demo_command
 from hessaudit.commands.finetune import finetune_command
 from hessaudit.commands.inspect import inspect_command
@@ -71,12 +77,44 @@ app.command("inspect", epilog=EXIT_CODES_HELP, cls=_help.Command)(inspect_comman
 app.command("measure", epilog=EXIT_CODES_HELP, cls=_help.Command)(measure_command)
 app.command("compare", epilog=EXIT_CODES_HELP, cls=_help.Command)(compare_command)
 app.command("report", epilog=EXIT_CODES_HELP, cls=_help.Command)(report_command)
+app.command("correlate", epilog=EXIT_CODES_HELP, cls=_help.Command)(correlate_command)
 app.command("finetune", epilog=EXIT_CODES_HELP, cls=_help.Command)(finetune_command)
 app.command("tune", epilog=EXIT_CODES_HELP, cls=_help.Command)(tune_command)
 app.command("demo", epilog=EXIT_CODES_HELP, cls=_help.Command)(demo_command)
 
 
+#: Caches that libraries write outside the paths the user named: matplotlib's font list
+#: (~/.cache/matplotlib, ~/.config/matplotlib; ``report``) and torch's inductor folder
+#: ($TMPDIR/torchinductor_$USER, created when timm imports torch._dynamo).
+PRIVATE_CACHE_VARIABLES = ("MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR")
+
+
+@contextlib.contextmanager
+def private_caches() -> Iterator[None]:
+    """Point the caches of :data:`PRIVATE_CACHE_VARIABLES` at a temporary folder, removed at
+    the end; a variable the user set is left alone. (``report`` then builds matplotlib's font
+    list each time, about half a second.)"""
+    unset = [name for name in PRIVATE_CACHE_VARIABLES if not os.environ.get(name)]
+    try:
+        folder = tempfile.mkdtemp(prefix="hessaudit-") if unset else None
+    except OSError:  # no writable temporary folder: the libraries' defaults then apply
+        folder = None
+    if folder is None:
+        yield
+        return
+    for name in unset:
+        os.environ[name] = os.path.join(folder, name.lower())
+    try:
+        yield
+    finally:
+        for name in unset:
+            os.environ.pop(name, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and map every outcome to an exit code."""
     args = sys.argv[1:] if argv is None else argv
-    sys.exit(_common.run_app(typer.main.get_command(app), args, prog_name="hessaudit"))
+    with private_caches():
+        code = _common.run_app(typer.main.get_command(app), args, prog_name="hessaudit")
+    sys.exit(code)

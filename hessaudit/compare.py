@@ -10,6 +10,10 @@
                        line for each audit whose bound is only an estimate
     summary            {bound, hessian_term, train_loss, eval_loss, gap, ratio_to_gap, C, n}:
                        each {base, new, abs_change, rel_change_pct}
+    measures           {name: {base, new, abs_change, rel_change_pct}} for each measure of
+                       the audits' ``measures`` (hessaudit.measures.MEASURE_NAMES; the noise
+                       stability's mean) that either audit has; recomputed from the layers
+                       for an audit written before ``measures`` existed
     layers             [{name, base, new, abs_change, rel_change_pct, base_share, new_share}]
                        for the layers present in both (values are Hcal), in NEW's order
     only_in_base, only_in_new   [{name, hcal}]
@@ -28,16 +32,17 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from hessaudit._audit_schema import AUDIT_SCHEMA as AUDIT_SCHEMA  # re-exported
+from hessaudit._audit_schema import read_audit_json
 from hessaudit._version import __version__
 from hessaudit.bound import ESTIMATE, estimate_label
 from hessaudit.errors import HessauditError
 from hessaudit.gates import Gate, layer_shares, matching, no_match_error, worst_of
+from hessaudit.measures import document_measures
 
 SCHEMA = "hessaudit.compare/1"
-AUDIT_SCHEMA = "hessaudit.audit/1"
 # The summary quantities a comparison reports, with the labels people read.
 SUMMARY_LABELS = {
     "bound": "bound",
@@ -50,7 +55,6 @@ SUMMARY_LABELS = {
     "n": "n",
 }
 SUMMARY_KEYS = tuple(SUMMARY_LABELS)
-_REQUIRED = ("layers", "bound", "hessian_term", "train_loss")
 
 # (label, path into the audit document): a difference is worth a warning, since it makes the
 # two audits' numbers not directly comparable.
@@ -72,46 +76,11 @@ SETTING_CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def load_audit(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check a ``hessaudit.audit/1`` file; :class:`HessauditError` otherwise."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HessauditError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise HessauditError(f"{path} is a directory, not an audit JSON file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HessauditError(f"cannot read {path}: {exc}") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise HessauditError(
-            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
-            hint="give a file written by 'hessaudit measure --json'",
-        ) from None
-    schema = document.get("schema") if isinstance(document, dict) else None
-    if schema != AUDIT_SCHEMA:
-        found = f"schema {schema!r}" if schema is not None else "no schema field"
-        hint = "give a file written by 'hessaudit measure --json'"
-        if isinstance(schema, str) and schema.startswith("hessaudit.compare/"):
-            hint = "that is a compare result; give the audits it was made from"
-        raise HessauditError(f"{path} is not a {AUDIT_SCHEMA} document ({found})", hint=hint)
-    missing = [key for key in _REQUIRED if key not in document]
-    if missing:
-        raise HessauditError(f"{path} is an incomplete audit: missing {', '.join(missing)}")
-    layers = document["layers"]
-    if not isinstance(layers, list) or not all(
-        isinstance(layer, dict)
-        and isinstance(layer.get("name"), str)
-        and _is_number(layer.get("hcal"))
-        for layer in layers
-    ):
-        raise HessauditError(f"{path}: 'layers' must be a list of {{name, hcal, ...}} entries")
-    return document
+    """Read and check a ``hessaudit.audit/1`` file; :class:`HessauditError` otherwise.
 
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    See :mod:`hessaudit._audit_schema` for what is checked.
+    """
+    return read_audit_json(path)
 
 
 def _get(document: Mapping[str, Any], path: Sequence[str]) -> Any:
@@ -225,6 +194,7 @@ def compare_audits(
         "new": _side(new, new_path),
         "warnings": setting_warnings(base, new) + bound_kind_warnings(base, new),
         "summary": summary,
+        "measures": measure_changes(base, new),
         "layers": layers,
         "only_in_base": only_in_base,
         "only_in_new": only_in_new,
@@ -232,6 +202,12 @@ def compare_audits(
     document["gates"] = evaluate_compare_gates(gates, document)
     document["success"] = all(gate["passed"] for gate in document["gates"])
     return document
+
+
+def measure_changes(base: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`change` of every measure that either audit has (see the module docstring)."""
+    a, b = document_measures(base), document_measures(new)
+    return {name: change(a[name], b[name]) for name in a if (a[name], b[name]) != (None, None)}
 
 
 def evaluate_compare_gates(

@@ -15,22 +15,30 @@ Sources (``--data`` / ``--eval-data``):
   pairs 0/5, 1/6, 2/7, 3/8, 4/9 share a class). A model pretrained on it and fine-tuned on
   ``digits`` gets a new 10-class head; the held-out third is seen by neither.
 * a directory in ImageFolder layout: one sub-folder per class, sorted names -> labels 0, 1, ...
-  Files are found recursively; hidden files and folders are ignored. Images (``.png``, ``.jpg``,
+  Files are found recursively; hidden files and folders are ignored. Each file counts once
+  (by device and inode, whatever links reach it); a folder link is followed only when it stays
+  inside its class folder and does not loop, and FIFOs and devices are skipped (see
+  :mod:`hessaudit._data_files`). Images (``.png``, ``.jpg``,
   ``.jpeg``, ``.bmp``, ``.gif``, ``.ppm``, ``.pgm``, ``.tif``, ``.tiff``, ``.webp``) are read with
   PIL, converted to RGB, or to L (grayscale) when the model takes one channel (without an input
-  config: L only when every image is single-channel), resized (bilinear) to the input size when
-  one is set, else they must all share one size, and scaled to [0, 1]. Files with other
+  config or channel count: L only when every image is single-channel), scaled to [0, 1],
+  resized (timm's eval transform) to the input size when one is set, else they must all share
+  one size. Files with other
   extensions and images PIL cannot read are **skipped with a** :class:`DataWarning` and listed
   in :attr:`Dataset.skipped`; a class folder without image files, or nothing readable at all,
   is an error.
 * a ``.npz`` file with arrays ``x`` (N, ...) and ``y`` (N,) integer labels (float labels are
   accepted when they are whole numbers), and optionally ``clean_y`` (N,) for noisy-label
-  experiments. ``x`` is used as it is, converted to float32 (no scaling); store images as
-  (N, C, H, W). Read with ``allow_pickle=False``.
+  experiments. ``x`` of dtype uint8 is divided by 255, uint16 by 65535 (as torchvision's
+  ``ToTensor`` does), bool read as 0/1, float used as it is; other integer dtypes are refused
+  (their range is unknown). Store images as (N, C, H, W); an (N, H, W, C) array is transposed
+  with a warning (see :mod:`hessaudit.preprocess`). Read with ``allow_pickle=False``.
 
 With an :class:`~hessaudit.models.InputConfig`, image tensors (N, C, H, W) are then adapted to
-the model: grayscale repeated to the model's channels, resized (bilinear, antialiased) to its
-size when that is set and different, and normalized with its mean/std when set.
+the model (:func:`hessaudit.preprocess.adapt_images`): grayscale repeated to the model's
+channels, resized with timm's eval transform (``interpolation``, ``crop_pct``) to its size
+when that is set and different, and normalized with its mean/std when set. The dataset records
+its ``scaling`` and these ``preprocessing`` steps.
 
 ``samples`` takes a seeded random subset: ``torch.randperm(N, generator=seed)[:samples]``, then
 **kept in the data's order** (sorted indices). For ImageFolder the subset is drawn among the
@@ -41,8 +49,8 @@ All data is held in memory as float32; the audit works on hundreds to a few thou
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,10 +60,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from hessaudit._data_files import (
+    DecodeBudget,
+    Unreadable,
+    class_folders,
+    image_files,
+    open_image,
+    read_npz,
+)
+from hessaudit._inputs_guard import open_regular, refuse_special_file
 from hessaudit.errors import HessauditError
+from hessaudit.preprocess import adapt_images, array_to_tensor, prepare_images, resize_images
 
 if TYPE_CHECKING:
-    from hessaudit.models import InputConfig
+    from hessaudit.data_config import InputConfig
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -91,7 +109,9 @@ class Dataset:
     """Examples in memory: inputs ``x`` (float32), labels ``y`` (int64, (N,)).
 
     ``clean_y`` holds the true labels when ``y`` carries injected noise; ``classes`` the class
-    names when known (ImageFolder folder names); ``skipped`` the files left out while loading.
+    names when known (ImageFolder folder names); ``skipped`` the files left out while loading;
+    ``scaling`` how stored values became inputs (a :data:`hessaudit.preprocess.SCALINGS` key);
+    ``preprocessing`` the steps that adapted them to the model (transposed, resized...).
     """
 
     x: Tensor
@@ -101,6 +121,8 @@ class Dataset:
     clean_y: Tensor | None = None
     classes: tuple[str, ...] | None = None
     skipped: tuple[str, ...] = field(default=())
+    scaling: str = "none"
+    preprocessing: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
@@ -123,14 +145,11 @@ class Dataset:
             raise HessauditError(
                 f"{self.source}: subset index out of range for {len(self)} examples"
             )
-        return Dataset(
+        return dataclasses.replace(
+            self,
             x=self.x[idx.to(self.x.device)],
             y=self.y[idx.to(self.y.device)],
-            num_classes=self.num_classes,
-            source=self.source,
             clean_y=None if self.clean_y is None else self.clean_y[idx.to(self.clean_y.device)],
-            classes=self.classes,
-            skipped=self.skipped,
         )
 
     def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -152,10 +171,7 @@ class Dataset:
                 torch.as_tensor(new_clean), self.num_classes, f"{self.source} (clean labels)",
                 len(self),
             ).to(self.y.device)
-        return Dataset(
-            x=self.x, y=new_y, num_classes=self.num_classes, source=self.source,
-            clean_y=new_clean, classes=self.classes, skipped=self.skipped,
-        )
+        return dataclasses.replace(self, y=new_y, clean_y=new_clean)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary: source, size, classes, per-example shape."""
@@ -165,7 +181,10 @@ class Dataset:
             "num_classes": self.num_classes,
             "shape": list(self.x.shape[1:]),
             "has_clean_labels": self.clean_y is not None,
+            "scaling": self.scaling,
         }
+        if self.preprocessing:
+            out["preprocessing"] = list(self.preprocessing)
         if self.classes is not None:
             out["classes"] = list(self.classes)
         if self.skipped:
@@ -220,6 +239,7 @@ def load_data(
                 hint="give an ImageFolder directory, a .npz file, or a built-in: "
                 + ", ".join(BUILTIN_SOURCES[:4]),
             )
+        refuse_special_file(path, "data")  # a FIFO would block the first read forever
         if path.is_dir():
             ds = _load_image_folder(path, input_config, samples, seed)
         elif path.suffix.lower() == ".npz":
@@ -230,7 +250,7 @@ def load_data(
                 hint="give an ImageFolder directory, a .npz file with x and y, or 'digits'",
             )
     if input_config is not None:
-        ds = _replace_x(ds, prepare_images(ds.x, input_config, source=ds.source))
+        ds = _replace_x(ds, *adapt_images(ds.x, input_config, source=ds.source))
     return _with_num_classes(ds, num_classes)
 
 
@@ -249,11 +269,8 @@ def _oneline(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _replace_x(ds: Dataset, x: Tensor) -> Dataset:
-    return Dataset(
-        x=x, y=ds.y, num_classes=ds.num_classes, source=ds.source, clean_y=ds.clean_y,
-        classes=ds.classes, skipped=ds.skipped,
-    )
+def _replace_x(ds: Dataset, x: Tensor, steps: Sequence[str] = ()) -> Dataset:
+    return dataclasses.replace(ds, x=x, preprocessing=(*ds.preprocessing, *steps))
 
 
 def _check_labels(y: Tensor, num_classes: int | None, what: str, n: int | None = None) -> Tensor:
@@ -285,10 +302,7 @@ def _with_num_classes(ds: Dataset, num_classes: int | None) -> Dataset:
         _check_labels(ds.clean_y, num_classes, f"{ds.source} (clean_y)")
     if num_classes is None or num_classes == ds.num_classes:
         return ds
-    return Dataset(
-        x=ds.x, y=ds.y, num_classes=num_classes, source=ds.source, clean_y=ds.clean_y,
-        classes=ds.classes, skipped=ds.skipped,
-    )
+    return dataclasses.replace(ds, num_classes=num_classes)
 
 
 def _choose(n: int, samples: int | None, seed: int, what: str) -> Tensor | None:
@@ -366,7 +380,8 @@ def _load_digits(name: str, part: str, role: str) -> Dataset:
     else:
         classes = tuple(str(d) for d in range(10))
     return Dataset(
-        x=x, y=y, num_classes=len(classes), source=f"{name}:{part}", classes=classes
+        x=x, y=y, num_classes=len(classes), source=f"{name}:{part}", classes=classes,
+        scaling="digits/16",
     )
 
 
@@ -374,39 +389,10 @@ def _load_digits(name: str, part: str, role: str) -> Dataset:
 
 
 def _load_npz(path: Path) -> Dataset:
-    import zipfile
-
     import numpy as np
 
-    if not zipfile.is_zipfile(path):
-        raise HessauditError(
-            f"data {path} is not a readable .npz (not a zip archive; truncated or corrupt?)",
-            hint="save with numpy.savez(path, x=inputs, y=labels)",
-        )
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = list(archive.files)
-            missing = [k for k in ("x", "y") if k not in names]
-            if missing:
-                raise HessauditError(
-                    f"data {path}: no array named {' or '.join(repr(m) for m in missing)} "
-                    f"(arrays found: {_few(names) or 'none'})",
-                    hint="save with numpy.savez(path, x=inputs, y=labels)",
-                )
-            x = archive["x"]
-            y = archive["y"]
-            clean = archive["clean_y"] if "clean_y" in names else None
-    except HessauditError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise HessauditError(
-                f"data {path}: holds Python objects (object arrays), which are not loaded",
-                hint="store x as a numeric array and y as an integer array",
-            ) from None
-        raise HessauditError(f"data {path} is not a readable .npz: {_oneline(exc)}") from None
-    except Exception as exc:
-        raise HessauditError(f"data {path} is not a readable .npz: {_oneline(exc)}") from None
+    with open_regular(path, "data") as fh:
+        x, y, clean = read_npz(fh, path)
     if x.dtype.kind not in "biuf":
         raise HessauditError(f"data {path}: x must be numeric, found dtype {x.dtype}")
     if x.ndim < 1 or x.shape[0] == 0:
@@ -421,9 +407,7 @@ def _load_npz(path: Path) -> Dataset:
             raise HessauditError(
                 f"data {path}: x has {x.shape[0]} examples but {key} has {arr.shape[0]} labels"
             )
-    xt = torch.from_numpy(np.ascontiguousarray(x).astype(np.float32, copy=False))
-    if not bool(torch.isfinite(xt).all()):
-        raise HessauditError(f"data {path}: x contains NaN or Inf values")
+    xt, scaling = array_to_tensor(x, str(path))
     source = str(path)
     yt = _check_labels(torch.from_numpy(np.ascontiguousarray(y)), None, f"data {path} (y)")
     ct = None
@@ -434,18 +418,12 @@ def _load_npz(path: Path) -> Dataset:
     high = int(yt.max()) if yt.numel() else 0
     if ct is not None and ct.numel():
         high = max(high, int(ct.max()))
-    return Dataset(x=xt, y=yt, num_classes=high + 1, source=source, clean_y=ct)
+    return Dataset(
+        x=xt, y=yt, num_classes=high + 1, source=source, clean_y=ct, scaling=scaling
+    )
 
 
 # --------------------------------------------------------------------------- ImageFolder
-
-
-def _visible_files(folder: Path) -> list[Path]:
-    files: list[Path] = []
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
-    return files
 
 
 def _warn_skipped(root: Path, skipped: list[tuple[Path, str]]) -> None:
@@ -461,47 +439,28 @@ def _warn_skipped(root: Path, skipped: list[tuple[Path, str]]) -> None:
 def _load_image_folder(
     root: Path, cfg: InputConfig | None, samples: int | None, seed: int
 ) -> Dataset:
-    from PIL import Image, UnidentifiedImageError
-
-    classes = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+    classes = class_folders(root)
     if not classes:
         raise HessauditError(
             f"data {root}: no class sub-folders",
             hint="an ImageFolder directory has one sub-folder of images per class",
         )
-    skipped: list[tuple[Path, str]] = []
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, name in enumerate(classes):
-        found = 0
-        for f in _visible_files(root / name):
-            if f.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(f)
-                labels.append(label)
-                found += 1
-            else:
-                skipped.append((f, "not an image file"))
-        if not found:
-            raise HessauditError(f"data {root}: class folder {name!r} has no image files")
+    files, labels, skipped = image_files(root, classes, IMAGE_EXTENSIONS)
     idx = _choose(len(files), samples, seed, str(root))
     if idx is not None:
         files = [files[i] for i in idx.tolist()]
         labels = [labels[i] for i in idx.tolist()]
 
     mode = None
-    if cfg is not None:
+    if cfg is not None and cfg.channels is not None:
         mode = "L" if cfg.channels == 1 else "RGB"
-    size = None if cfg is None else cfg.size
     opened: list[tuple[Path, Any, int]] = []
+    budget = DecodeBudget(root)
     for f, label in zip(files, labels, strict=True):
         try:
-            with Image.open(f) as img:
-                img.load()
-                image = img.copy()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            skipped.append((f, f"unreadable: {type(exc).__name__}"))
+            image = open_image(f, budget)
+        except Unreadable as exc:
+            skipped.append((f, str(exc)))
             continue
         opened.append((f, image, label))
     _warn_skipped(root, skipped)
@@ -513,7 +472,7 @@ def _load_image_folder(
 
     arrays: list[Tensor] = []
     for f, image, _ in opened:
-        t = _decode(image, mode, size)
+        t = _decode(image, mode, cfg)
         if arrays and t.shape != arrays[0].shape:
             a, b = arrays[0].shape, t.shape
             raise HessauditError(
@@ -526,17 +485,18 @@ def _load_image_folder(
     y = torch.tensor([label for _, _, label in opened], dtype=torch.int64)
     return Dataset(
         x=x, y=y, num_classes=len(classes), source=str(root), classes=tuple(classes),
-        skipped=tuple(str(p) for p, _ in skipped),
+        skipped=tuple(str(p) for p, _ in skipped), scaling="images/[0,1]",
     )
 
 
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
-def _decode(image: Any, mode: str, size: tuple[int, int] | None) -> Tensor:
-    """A PIL image as a float32 (C, H, W) tensor in [0, 1], in ``mode`` ("L" or "RGB")."""
+def _decode(image: Any, mode: str, cfg: InputConfig | None) -> Tensor:
+    """A PIL image as a float32 (C, H, W) tensor in [0, 1], in ``mode`` ("L" or "RGB"),
+    resized to ``cfg.size`` (timm's eval resize, :func:`hessaudit.preprocess.resize_images`)
+    when that is set and different."""
     import numpy as np
-    from PIL import Image
 
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # wide grayscale: no 8-bit detour
         arr = np.asarray(image, dtype=np.float32)
@@ -546,60 +506,16 @@ def _decode(image: Any, mode: str, size: tuple[int, int] | None) -> Tensor:
             scale = 65535.0 if arr.size and arr.max() > 255 else 255.0
         else:
             scale = 1.0 if not arr.size or arr.max() <= 1.0 else 255.0
-        t = torch.from_numpy(arr / scale)[None]
-        if size is not None and tuple(t.shape[1:]) != tuple(size):
-            t = torch.nn.functional.interpolate(
-                t[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True
-            )[0]
-        t = t.clamp_(0.0, 1.0)
-        return t.expand(3, -1, -1).contiguous() if mode == "RGB" else t
-    if image.mode != mode:
-        image = image.convert(mode)
-    if size is not None and image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    arr = np.asarray(image, dtype=np.uint8)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-
-def prepare_images(x: Tensor, cfg: InputConfig, *, source: str = "data") -> Tensor:
-    """Adapt images (N, C, H, W) to ``cfg``: channels, size (bilinear, antialiased), mean/std.
-
-    Non-image tensors pass through unchanged when ``cfg`` asks for nothing (no size, no
-    normalization); otherwise they are an error.
-    """
-    if x.ndim != 4:
-        if cfg.size is None and cfg.mean is None and cfg.std is None:
-            return x
-        raise HessauditError(
-            f"{source}: inputs of shape {tuple(x.shape[1:])} are not images (C, H, W), so the "
-            "model's input size / normalization cannot be applied",
-            hint="store images as (N, C, H, W), or give a model without an input size",
-        )
-    channels = x.shape[1]
-    if channels != cfg.channels:
-        if channels == 1:
-            x = x.expand(-1, cfg.channels, -1, -1)
-        else:
-            raise HessauditError(
-                f"{source}: images have {channels} channels but the model takes {cfg.channels}",
-                hint="pass --channels, or convert the images",
-            )
-    if cfg.size is not None and tuple(x.shape[2:]) != tuple(cfg.size):
-        x = torch.nn.functional.interpolate(
-            x, size=tuple(cfg.size), mode="bilinear", align_corners=False, antialias=True
-        )
-    if cfg.mean is not None or cfg.std is not None:
-        mean = torch.tensor(cfg.mean or (0.0,), dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(cfg.std or (1.0,), dtype=x.dtype).view(1, -1, 1, 1)
-        for what, t in (("mean", mean), ("std", std)):
-            if t.shape[1] not in (1, x.shape[1]):
-                raise HessauditError(
-                    f"{source}: --{what} has {t.shape[1]} values for {x.shape[1]} channels"
-                )
-        x = (x - mean) / std
-    return x.contiguous()
+        t = torch.from_numpy(arr / scale)[None].clamp_(0.0, 1.0)
+        if mode == "RGB":
+            t = t.expand(3, -1, -1).contiguous()
+    else:
+        if image.mode != mode:
+            image = image.convert(mode)
+        arr = np.asarray(image, dtype=np.uint8)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        t = torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    if cfg is not None and cfg.size is not None and tuple(t.shape[1:]) != tuple(cfg.size):
+        t = resize_images(t[None], cfg)[0].clamp_(0.0, 1.0)
+    return t

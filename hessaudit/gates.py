@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
 
 # Order here is the order gates appear in the output.
@@ -132,6 +133,7 @@ def _toml_load(path: Path) -> dict[str, Any]:
                 f"cannot read {path}: reading TOML needs Python 3.11+ or the tomli package",
                 hint="pip install tomli",
             ) from None
+    refuse_special_file(path)  # a FIFO would block the read forever
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)

@@ -172,7 +172,7 @@ def pair_layers(
     """
     if new_heads not in NEW_HEAD_POLICIES:
         raise HessauditError(
-            f"--new-heads {new_heads!r}: must be one of {', '.join(NEW_HEAD_POLICIES)}"
+            f"new_heads {new_heads!r}: must be one of {', '.join(NEW_HEAD_POLICIES)}"
         )
     include = tuple(include)
     exclude = tuple(exclude)

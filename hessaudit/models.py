@@ -11,6 +11,9 @@ A model spec (``--model``) is one of:
 * a factory ``package.module:function``, imported with the current folder on ``sys.path``.
 
 A factory is called with ``num_classes=`` when its signature accepts it (or ``**kwargs``).
+Whatever its code does while imported, called or running the model's forward (``sys.exit``,
+``argparse``, an exception) ends as one :class:`HessauditError` naming it
+(:mod:`hessaudit._user_code`), never as an exit code of its own.
 
 timm is imported inside the functions that need it, never at module import.
 """
@@ -26,14 +29,15 @@ import inspect
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from hessaudit._user_code import guard_forward, user_code
 from hessaudit.checkpoints import strip_prefixes
+from hessaudit.data_config import InputConfig, input_config
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -48,28 +52,6 @@ __all__ = [
 
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 _SHOW = 5
-
-
-@dataclass(frozen=True)
-class InputConfig:
-    """What the model expects as input: channels, spatial size (H, W) and normalization.
-
-    ``size`` None means data is fed at its native size; ``mean``/``std`` None means no
-    normalization.
-    """
-
-    channels: int
-    size: tuple[int, int] | None
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "channels": self.channels,
-            "size": list(self.size) if self.size is not None else None,
-            "mean": list(self.mean) if self.mean is not None else None,
-            "std": list(self.std) if self.std is not None else None,
-        }
 
 
 def _oneline(exc: BaseException) -> str:
@@ -176,20 +158,22 @@ def _import_factory_file(path: Path, spec: str) -> Any:
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module
     try:
-        with _on_sys_path(str(resolved.parent)):
+        with user_code(spec, f"importing {path}"), _on_sys_path(str(resolved.parent)):
             module_spec.loader.exec_module(module)
     except BaseException as exc:
         sys.modules.pop(module_name, None)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+        if not isinstance(exc, Exception) or isinstance(exc, HessauditError):
+            raise  # KeyboardInterrupt, or user_code's one line about a SystemExit
         raise HessauditError(f"--model {spec}: importing {path} failed: {_oneline(exc)}") from None
     return module
 
 
 def _import_factory_module(name: str, spec: str) -> Any:
     try:
-        with _on_sys_path(os.getcwd()):
+        with user_code(spec, f"importing {name}"), _on_sys_path(os.getcwd()):
             return importlib.import_module(name)
+    except HessauditError:
+        raise
     except ModuleNotFoundError as exc:
         if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
             raise HessauditError(
@@ -223,7 +207,9 @@ def _resolve_factory(spec: str) -> tuple[Any, str]:
         folder = os.getcwd()
     obj: Any = module
     for part in fn_name.split("."):
-        if not hasattr(obj, part):
+        with user_code(spec, f"looking up {fn_name!r}"):  # a module __getattr__ is user code
+            found = hasattr(obj, part)
+        if not found:
             available = sorted(
                 n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
             )
@@ -251,14 +237,20 @@ def _build_factory(spec: str, *, num_classes: int | None, check_classes: bool) -
     if num_classes is not None and _accepts(fn, "num_classes"):
         kwargs["num_classes"] = num_classes
     try:
-        with _on_sys_path(folder):
+        with user_code(spec, "building the model"), _on_sys_path(folder):
             model = fn(**kwargs)
+    except HessauditError:
+        raise
     except Exception as exc:
         raise HessauditError(f"--model {spec}: the factory raised {_oneline(exc)}") from None
     if not isinstance(model, nn.Module):
         raise HessauditError(
-            f"--model {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module"
+            f"--model {spec}: the factory returned {_what_it_returned(model)}, "
+            "not a torch.nn.Module",
+            hint="return the model alone (return model, not return model, config)"
+            if isinstance(model, (tuple, list)) else None,
         )
+    guard_forward(model, spec)
     if check_classes and num_classes is not None and "num_classes" not in kwargs:
         out = _head_out_features(model)
         if out is not None and out != num_classes:
@@ -267,6 +259,19 @@ def _build_factory(spec: str, *, num_classes: int | None, check_classes: bool) -
                 f"and builds a head with {out} outputs"
             )
     return model
+
+
+def _what_it_returned(value: Any) -> str:
+    """``a tuple of 2 (TinyNet, dict)``, ``None``, ``the class TinyNet``, ``a str``."""
+    if value is None:
+        return "None (a missing return statement?)"
+    if isinstance(value, type):
+        return f"the class {value.__name__} (call it to make the model)"
+    if isinstance(value, (tuple, list)):
+        kinds = ", ".join(type(v).__name__ for v in list(value)[:_SHOW])
+        more = ", ..." if len(value) > _SHOW else ""
+        return f"a {type(value).__name__} of {len(value)} ({kinds}{more})"
+    return f"a {type(value).__name__}"
 
 
 # --------------------------------------------------------------------------- heads
@@ -440,99 +445,6 @@ def load_model(
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def _first_conv(model: nn.Module) -> nn.modules.conv._ConvNd | None:
-    for module in model.modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return module
-    return None
-
-
-def _floats(value: Any, flag: str) -> tuple[float, ...]:
-    if isinstance(value, (int, float)):
-        value = (value,)
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise HessauditError(f"{flag} {value!r}: expected numbers") from None
-    if not out:
-        raise HessauditError(f"{flag}: expected at least one number")
-    return out
-
-
-def _size(value: Any) -> tuple[int, int]:
-    size = (value, value) if isinstance(value, int) else value
-    try:
-        size = tuple(size)
-        ok = len(size) == 2 and all(
-            not isinstance(s, bool) and int(s) == s and s >= 1 for s in size
-        )
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise HessauditError(
-            f"--input-size {value!r}: must be a positive integer or (height, width)"
-        )
-    return (int(size[0]), int(size[1]))
-
-
-def input_config(
-    model: nn.Module,
-    *,
-    input_size: int | tuple[int, int] | None = None,
-    channels: int | None = None,
-    mean: Sequence[float] | float | None = None,
-    std: Sequence[float] | float | None = None,
-) -> InputConfig:
-    """What ``model`` expects as input, with explicit arguments taking precedence.
-
-    timm models (those with a ``pretrained_cfg``): channels, size, mean and std from
-    ``timm.data.resolve_data_config``. Other models: channels from the first convolution
-    (1 when there is none), no size (data fed as it is), no normalization.
-    """
-    cfg_channels: int = 1
-    cfg_size: tuple[int, int] | None = None
-    cfg_mean: tuple[float, ...] | None = None
-    cfg_std: tuple[float, ...] | None = None
-    pretrained_cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(pretrained_cfg, Mapping) and pretrained_cfg:
-        from timm.data import resolve_data_config
-
-        data_cfg = resolve_data_config({}, model=model)
-        c, h, w = data_cfg["input_size"]
-        cfg_channels, cfg_size = int(c), (int(h), int(w))
-        cfg_mean = tuple(float(v) for v in data_cfg["mean"])
-        cfg_std = tuple(float(v) for v in data_cfg["std"])
-    else:
-        conv = _first_conv(model)
-        if conv is not None:
-            cfg_channels = int(conv.in_channels)
-
-    if channels is not None:
-        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-            raise HessauditError(f"--channels {channels}: must be a positive integer")
-        cfg_channels = int(channels)
-    if input_size is not None:
-        cfg_size = _size(input_size)
-    if mean is not None:
-        cfg_mean = _floats(mean, "--mean")
-    if std is not None:
-        cfg_std = _floats(std, "--std")
-        if any(s <= 0 for s in cfg_std):
-            raise HessauditError(f"--std {list(cfg_std)}: every value must be positive")
-    for flag, values in (("--mean", cfg_mean), ("--std", cfg_std)):
-        if values is not None and len(values) not in (1, cfg_channels):
-            raise HessauditError(
-                f"{flag} has {len(values)} values but the input has {cfg_channels} channels",
-                hint="give one value, or one per channel",
-            )
-    if (cfg_mean is None) != (cfg_std is None):
-        if cfg_mean is None:
-            cfg_mean = (0.0,)
-        else:
-            cfg_std = (1.0,)
-    return InputConfig(channels=cfg_channels, size=cfg_size, mean=cfg_mean, std=cfg_std)
 
 
 def disable_fused_attention(model: nn.Module) -> int:

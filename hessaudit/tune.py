@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
 from hessaudit.robust.config import FinetuneConfig
 
@@ -77,6 +78,7 @@ _NOT_TUNABLE = {
     "model", "pretrained", "data", "out", "eval_data", "val_fraction", "device", "seed",
     "allow_hub", "inject_noise", "noise_seed", "noise_matrix", "audit", "audit_samples",
     "epochs", "samples", "num_classes", "input_size", "radius_table", "early_stop",
+    "mean", "std", "interpolation", "crop_pct",
 }
 
 
@@ -177,6 +179,7 @@ def load_space_file(path: str | Path) -> tuple[dict[str, ParamSpec | None], bool
     from an empty space instead of :data:`DEFAULT_SPACE`. Returns (params, use_defaults).
     """
     p = Path(path)
+    refuse_special_file(p, "--space")  # a FIFO would block the read forever
     try:
         document = json.loads(p.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -429,7 +432,10 @@ def _study_data(base: FinetuneConfig) -> tuple[_ValData, Any, Any]:
 
     with torch.random.fork_rng(devices=[]):
         probe = build_model(base.model, num_classes=base.num_classes, allow_hub=base.allow_hub)
-    in_cfg = input_config(probe, input_size=base.input_size)
+    in_cfg = input_config(
+        probe, input_size=base.input_size, mean=base.mean, std=base.std,
+        interpolation=base.interpolation, crop_pct=base.crop_pct,
+    )
     del probe
     train = load_data(
         base.data, role="train", input_config=in_cfg, num_classes=base.num_classes,
@@ -672,6 +678,10 @@ def _audit_bound(settings: TuneSettings, trial_out: Path, audit_data: Path, n_tr
         samples=base.audit_samples,
         batch_size=base.batch_size,
         input_size=base.input_size,
+        mean=base.mean,
+        std=base.std,
+        interpolation=base.interpolation,
+        crop_pct=base.crop_pct,
         n_train=n_train,
         seed=base.seed,
         device=base.device,
@@ -691,7 +701,10 @@ def _write_audit_data(base: FinetuneConfig, path: Path, x: Any, y: Any) -> None:
 
     with torch.random.fork_rng(devices=[]):
         probe = build_model(base.model, num_classes=base.num_classes, allow_hub=base.allow_hub)
-    cfg = input_config(probe, input_size=base.input_size)
+    cfg = input_config(
+        probe, input_size=base.input_size, mean=base.mean, std=base.std,
+        interpolation=base.interpolation, crop_pct=base.crop_pct,
+    )
     if cfg.mean is not None or cfg.std is not None:
         mean = torch.tensor(cfg.mean or (0.0,), dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(cfg.std or (1.0,), dtype=x.dtype).view(1, -1, 1, 1)
@@ -907,6 +920,8 @@ def _command(config: FinetuneConfig) -> str:
             continue
         if value is None:
             continue
+        if isinstance(value, (tuple, list)):  # --mean / --std: one comma-separated value
+            value = ",".join(f"{v:.6g}" for v in value)
         parts += [flag, f"{value:.6g}" if isinstance(value, float) else str(value)]
     return " ".join(parts)
 

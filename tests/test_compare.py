@@ -133,7 +133,7 @@ def test_compare_markdown():
         (
             '{"schema": "hessaudit.audit/1", "layers": [{"name": 1}], "bound": 1, '
             '"hessian_term": 1, "train_loss": 1}',
-            "list of",
+            r"layers\[0\] missing hcal",
         ),
     ],
 )

@@ -292,7 +292,8 @@ def test_dataset_api() -> None:
     assert sub.subset(torch.tensor([1])).y.tolist() == [1]
     summary = ds.to_dict()
     assert summary == {
-        "source": "toy", "n": 7, "num_classes": 3, "shape": [1], "has_clean_labels": False
+        "source": "toy", "n": 7, "num_classes": 3, "shape": [1], "has_clean_labels": False,
+        "scaling": "none",
     }
     json.dumps(summary)
     with pytest.raises(HessauditError, match="--batch-size"):

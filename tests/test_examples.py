@@ -39,6 +39,11 @@ def test_measure_vs_gap_quick(tmp_path) -> None:
     assert {"spearman_G_gap", "pearson_G_gap", "spearman_distance_gap"} <= set(correlations)
     assert (tmp_path / "measure_vs_gap.png").stat().st_size > 1000
     assert json.loads((tmp_path / "meta.json").read_text())["seeds"] == [0]
+    # every audit is also in audits/, labelled for `hessaudit correlate --group-by sweep`
+    audits = sorted((tmp_path / "audits").glob("*.json"))
+    assert len(audits) == 3
+    labels = json.loads(audits[0].read_text())["inputs"]["labels"]
+    assert labels["sweep"] == "size" and labels["seed"] == "0"
 
 
 def test_noisy_labels_quick(tmp_path) -> None:

@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from hessaudit.cli import app
 
-COMMANDS = ("inspect", "measure", "compare", "report", "finetune", "tune", "demo")
+#: Every command of the app, those added later included.
+COMMANDS = tuple(typer.main.get_command(app).commands)
 WIDTHS = (80, 120)
 PANEL = re.compile(r"^╭─ (.+?) ─")
 OPTION_ROW = re.compile(r"^│ (?:\*\s+|\s{3})?(--[\w-]+)")

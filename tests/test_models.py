@@ -252,7 +252,10 @@ def test_load_model_timm_pair(timm_resnet_pair) -> None:
     model = load_model("test_resnet", tensors)
     assert model.get_classifier().out_features == 4 and not model.training
     cfg = input_config(model, input_size=32)
-    assert cfg == InputConfig(3, (32, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    # timm's resolved config: test_resnet's own interpolation and crop_pct
+    assert cfg == InputConfig(
+        3, (32, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear", 0.95, "center"
+    )
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
 
@@ -263,10 +266,14 @@ def test_load_model_timm_pair(timm_resnet_pair) -> None:
 def test_input_config_for_factory_models(tiny_net) -> None:
     assert input_config(tiny_net()) == InputConfig(1, None, None, None)
     assert input_config(tiny_net(in_chans=3)).channels == 3
-    assert input_config(nn.Linear(4, 2)) == InputConfig(1, None, None, None)
+    # a model whose first layer is not a convolution: channels unknown, data fed as it is
+    assert input_config(nn.Linear(4, 2)) == InputConfig(None, None, None, None)
     cfg = input_config(tiny_net(), input_size=(12, 10), mean=0.5, std=[0.25])
     assert cfg == InputConfig(1, (12, 10), (0.5,), (0.25,))
-    assert cfg.to_dict() == {"channels": 1, "size": [12, 10], "mean": [0.5], "std": [0.25]}
+    assert cfg.to_dict() == {
+        "channels": 1, "size": [12, 10], "mean": [0.5], "std": [0.25],
+        "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
+    }
 
 
 def test_input_config_for_timm_and_overrides() -> None:
@@ -274,7 +281,7 @@ def test_input_config_for_timm_and_overrides() -> None:
     cfg = input_config(model)
     assert cfg.channels == 3 and cfg.size == (160, 160) and cfg.mean == (0.5, 0.5, 0.5)
     assert input_config(model, input_size=64, mean=(0, 0, 0), std=(1, 1, 1)) == InputConfig(
-        3, (64, 64), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        3, (64, 64), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear", 0.95, "center"
     )
 
 
@@ -284,7 +291,7 @@ def test_input_config_for_timm_and_overrides() -> None:
         ({"input_size": 0}, "--input-size"),
         ({"input_size": (3, 4, 5)}, "--input-size"),
         ({"input_size": "big"}, "--input-size"),
-        ({"channels": 0}, "--channels"),
+        ({"channels": 0}, "channels 0"),
         ({"mean": (0.1, 0.2)}, "--mean has 2 values"),
         ({"std": (0.0,)}, "--std"),
         ({"mean": "abc"}, "--mean"),

@@ -305,6 +305,36 @@ def test_compare(tiny, width) -> None:
     ]})
 
 
+# ------------------------------------------------------------------ correlate
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_correlate(tmp_path, width) -> None:
+    from test_correlate import crafted_sweep
+
+    from hessaudit import correlate as lib
+    from hessaudit.report.correlate import print_correlate
+
+    paths = crafted_sweep(tmp_path / "audits")
+    points, skipped = lib.load_points([], paths)
+    document = lib.correlate_audits(points, skipped=skipped, group_by="axis", bootstrap=50,
+                                    seed=0)
+    lines = render(width, lambda c: print_correlate(document, c))
+    check_lines(lines, width)
+    rows, caption = table_lines(lines)
+
+    def r(value: float | None) -> list[str]:
+        return [] if value is None else [f"{value:+.2f}"]
+
+    check_numbers(rows, {"": [
+        text for row in document["correlations"] for text in (
+            [str(row["n"]), fmt(row["median_ratio"]), str(row["ratio_n"])]
+            + [t for key in ("spearman", "pearson") for end in ("", "_lo", "_hi")
+               for t in r(row[key + end])]
+        )
+    ]}, caption)
+
+
 # ------------------------------------------------------------------ finetune
 
 

@@ -27,6 +27,15 @@ seen by neither pretraining nor fine-tuning).
 
 Outputs in ``--out`` (default ``examples/measure_vs_gap/out``): ``results.csv`` (one row per
 checkpoint), ``correlations.csv``, ``summary.md`` (the tables) and ``measure_vs_gap.png``.
+Every audit is also copied to ``audits/<run>.json``, labelled ``sweep``, ``value`` and
+``seed`` (``measure --label``), so that ``hessaudit correlate`` reads them directly::
+
+    python examples/measure_vs_gap/run.py --measures          # + trace distance, noise stability
+    hessaudit correlate examples/measure_vs_gap/out/audits --group-by sweep \
+        --out examples/measure_vs_gap/out/correlate
+
+``--measures`` turns on the per-layer traces (``trace_distance``) and ``--noise-stability 1e-3``
+for every audit; ``--loss-bound`` passes a choice of C (``max``, ``quantile:Q`` or a number).
 """
 
 from __future__ import annotations
@@ -65,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=HERE / "out", help="output folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--measures", action="store_true",
+                        help="also the trace distance and noise stability (slower)")
+    parser.add_argument("--loss-bound", default=None, help="max | quantile:Q | a number")
     return parser.parse_args(argv)
 
 
@@ -81,7 +93,9 @@ def configs(quick: bool) -> list[dict]:
     return rows
 
 
-def run_one(cfg: dict, seed: int, pretrained: Path, work: Path) -> dict:
+def run_one(
+    cfg: dict, seed: int, pretrained: Path, work: Path, options: argparse.Namespace | None = None
+) -> dict:
     import numpy as np
     import torch
 
@@ -125,12 +139,18 @@ def run_one(cfg: dict, seed: int, pretrained: Path, work: Path) -> dict:
             model=MODEL,
             data=str(npz),
             eval_data="digits",
-            spectrum=False,
+            spectrum=bool(options and options.measures),
+            noise_stability=1e-3 if options and options.measures else None,
+            loss_bound=options.loss_bound if options else None,
+            labels=(("sweep", cfg["sweep"]), ("value", f"{cfg['value']}"), ("seed", f"{seed}")),
             seed=seed,
         )
     ).to_dict()
     audit_seconds = time.perf_counter() - t0
-    (run_dir / "audit.json").write_text(json.dumps(audit, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(audit, indent=2) + "\n"
+    (run_dir / "audit.json").write_text(text, encoding="utf-8")
+    (work.parent / "audits").mkdir(exist_ok=True)
+    (work.parent / "audits" / f"{name}.json").write_text(text, encoding="utf-8")
     distance = math.sqrt(sum(layer["dist_fro"] ** 2 for layer in audit["layers"]))
     distance_pre = math.sqrt(
         sum(layer["dist_fro"] ** 2 for layer in audit["layers"] if not layer["is_new_head"])
@@ -270,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     work = out / "runs"
     shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(out / "audits", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     pretrained = out / "pretrained.safetensors"
@@ -282,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = configs(args.quick)
     for seed in seeds:
         for i, cfg in enumerate(todo, 1):
-            row = run_one(cfg, seed, pretrained, work)
+            row = run_one(cfg, seed, pretrained, work, args)
             rows.append(row)
             ratio = row["ratio_G_gap"]
             ratio_text = "n/a (gap <= 0)" if ratio is None else f"{ratio:.2f}"

@@ -98,6 +98,37 @@ def finetune_command(
             rich_help_panel=_DATA,
         ),
     ] = None,
+    mean: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Normalization mean, one value or one per channel (e.g. 0.485,0.456,0.406; "
+            "default: the model's timm config, else none).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    std: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Normalization std, like --mean (default: the model's timm config, else none).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    interpolation: Annotated[
+        str | None,
+        typer.Option(
+            help="Resize filter: bilinear | bicubic | nearest (default: the model's timm "
+            "config, else bilinear).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    crop_pct: Annotated[
+        float | None,
+        typer.Option(
+            help="Center-crop fraction when resizing, in (0, 1] (default: the model's timm "
+            "config, else 1: no crop).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
     device: Annotated[
         str, typer.Option(help="cpu | cuda | cuda:N.", rich_help_panel=_DATA)
     ] = "cpu",
@@ -265,6 +296,8 @@ def finetune_command(
     values = {
         name: value for name, value in ctx.params.items() if name not in _NOT_CONFIG
     }
+    for name in ("mean", "std"):  # a repeatable flag not given comes as an empty list
+        values[name] = tuple(values[name]) if values.get(name) else None
     if resume is not None:
         if overwrite:
             raise HessauditError("--resume and --overwrite cannot be combined")

@@ -70,6 +70,37 @@ def measure_command(
     input_size: Annotated[
         int | None, typer.Option(help=_INPUT_SIZE, metavar="N", rich_help_panel=_DATA)
     ] = None,
+    mean: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Normalization mean, one value or one per channel (e.g. 0.485,0.456,0.406; "
+            "default: the model's timm config, else none).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    std: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Normalization std, like --mean (default: the model's timm config, else none).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    interpolation: Annotated[
+        str | None,
+        typer.Option(
+            help="Resize filter: bilinear | bicubic | nearest (default: the model's timm "
+            "config, else bilinear).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    crop_pct: Annotated[
+        float | None,
+        typer.Option(
+            help="Center-crop fraction when resizing, in (0, 1] (default: the model's timm "
+            "config, else 1: no crop).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
     n_train: Annotated[
         int | None,
         typer.Option(
@@ -78,9 +109,11 @@ def measure_command(
         ),
     ] = None,
     loss_bound: Annotated[
-        float | None,
+        str | None,
         typer.Option(
-            help="Loss bound C, in nats (default: largest per-example loss seen).",
+            help="Loss bound C: max (default: the largest per-example training loss), "
+            "quantile:Q (the Q-quantile of those losses; an estimate), or a number.",
+            metavar="max|quantile:Q|VALUE",
             rich_help_panel=_BOUND,
         ),
     ] = None,
@@ -127,6 +160,22 @@ def measure_command(
     trace_probes: Annotated[
         int, typer.Option(help="Hutchinson probes for the trace.", rich_help_panel=_MEASURE)
     ] = 8,
+    noise_stability: Annotated[
+        float | None,
+        typer.Option(
+            help="Also measure noise stability: mean loss change under Gaussian noise of std "
+            "EPS on every measured weight (over --eval-data if given, else --data; default: "
+            "off).",
+            metavar="EPS",
+            rich_help_panel=_MEASURE,
+        ),
+    ] = None,
+    noise_draws: Annotated[
+        int | None,
+        typer.Option(
+            help="Noise draws for --noise-stability (default: 20).", rich_help_panel=_MEASURE
+        ),
+    ] = None,
     include: Annotated[
         list[str] | None,
         typer.Option(
@@ -169,6 +218,15 @@ def measure_command(
             rich_help_panel=_DATA,
         ),
     ] = False,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE stored in the JSON's inputs.tags, for 'correlate --group-by' "
+            "(repeatable; default: none).",
+            metavar="KEY=VALUE",
+            rich_help_panel=_OUTPUT,
+        ),
+    ] = None,
     json_path: Annotated[
         str | None,
         typer.Option(
@@ -252,9 +310,20 @@ def measure_command(
     debug: DebugOption = False,
 ) -> int:
     """Per-layer Hessian distances between two checkpoints and the generalization bound."""
+    from hessaudit._limits import check_measure_flags
+
+    check_measure_flags(
+        seed=seed,
+        lanczos_steps=lanczos_steps,
+        trace_probes=trace_probes,
+        spectrum_samples=spectrum_samples,
+    )
     from hessaudit import _paths, gates
+    from hessaudit._labels import parse_labels
     from hessaudit.audit import AuditRequest, audit_to_json, layers_frame, run_audit
     from hessaudit.distributed import env_world_size
+    from hessaudit.loss_bound import parse_loss_bound
+    from hessaudit.measures import check_noise_options
     from hessaudit.recipes import resolve_request
     from hessaudit.report.audit import print_audit, warn_if_estimate
     from hessaudit.report.progress import step_progress
@@ -281,6 +350,9 @@ def measure_command(
         config=config,
     )
     gates.check_before_audit(gate_specs, eval_data=eval_data)
+    tags = parse_labels(label)
+    parse_loss_bound(loss_bound)  # fail on a bad --loss-bound before any work
+    check_noise_options(noise_stability, noise_draws)
     request = AuditRequest(
         pretrained=str(pretrained),
         finetuned=str(finetuned),
@@ -291,6 +363,10 @@ def measure_command(
         samples=samples,
         batch_size=batch_size,
         input_size=input_size,
+        mean=tuple(mean) if mean else None,
+        std=tuple(std) if std else None,
+        interpolation=interpolation,
+        crop_pct=crop_pct,
         n_train=n_train,
         loss_bound=loss_bound,
         epsilon=epsilon,
@@ -312,7 +388,10 @@ def measure_command(
         seed=seed,
         allow_hub=allow_hub,
         recipe=recipe,
+        noise_stability=noise_stability,
+        noise_draws=noise_draws,
         labels=labels,
+        tags=tags,
     )
     request = resolve_request(request, explicit=_given_on_command_line(ctx))
     main_rank = env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0
@@ -321,7 +400,7 @@ def measure_command(
             step_progress("auditing layers", enabled=not quiet and main_rank) as advance,
             _paths.stdout_reserved(outputs.to_stdout),  # the model's prints go to stderr
         ):
-            result = run_audit(request, progress=advance)
+            result = run_audit(request, progress=advance, layer_gates=gate_specs)
     except KeyboardInterrupt:
         import sys
 

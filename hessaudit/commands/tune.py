@@ -104,6 +104,8 @@ def _tune_command(
     from hessaudit.tune import DEFAULT_SPACE, TuneSettings, build_space, load_space_file
 
     values = {name: value for name, value in ctx.params.items() if name not in _OWN}
+    for name in ("mean", "std"):  # a repeatable flag not given comes as an empty list
+        values[name] = tuple(values[name]) if values.get(name) else None
     missing = [f"--{n}" for n in ("model", "pretrained", "data", "out") if not values.get(n)]
     if missing:
         raise HessauditError(

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hessaudit.bound import C_DOMINANCE_RATIO, estimate_label
+from hessaudit.loss_bound import c_source_label
 from hessaudit.report._console import print_table, stdout, table_width
 from hessaudit.report._escape import console_text, plain_text
 from hessaudit.report._format import fmt_number as fmt
@@ -125,7 +126,7 @@ def summary_panel(document: dict[str, Any]) -> Panel:
     lines = Table.grid(padding=(0, 2))
     lines.add_column(style="bold")
     lines.add_column()
-    c_note = "empirical max per-example loss" if document["C_source"] == "empirical_max" else "user"
+    c_note = c_source_label(document["C_source"])
     lines.add_row("training loss Lhat", fmt(document["train_loss"]))
     lines.add_row("loss bound C", f"{fmt(document['C'])}  ({c_note})")
     lines.add_row("n", console_text(document["n"]))
@@ -142,6 +143,8 @@ def summary_panel(document: dict[str, Any]) -> Panel:
         lines.add_row("observed gap", fmt(document["gap"]))
         ratio = document["ratio_to_gap"]
         lines.add_row("G / gap", "- (gap <= 0)" if ratio is None else fmt(ratio))
+    for label, text in measures_rows(document.get("measures")):
+        lines.add_row(label, text)
     notes = [
         Text(f"bound = (1+ε)·Lhat + (1+ε)·G; {plain_text(document['bound_note'])}.", style="dim")
     ]
@@ -171,6 +174,42 @@ def summary_panel(document: dict[str, Any]) -> Panel:
         )
     title = "Generalization bound (Ju, Li & Zhang 2022, Thm 2.1)"
     return Panel(Group(lines, *notes), title=title, title_align="left", expand=False)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def measures_rows(measures: Any) -> list[tuple[str, str]]:
+    """The compact ``measures`` block of the summary panel: (label, text) rows of numbers and
+    fixed words only (docs/measure.md, "Measures side by side")."""
+    if not isinstance(measures, dict):
+        return []
+    parts = []
+    for key, label in (
+        ("sum_sqrt_hcal", "Σ√Hcal"),
+        ("distance_fro", "Σ‖v‖"),
+        ("distance_fro_sq", "Σ‖v‖²"),
+    ):
+        value = _num(measures.get(key))
+        if value is not None:
+            parts.append(f"{label} {fmt(value)}")
+    trace = _num(measures.get("trace_distance"))
+    if trace is not None:
+        stderr = _num(measures.get("trace_distance_stderr"))
+        spread = "" if stderr is None else f" ± {fmt(stderr, 2)}"
+        parts.append(f"Σ‖v‖²·Tr H {fmt(trace)}{spread}")
+    rows = [("other measures", " · ".join(parts))] if parts else []
+    noise = measures.get("noise_stability")
+    if isinstance(noise, dict) and _num(noise.get("mean")) is not None:
+        eps, draws = _num(noise.get("eps")), _num(noise.get("draws"))
+        where = "held-out data" if noise.get("data") == "eval_data" else "--data"
+        rows.append((
+            "noise stability",
+            f"{fmt(_num(noise['mean']))} ± {fmt(_num(noise.get('stderr')), 2)} "
+            f"(ε {fmt(eps)}, {fmt(draws)} draws, std {fmt(_num(noise.get('std')), 2)}, {where})",
+        ))
+    return rows
 
 
 def c_dominance_note(document: dict[str, Any]) -> str | None:

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hessaudit.compare import SUMMARY_LABELS
+from hessaudit.measures import MEASURE_LABELS
 from hessaudit.report._console import print_table, stdout, table_width, warn
 from hessaudit.report._escape import console_text, plain_text
 from hessaudit.report._format import fmt_number as fmt
@@ -76,10 +77,31 @@ def layers_table(document: Mapping[str, Any], width: int | None = None) -> Table
     return table
 
 
+def measures_table(document: Mapping[str, Any], width: int | None = None) -> Table | None:
+    """The measures side by side (base → new), laid out for ``width`` cells; None when
+    neither audit has any."""
+    measures = document.get("measures") or {}
+    if not measures:
+        return None
+    entries = list(measures.items())
+    columns = [
+        Column("measure", "measure", [MEASURE_LABELS.get(name, "?") for name, _ in entries],
+               "left", "prose"),
+        Column("base", "base", [fmt(e["base"]) for _, e in entries]),
+        Column("new", "new", [fmt(e["new"]) for _, e in entries]),
+        Column("change", "change", [_signed(e["abs_change"]) for _, e in entries]),
+        Column("pct", "change %", [_pct(e["rel_change_pct"]) for _, e in entries]),
+    ]
+    table, _ = fit_table(columns, width, title="Measures (base → new)")
+    return table
+
+
 def print_compare(document: Mapping[str, Any], console: Console | None = None) -> None:
     console = console or stdout()
     width = table_width(console)
-    print_table(console, summary_table(document, width), layers_table(document, width))
+    tables = [summary_table(document, width), measures_table(document, width),
+              layers_table(document, width)]
+    print_table(console, *(table for table in tables if table is not None))
     for key, label in (("only_in_base", "only in base"), ("only_in_new", "only in new")):
         items = document.get(key) or []
         if items:

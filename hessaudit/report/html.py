@@ -16,6 +16,7 @@ from typing import Any
 
 from hessaudit.bound import estimate_label
 from hessaudit.gates import layer_shares
+from hessaudit.loss_bound import c_source_label
 from hessaudit.report._escape import visible
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair
@@ -223,9 +224,7 @@ def _summary_rows(document: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("observed gap", _e(fmt(document.get("gap")))),
             ("G / gap", "- (gap ≤ 0)" if ratio is None else _e(fmt(ratio))),
         ]
-    c_note = (
-        "empirical max per-example loss" if document.get("C_source") == "empirical_max" else "user"
-    )
+    c_note = _e(c_source_label(document.get("C_source")))
     rows += [
         ("loss bound C", f"{_e(fmt(document.get('C')))} <span class='note'>({c_note})</span>"),
         ("n", _e(document.get("n"))),

@@ -17,6 +17,7 @@ from hessaudit._paths import write_output
 from hessaudit.bound import estimate_label
 from hessaudit.compare import SUMMARY_LABELS
 from hessaudit.gates import layer_shares
+from hessaudit.loss_bound import c_source_label
 from hessaudit.report._escape import md_code, md_text
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair, fmt_percent, fmt_signed
@@ -162,7 +163,7 @@ def audit_markdown(document: Mapping[str, Any]) -> str:
             ["observed gap", fmt(document.get("gap"))],
             ["G / gap", "- (gap <= 0)" if ratio is None else fmt(ratio)],
         ]
-    c_note = "empirical max loss" if document.get("C_source") == "empirical_max" else "user"
+    c_note = c_source_label(document.get("C_source"))
     rows += [
         ["loss bound C", f"{fmt(document.get('C'))} ({c_note})"],
         ["n", md_text(document.get("n"))],

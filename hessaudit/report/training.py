@@ -28,6 +28,7 @@ from hessaudit.report import _layout
 from hessaudit.report._console import print_table, stderr, stdout, table_width
 from hessaudit.report._escape import console_text, plain_text
 from hessaudit.report._format import fmt_number
+from hessaudit.report._plain_progress import PlainProgress
 from hessaudit.report.progress import live_bar
 from hessaudit.robust.trainer import FinetuneResult, TrainingDisplay
 
@@ -187,6 +188,10 @@ class RichTrainingDisplay(TrainingDisplay):
         self._step_task: TaskID | None = None
         self._epochs = 0
         self._phase = ""
+        self._steps = 0
+        # stderr is not a terminal (a CI log): the bars draw nothing there, so long epochs
+        # get rate-limited plain step lines (hessaudit.report._plain_progress).
+        self._plain: PlainProgress | None = None
 
     def _print(self, message: str, style: str | None = None) -> None:
         console = self._progress.console if self._progress is not None else self._err()
@@ -212,6 +217,7 @@ class RichTrainingDisplay(TrainingDisplay):
         self.end_phase()
         self._epochs = epochs
         self._phase = name
+        self._steps = steps
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             live_bar(),
@@ -232,11 +238,18 @@ class RichTrainingDisplay(TrainingDisplay):
     def start_epoch(self, epoch: int) -> None:
         if self._progress is None or self._step_task is None:
             return
+        if not self._progress.console.is_terminal:
+            prefix = "" if self._phase == "fine-tune" else f"[{self._phase}] "
+            self._plain = PlainProgress(
+                f"{prefix}epoch {epoch}/{self._epochs} steps", closing_line=False
+            )
         self._progress.reset(
             self._step_task, description=f"epoch {epoch}/{self._epochs}", stats=""
         )
 
     def step(self, step: int, *, loss: float, acc: float) -> None:
+        if self._plain is not None:
+            self._plain.update(step, self._steps, f"loss {loss:.4f} acc {acc:.4f}")
         if self._progress is None or self._step_task is None:
             return
         self._progress.update(
@@ -258,6 +271,7 @@ class RichTrainingDisplay(TrainingDisplay):
         if self._progress is not None:
             self._progress.stop()
         self._progress = None
+        self._plain = None
         self._epoch_task = self._step_task = None
 
     def finish(self, result: FinetuneResult) -> None:

@@ -87,11 +87,14 @@ def _prepare_data(config: FinetuneConfig, device: torch.device, display: Trainin
     from hessaudit.checkpoints import load_checkpoint
     from hessaudit.data import load_data
     from hessaudit.models import build_model, input_config
+    from hessaudit.preprocess import check_forward
 
     checkpoint = load_checkpoint(config.pretrained)
     probe = build_model(config.model, num_classes=config.num_classes, allow_hub=config.allow_hub)
-    in_cfg = input_config(probe, input_size=config.input_size)
-    del probe
+    in_cfg = input_config(
+        probe, input_size=config.input_size, mean=config.mean, std=config.std,
+        interpolation=config.interpolation, crop_pct=config.crop_pct,
+    )
     train = load_data(
         config.data,
         role="train",
@@ -100,6 +103,8 @@ def _prepare_data(config: FinetuneConfig, device: torch.device, display: Trainin
         samples=config.samples,
         seed=config.seed,
     )
+    # the input shape does not depend on the weights: the fresh model tells whether it fits
+    check_forward(probe, train.x, data=config.data, model_spec=config.model, cfg=in_cfg)
     k = int(config.num_classes or train.num_classes)
     if k < 2:
         raise HessauditError(f"--data {config.data} has {k} class; fine-tuning needs 2 or more")
@@ -142,9 +147,11 @@ def _prepare_data(config: FinetuneConfig, device: torch.device, display: Trainin
     heldout_summary = None
     if config.eval_data is not None:
         ev = load_data(config.eval_data, role="eval", input_config=in_cfg, num_classes=k)
+        check_forward(probe, ev.x, data=config.eval_data, model_spec=config.model, cfg=in_cfg)
         heldout_summary = ev.to_dict()
         labels = ev.clean_y if ev.clean_y is not None else ev.y
         heldout = _Split(x=ev.x.to(device), y=labels.to(torch.int64).to(device), clean=None)
+    del probe
     if clean is None and config.inject_noise is None:
         display.log("training labels are used as given (no clean labels known)")
     positions, source_size = _source_positions(config, train)

@@ -81,6 +81,10 @@ def _run_audit(
         samples=config.audit_samples,
         batch_size=config.batch_size,
         input_size=config.input_size,
+        mean=config.mean,
+        std=config.std,
+        interpolation=config.interpolation,
+        crop_pct=config.crop_pct,
         n_train=len(setup.train),
         seed=config.seed,
         device=config.device,
@@ -94,6 +98,8 @@ def _run_audit(
         y=(setup.train.clean if setup.train.clean is not None else setup.train.y).cpu(),
         num_classes=setup.num_classes,
         source=f"{config.data} (the examples fine-tuned on)",
+        scaling=str(setup.data_summary.get("scaling", "none")),
+        preprocessing=tuple(setup.data_summary.get("preprocessing", ())),
     )
     result = run_audit(request, train_data=trained_on)
     if _dist.is_main():

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from hessaudit._limits import check_seed
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -100,6 +101,10 @@ class FinetuneConfig:
     batch_size: int = 32
     samples: int | None = None
     input_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
     device: str = "cpu"
     seed: int = 0
     allow_hub: bool = False
@@ -203,20 +208,13 @@ class FinetuneConfig:
         integer("num_classes", 2, optional=True)
         integer("batch_size", 1)
         integer("samples", 1, optional=True)
-        integer("input_size", 1, optional=True)
         integer("epochs", 1)
         integer("lr_step", 1)
         integer("early_stop", 1, optional=True)
         integer("estimate_epochs", 1, optional=True)
         integer("audit_samples", 1, optional=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise HessauditError(f"--seed {self.seed} must be a non-negative integer")
-        if self.noise_seed is not None and (
-            isinstance(self.noise_seed, bool)
-            or not isinstance(self.noise_seed, int)
-            or self.noise_seed < 0
-        ):
-            raise HessauditError(f"--noise-seed {self.noise_seed} must be a non-negative integer")
+        check_seed(self.seed, "--seed")
+        check_seed(self.noise_seed, "--noise-seed")
         real("val_fraction", low=0, high=1, low_open=True, high_open=True, optional=True,
              what="in (0, 1)")
         real("lr", low=0, low_open=True, what="> 0")
@@ -238,6 +236,12 @@ class FinetuneConfig:
                     f"{_flag(name)} {value!r} is not one of {', '.join(options)}"
                 )
 
+        from hessaudit.validate import data_config_flags
+
+        data_flags = data_config_flags(
+            input_size=self.input_size, mean=self.mean, std=self.std,
+            interpolation=self.interpolation, crop_pct=self.crop_pct,
+        )
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)
         choice("loss", LOSSES)
@@ -291,6 +295,9 @@ class FinetuneConfig:
             raise HessauditError(f"--device must be cpu, cuda or cuda:N, not {self.device!r}")
         return dataclasses.replace(
             self,
+            mean=data_flags["mean"],
+            std=data_flags["std"],
+            crop_pct=data_flags["crop_pct"],
             constraint=constraint,
             noise_matrix=matrix,
             noise_seed=self.seed if self.noise_seed is None else self.noise_seed,

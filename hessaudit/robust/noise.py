@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
 from hessaudit.robust.noise_matrix import (
     load_matrix_file,
@@ -98,6 +99,7 @@ class NoiseInjection:
 
 def _load_class_map(path: str, num_classes: int) -> tuple[int, ...]:
     p = Path(path)
+    refuse_special_file(p, f"{_FLAG}: class map")
     if not p.is_file():
         raise HessauditError(f"{_FLAG}: class map file {p} does not exist")
     try:

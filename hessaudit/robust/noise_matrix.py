@@ -31,11 +31,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -193,14 +195,16 @@ def _load_csv_matrix(path: Path) -> np.ndarray:
 def load_matrix_file(path: str | os.PathLike[str], *, flag: str = "--noise-matrix") -> np.ndarray:
     """Read a matrix from ``.npy``, ``.csv`` or ``.json`` (no validation)."""
     p = Path(path)
+    refuse_special_file(p, f"{flag}:")
     if not p.is_file():
         raise HessauditError(f"{flag}: file {p} does not exist")
     suffix = p.suffix.lower()
     if suffix == ".npy":
         try:
             return np.asarray(np.load(p, allow_pickle=False), dtype=np.float64)
-        except (ValueError, OSError, EOFError, TypeError) as exc:
-            # EOFError: empty or truncated file; TypeError: an .npz archive, not an array
+        except (ValueError, OSError, EOFError, TypeError, zipfile.BadZipFile) as exc:
+            # EOFError: empty or truncated file; TypeError: an .npz archive, not an array;
+            # BadZipFile: "PK" magic (numpy then reads it as an .npz) but not a zip
             raise HessauditError(
                 f"{flag}: cannot read {p} as .npy ({type(exc).__name__}: {exc})"
             ) from None

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -85,6 +86,7 @@ def load_radius_table(path: str | os.PathLike[str]) -> list[tuple[str, float | N
     """
     p = Path(path)
     flag = "--radius-table"
+    refuse_special_file(p, f"{flag}:")
     if not p.is_file():
         raise HessauditError(f"{flag}: file {p} does not exist")
     raw: list[tuple[str, Any]] = []
