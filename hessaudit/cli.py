@@ -25,7 +25,7 @@ from typing import Annotated
 import typer
 
 from hessaudit._version import __version__
-from hessaudit.commands import _common
+from hessaudit.commands import _common, _help
 from hessaudit.commands.compare import compare_command
 from hessaudit.commands.correlate import correlate_command
 from hessaudit.commands.demo import demo_command
@@ -51,6 +51,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=_help.Group,
 )
 
 
@@ -72,14 +73,14 @@ def _root(
     """Audit fine-tuned networks with Hessian-based generalization bounds."""
 
 
-app.command("inspect", epilog=EXIT_CODES_HELP)(inspect_command)
-app.command("measure", epilog=EXIT_CODES_HELP)(measure_command)
-app.command("compare", epilog=EXIT_CODES_HELP)(compare_command)
-app.command("report", epilog=EXIT_CODES_HELP)(report_command)
-app.command("correlate", epilog=EXIT_CODES_HELP)(correlate_command)
-app.command("finetune", epilog=EXIT_CODES_HELP)(finetune_command)
-app.command("tune", epilog=EXIT_CODES_HELP)(tune_command)
-app.command("demo", epilog=EXIT_CODES_HELP)(demo_command)
+app.command("inspect", epilog=EXIT_CODES_HELP, cls=_help.Command)(inspect_command)
+app.command("measure", epilog=EXIT_CODES_HELP, cls=_help.Command)(measure_command)
+app.command("compare", epilog=EXIT_CODES_HELP, cls=_help.Command)(compare_command)
+app.command("report", epilog=EXIT_CODES_HELP, cls=_help.Command)(report_command)
+app.command("correlate", epilog=EXIT_CODES_HELP, cls=_help.Command)(correlate_command)
+app.command("finetune", epilog=EXIT_CODES_HELP, cls=_help.Command)(finetune_command)
+app.command("tune", epilog=EXIT_CODES_HELP, cls=_help.Command)(tune_command)
+app.command("demo", epilog=EXIT_CODES_HELP, cls=_help.Command)(demo_command)
 
 
 #: Caches that libraries write outside the paths the user named: matplotlib's font list

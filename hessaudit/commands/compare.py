@@ -10,7 +10,7 @@ import typer
 from hessaudit.commands._common import DebugOption, QuietOption
 
 _GATES = "Gates"
-_OUTPUT = "Output"
+_OUTPUT = "Outputs"
 
 
 def compare_command(
@@ -19,7 +19,8 @@ def compare_command(
     max_increase: Annotated[
         float | None,
         typer.Option(
-            help="Fail (exit 2) when the bound grew by more than PCT percent.",
+            help="Fail (exit 2) when the bound grew by more than PCT percent (default: no "
+            "limit).",
             metavar="PCT",
             rich_help_panel=_GATES,
         ),
@@ -29,7 +30,7 @@ def compare_command(
         typer.Option(
             help=(
                 "Fail when a layer's Hcal grew by more than PCT percent; 'PATTERN=PCT' limits "
-                "it to layers matching the glob (repeatable)."
+                "it to layers matching the glob (repeatable; default: no limit)."
             ),
             metavar="[PATTERN=]PCT",
             rich_help_panel=_GATES,
@@ -38,7 +39,8 @@ def compare_command(
     config: Annotated[
         Path | None,
         typer.Option(
-            help="Read \\[compare] gates from this TOML file instead of ./pyproject.toml.",
+            help="Read \\[compare] gates from this TOML file (default: ./pyproject.toml's "
+            "\\[tool.hessaudit.compare], when there is one).",
             rich_help_panel=_GATES,
         ),
     ] = None,
@@ -46,14 +48,16 @@ def compare_command(
         str | None,
         typer.Option(
             "--json",
-            help="Write the hessaudit.compare/1 JSON here ('-' for stdout).",
+            help="Write the hessaudit.compare/1 JSON here ('-' for stdout; default: not "
+            "written).",
             rich_help_panel=_OUTPUT,
         ),
     ] = None,
     summary_md: Annotated[
         str | None,
         typer.Option(
-            help="Write a markdown report here (e.g. $GITHUB_STEP_SUMMARY; '-' for stdout).",
+            help="Write a markdown report here (e.g. $GITHUB_STEP_SUMMARY; '-' for stdout; "
+            "default: not written).",
             rich_help_panel=_OUTPUT,
         ),
     ] = None,

@@ -22,13 +22,16 @@ def correlate_command(
         Path | None,
         typer.Option(
             "--out", help="Write correlations.csv, one PNG per measure and correlations.html "
-            "into this folder (created if missing).", rich_help_panel=_OUTPUT,
+            "into this folder (created if missing; default: not written).",
+            rich_help_panel=_OUTPUT,
         ),
     ] = None,
     json_path: Annotated[
         str | None,
         typer.Option(
-            "--json", help="Write the hessaudit.correlate/1 JSON here ('-' for stdout).",
+            "--json",
+            help="Write the hessaudit.correlate/1 JSON here ('-' for stdout; default: not "
+            "written).",
             rich_help_panel=_OUTPUT,
         ),
     ] = None,
@@ -36,7 +39,7 @@ def correlate_command(
         str | None,
         typer.Option(
             help="Also correlate within groups: a --label KEY given to measure, or a field "
-            "of inputs (dotted path, e.g. data or pretrained.sha256).",
+            "of inputs (dotted path, e.g. data or pretrained.sha256; default: none).",
             metavar="KEY",
         ),
     ] = None,
@@ -55,7 +58,7 @@ def correlate_command(
         list[str] | None,
         typer.Option(
             help="Accepted audits for --suggest-gate: files, folders or glob patterns "
-            "(repeatable).", metavar="FILE|GLOB", rich_help_panel=_GATE,
+            "(repeatable; default: none).", metavar="FILE|GLOB", rich_help_panel=_GATE,
         ),
     ] = None,
     margin: Annotated[

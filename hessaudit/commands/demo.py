@@ -23,7 +23,9 @@ def demo_command(
     ] = False,
     json_path: Annotated[
         str | None,
-        typer.Option("--json", help="Write the audit JSON here ('-' for stdout)."),
+        typer.Option(
+            "--json", help="Write the audit JSON here ('-' for stdout; default: not written)."
+        ),
     ] = None,
     quiet: QuietOption = False,
     debug: DebugOption = False,

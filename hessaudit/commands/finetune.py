@@ -16,12 +16,12 @@ from hessaudit.errors import HessauditError
 if TYPE_CHECKING:
     from hessaudit.robust.config import FinetuneConfig
 
-_DATA = "Data and model"
+_DATA = "Model, data and run folder"
 _OPT = "Optimization"
 _LOSS = "Loss and noise matrix"
 _CONS = "Constraint and penalty"
 _NOISE = "Synthetic noise"
-_RUN = "Run folder and audit"
+_RUN = "Audit, resume and overwrite"
 
 #: Parameters that are not FinetuneConfig fields.
 _NOT_CONFIG = ("ctx", "resume", "overwrite", "quiet", "debug")
@@ -38,25 +38,30 @@ def finetune_command(
     model: Annotated[
         str | None,
         typer.Option(
-            help="timm model name, or a factory 'file.py:function' / 'pkg.mod:function'.",
+            help="timm model name, or a factory 'file.py:function' / 'pkg.mod:function' "
+            "(required to start a run).",
             rich_help_panel=_DATA,
         ),
     ] = None,
     pretrained: Annotated[
         str | None,
-        typer.Option(help="Pretrained checkpoint (.safetensors/.pt).", rich_help_panel=_DATA),
+        typer.Option(
+            help="Pretrained checkpoint, .safetensors/.pt (required to start a run).",
+            rich_help_panel=_DATA,
+        ),
     ] = None,
     data: Annotated[
         str | None,
         typer.Option(
-            help="Training data: ImageFolder dir, .npz (x, y[, clean_y]), or 'digits'.",
+            help="Training data: ImageFolder dir, .npz (x, y[, clean_y]), or 'digits' (required "
+            "to start a run).",
             rich_help_panel=_DATA,
         ),
     ] = None,
     out: Annotated[
         str | None,
-        typer.Option(help="Run folder for every output (must be new or empty).",
-                     rich_help_panel=_RUN),
+        typer.Option(help="Run folder for every output, new or empty (required to start a "
+                     "run).", rich_help_panel=_DATA),
     ] = None,
     num_classes: Annotated[
         int | None,
@@ -65,25 +70,33 @@ def finetune_command(
     ] = None,
     eval_data: Annotated[
         str | None,
-        typer.Option(help="Held-out data, evaluated every epoch (clean labels).",
+        typer.Option(help="Held-out data, evaluated every epoch, clean labels (default: none).",
                      rich_help_panel=_DATA),
     ] = None,
     val_fraction: Annotated[
         float | None,
         typer.Option(
-            help="Carve this fraction of --data out as a validation split (clean labels when "
-            "known); needed by --early-stop.",
+            help="Carve this fraction (0..1) of --data out as a validation split (clean labels "
+            "when known); needed by --early-stop (default: none, no validation split).",
             rich_help_panel=_DATA,
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size.", rich_help_panel=_DATA)] = 32,
+    batch_size: Annotated[
+        int, typer.Option(help="Mini-batch size, in examples.", rich_help_panel=_DATA)
+    ] = 32,
     samples: Annotated[
         int | None,
         typer.Option(help="Train on a seeded subset of N examples (default: all).",
                      rich_help_panel=_DATA),
     ] = None,
     input_size: Annotated[
-        int | None, typer.Option(help="Resize images to this size.", rich_help_panel=_DATA)
+        int | None,
+        typer.Option(
+            help="Resize images to N x N pixels (default: a timm model's input size; other "
+            "models: the images as stored).",
+            metavar="N",
+            rich_help_panel=_DATA,
+        ),
     ] = None,
     mean: Annotated[
         list[str] | None,
@@ -158,7 +171,7 @@ def finetune_command(
         typer.Option(
             metavar="PATIENCE",
             help="Stop after PATIENCE epochs without a better validation accuracy "
-            "(best.safetensors keeps the best).",
+            "(best.safetensors keeps the best; default: off, train every epoch).",
             rich_help_panel=_OPT,
         ),
     ] = None,
@@ -204,7 +217,7 @@ def finetune_command(
             help="F (rows = true, columns = noisy label): symmetric:RATE, a .csv/.npy/.json "
             "file, 'estimate' (from first models; estimate:confident-joint | estimate:anchor | "
             "estimate:dual-t picks the method), or 'injected' (the --inject-noise matrix). "
-            "Needed by reweight and forward.",
+            "Needed by reweight and forward (default: none).",
             rich_help_panel=_LOSS,
         ),
     ] = None,
@@ -227,7 +240,11 @@ def finetune_command(
         ),
     ] = None,
     radius: Annotated[
-        float, typer.Option(help="Radius D of the first stage's balls.", rich_help_panel=_CONS)
+        float,
+        typer.Option(
+            help="Radius D of the first stage's balls, in Frobenius norm of the weight change.",
+            rich_help_panel=_CONS,
+        ),
     ] = 1.0,
     radius_growth: Annotated[
         float,
@@ -236,23 +253,24 @@ def finetune_command(
     ] = 1.0,
     head_radius: Annotated[
         float | None,
-        typer.Option(help="Keep the new head in a ball of this radius around zero "
+        typer.Option(help="Keep the new head in a ball of this radius (Frobenius norm) around zero "
                      "(default: unconstrained).", rich_help_panel=_CONS),
     ] = None,
     radius_table: Annotated[
         str | None,
-        typer.Option(help="Per-layer radii by name pattern (.json or .csv).",
+        typer.Option(help="Per-layer radii by name pattern, .json or .csv (default: none).",
                      rich_help_panel=_CONS),
     ] = None,
     penalty: Annotated[
         str | None,
-        typer.Option(help="l2sp:LAMBDA[:HEAD] (L2-SP; HEAD default 0.01).",
+        typer.Option(help="l2sp:LAMBDA[:HEAD] (L2-SP; HEAD default 0.01; default: none).",
                      rich_help_panel=_CONS),
     ] = None,
     inject_noise: Annotated[
         str | None,
         typer.Option(
-            help="symmetric:RATE | asymmetric:RATE[:MAP.json] | matrix:FILE.",
+            help="Flip training labels: symmetric:RATE | asymmetric:RATE[:MAP.json] | "
+            "matrix:FILE, RATE a fraction 0..1 (default: none, the labels as given).",
             rich_help_panel=_NOISE,
         ),
     ] = None,
@@ -276,7 +294,7 @@ def finetune_command(
             metavar="DIR",
             help="Continue or complete the interrupted run in DIR (only --epochs, --early-stop, "
             "--device, --audit, --audit-samples may change; a factory --model and --allow-hub "
-            "must be given again).",
+            "must be given again; default: start a new run).",
             rich_help_panel=_RUN,
         ),
     ] = None,

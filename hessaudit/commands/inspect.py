@@ -16,23 +16,31 @@ def inspect_command(
     finetuned: Annotated[Path, typer.Argument(help="Fine-tuned checkpoint.")],
     model: Annotated[
         str | None,
-        typer.Option(help="timm model name or factory; the fine-tuned file must load into it."),
+        typer.Option(
+            help="timm model name or factory; the fine-tuned file must load into it (default: "
+            "none, tensors are paired by name).",
+        ),
     ] = None,
     num_classes: Annotated[
         int | None, typer.Option(help="Classes (default: from the head).")
     ] = None,
     include: Annotated[
-        list[str] | None, typer.Option(help="Only layers matching this glob.")
+        list[str] | None,
+        typer.Option(help="Only layers matching this glob (repeatable; default: every layer)."),
     ] = None,
     exclude: Annotated[
-        list[str] | None, typer.Option(help="Skip layers matching this glob.")
+        list[str] | None,
+        typer.Option(help="Skip layers matching this glob (repeatable; default: none)."),
     ] = None,
     include_bias: Annotated[bool, typer.Option(help="Also list biases.")] = False,
     include_norm: Annotated[bool, typer.Option(help="Also list normalization scales.")] = False,
     exclude_new_head: Annotated[bool, typer.Option(help="Leave out a new head.")] = False,
     allow_hub: Annotated[bool, typer.Option(help="Allow timm hub downloads.")] = False,
     json_path: Annotated[
-        str | None, typer.Option("--json", help="Write the table as JSON ('-' for stdout).")
+        str | None,
+        typer.Option(
+            "--json", help="Write the table as JSON ('-' for stdout; default: not written)."
+        ),
     ] = None,
     quiet: QuietOption = False,
     debug: DebugOption = False,

@@ -10,11 +10,16 @@ import typer
 
 from hessaudit.commands._common import DebugOption, QuietOption
 
-_DATA = "Data"
+_DATA = "Inputs"
 _MEASURE = "Measure"
-_LAYERS = "Layers"
-_OUTPUT = "Output"
+_LAYERS = _MEASURE  # which layers are measured
+_BOUND = "Bound"
+_OUTPUT = "Outputs"
 _GATES = "Gates (exit 2 when one fails; see docs/gating.md)"
+_INPUT_SIZE = (
+    "Resize images to N x N pixels (default: a timm model's input size; other models: the "
+    "images as stored)."
+)
 
 
 def measure_command(
@@ -23,7 +28,10 @@ def measure_command(
     finetuned: Annotated[Path, typer.Argument(help="Fine-tuned checkpoint (.safetensors/.pt).")],
     model: Annotated[
         str,
-        typer.Option(help="timm model name, or a factory 'file.py:function' / 'pkg.mod:function'."),
+        typer.Option(
+            help="timm model name, or a factory 'file.py:function' / 'pkg.mod:function'.",
+            rich_help_panel=_DATA,
+        ),
     ],
     data: Annotated[
         str,
@@ -33,18 +41,22 @@ def measure_command(
         ),
     ],
     eval_data: Annotated[
-        str | None, typer.Option(help="Held-out data, for the observed gap.", rich_help_panel=_DATA)
+        str | None, typer.Option(
+            help="Held-out data, for the observed gap (default: none, no gap).",
+            rich_help_panel=_DATA,
+        )
     ] = None,
     labels: Annotated[
         str | None,
         typer.Option(
             help="Labels trained on: a finetune noise.json, or a .npy/.csv of integer labels, "
-            "one per example of --data.",
+            "one per example of --data (default: the labels of --data).",
             rich_help_panel=_DATA,
         ),
     ] = None,
     num_classes: Annotated[
-        int | None, typer.Option(help="Classes (default: from the fine-tuned head).")
+        int | None,
+        typer.Option(help="Classes (default: from the fine-tuned head).", rich_help_panel=_DATA),
     ] = None,
     samples: Annotated[
         int | None,
@@ -52,9 +64,11 @@ def measure_command(
             help="Audit a seeded subset of N examples (default: all).", rich_help_panel=_DATA
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size.", rich_help_panel=_DATA)] = 32,
+    batch_size: Annotated[
+        int, typer.Option(help="Mini-batch size, in examples.", rich_help_panel=_DATA)
+    ] = 32,
     input_size: Annotated[
-        int | None, typer.Option(help="Resize images to this size.", rich_help_panel=_DATA)
+        int | None, typer.Option(help=_INPUT_SIZE, metavar="N", rich_help_panel=_DATA)
     ] = None,
     mean: Annotated[
         list[str] | None,
@@ -88,7 +102,11 @@ def measure_command(
         ),
     ] = None,
     n_train: Annotated[
-        int | None, typer.Option(help="Training-set size n (default: size of --data).")
+        int | None,
+        typer.Option(
+            help="Training-set size n, in examples (default: size of --data).",
+            rich_help_panel=_BOUND,
+        ),
     ] = None,
     loss_bound: Annotated[
         str | None,
@@ -96,9 +114,12 @@ def measure_command(
             help="Loss bound C: max (default: the largest per-example training loss), "
             "quantile:Q (the Q-quantile of those losses; an estimate), or a number.",
             metavar="max|quantile:Q|VALUE",
+            rich_help_panel=_BOUND,
         ),
     ] = None,
-    epsilon: Annotated[float, typer.Option(help="The bound's epsilon.")] = 0.0,
+    epsilon: Annotated[
+        float, typer.Option(help="The bound's epsilon.", rich_help_panel=_BOUND)
+    ] = 0.0,
     reduce: Annotated[
         str,
         typer.Option(help="example-max | batch-max | mean.", rich_help_panel=_MEASURE),
@@ -143,7 +164,8 @@ def measure_command(
         float | None,
         typer.Option(
             help="Also measure noise stability: mean loss change under Gaussian noise of std "
-            "EPS on every measured weight (over --eval-data if given, else --data).",
+            "EPS on every measured weight (over --eval-data if given, else --data; default: "
+            "off).",
             metavar="EPS",
             rich_help_panel=_MEASURE,
         ),
@@ -151,16 +173,22 @@ def measure_command(
     noise_draws: Annotated[
         int | None,
         typer.Option(
-            help="Noise draws for --noise-stability (default 20).", rich_help_panel=_MEASURE
+            help="Noise draws for --noise-stability (default: 20).", rich_help_panel=_MEASURE
         ),
     ] = None,
     include: Annotated[
         list[str] | None,
-        typer.Option(help="Only layers matching this glob (repeatable).", rich_help_panel=_LAYERS),
+        typer.Option(
+            help="Only layers matching this glob (repeatable; default: every weight layer).",
+            rich_help_panel=_LAYERS,
+        ),
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option(help="Skip layers matching this glob (repeatable).", rich_help_panel=_LAYERS),
+        typer.Option(
+            help="Skip layers matching this glob (repeatable; default: none).",
+            rich_help_panel=_LAYERS,
+        ),
     ] = None,
     include_bias: Annotated[
         bool, typer.Option(help="Also measure biases.", rich_help_panel=_LAYERS)
@@ -174,17 +202,27 @@ def measure_command(
             help="Leave out a new head (no pretrained counterpart).", rich_help_panel=_LAYERS
         ),
     ] = False,
-    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32 | float64.")] = "float32",
-    seed: Annotated[int, typer.Option(help="Seed for subsets and random probes.")] = 0,
+    device: Annotated[
+        str, typer.Option(help="cpu | cuda | cuda:N.", rich_help_panel=_MEASURE)
+    ] = "cpu",
+    dtype: Annotated[
+        str, typer.Option(help="float32 | float64.", rich_help_panel=_MEASURE)
+    ] = "float32",
+    seed: Annotated[
+        int, typer.Option(help="Seed for subsets and random probes.", rich_help_panel=_MEASURE)
+    ] = 0,
     allow_hub: Annotated[
-        bool, typer.Option(help="Allow timm to download a hub model (off: never use the network).")
+        bool,
+        typer.Option(
+            help="Allow timm to download a hub model (off: never use the network).",
+            rich_help_panel=_DATA,
+        ),
     ] = False,
     label: Annotated[
         list[str] | None,
         typer.Option(
             help="KEY=VALUE stored in the JSON's inputs.tags, for 'correlate --group-by' "
-            "(repeatable).",
+            "(repeatable; default: none).",
             metavar="KEY=VALUE",
             rich_help_panel=_OUTPUT,
         ),
@@ -192,26 +230,36 @@ def measure_command(
     json_path: Annotated[
         str | None,
         typer.Option(
-            "--json", help="Write the audit JSON here ('-' for stdout).", rich_help_panel=_OUTPUT
+            "--json",
+            help="Write the audit JSON here ('-' for stdout; default: not written).",
+            rich_help_panel=_OUTPUT,
         ),
     ] = None,
     csv_path: Annotated[
         str | None,
         typer.Option(
-            "--csv", help="Write per-layer rows as CSV ('-' for stdout).", rich_help_panel=_OUTPUT
+            "--csv",
+            help="Write per-layer rows as CSV ('-' for stdout; default: not written).",
+            rich_help_panel=_OUTPUT,
         ),
     ] = None,
     max_bound: Annotated[
-        float | None, typer.Option(help="Fail if bound > X.", metavar="X", rich_help_panel=_GATES)
+        float | None, typer.Option(
+            help="Fail if bound > X (default: no limit).", metavar="X", rich_help_panel=_GATES
+        )
     ] = None,
     max_hessian_term: Annotated[
         float | None,
-        typer.Option(help="Fail if Hessian term G > X.", metavar="X", rich_help_panel=_GATES),
+        typer.Option(
+            help="Fail if Hessian term G > X (default: no limit).",
+            metavar="X",
+            rich_help_panel=_GATES,
+        ),
     ] = None,
     max_ratio: Annotated[
         float | None,
         typer.Option(
-            help="Fail if G / observed gap > X (needs --eval-data).",
+            help="Fail if G / observed gap > X (needs --eval-data; default: no limit).",
             metavar="X",
             rich_help_panel=_GATES,
         ),
@@ -219,7 +267,7 @@ def measure_command(
     min_ratio: Annotated[
         float | None,
         typer.Option(
-            help="Fail if G / observed gap < X (needs --eval-data).",
+            help="Fail if G / observed gap < X (needs --eval-data; default: no limit).",
             metavar="X",
             rich_help_panel=_GATES,
         ),
@@ -227,7 +275,8 @@ def measure_command(
     max_layer_hcal: Annotated[
         list[str] | None,
         typer.Option(
-            help="PATTERN=X: fail if a layer matching the glob has Hcal > X (repeatable).",
+            help="PATTERN=X: fail if a layer matching the glob has Hcal > X (repeatable; "
+            "default: no limit).",
             metavar="[PATTERN=]X",
             rich_help_panel=_GATES,
         ),
@@ -235,7 +284,8 @@ def measure_command(
     max_layer_share: Annotated[
         list[str] | None,
         typer.Option(
-            help="PATTERN=F: fail if a matching layer's share of G is > F, 0..1 (repeatable).",
+            help="PATTERN=F: fail if a matching layer's share of G is > F, a fraction 0..1 "
+            "(repeatable; default: no limit).",
             metavar="[PATTERN=]F",
             rich_help_panel=_GATES,
         ),
@@ -243,14 +293,16 @@ def measure_command(
     config: Annotated[
         Path | None,
         typer.Option(
-            help="Read \\[gates] from this TOML file instead of ./pyproject.toml.",
+            help="Read \\[gates] from this TOML file (default: ./pyproject.toml's "
+            "\\[tool.hessaudit.gates], when there is one).",
             rich_help_panel=_GATES,
         ),
     ] = None,
     summary_md: Annotated[
         str | None,
         typer.Option(
-            help="Write a markdown report here (e.g. $GITHUB_STEP_SUMMARY; '-' for stdout).",
+            help="Write a markdown report here (e.g. $GITHUB_STEP_SUMMARY; '-' for stdout; "
+            "default: not written).",
             rich_help_panel=_OUTPUT,
         ),
     ] = None,

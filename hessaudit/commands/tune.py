@@ -36,7 +36,10 @@ def _tune_command(
     ] = 20,
     timeout: Annotated[
         float | None,
-        typer.Option(help="Start no new trial after this many seconds.", rich_help_panel=_TUNE),
+        typer.Option(
+            help="Start no new trial after this many seconds (default: no limit).",
+            rich_help_panel=_TUNE,
+        ),
     ] = None,
     objective: Annotated[
         str,
@@ -52,7 +55,8 @@ def _tune_command(
         typer.Option(
             metavar="FILE",
             help='Search space JSON: {"defaults": true, "params": {"lr": {"low": 1e-4, '
-            '"high": 1e-2, "log": true}, "head_radius": null, ...}}.',
+            '"high": 1e-2, "log": true}, "head_radius": null, ...}} (default: the built-in '
+            "space for the loss and constraint).",
             rich_help_panel=_TUNE,
         ),
     ] = None,
@@ -78,8 +82,8 @@ def _tune_command(
     ] = True,
     val_fraction: Annotated[
         float,
-        typer.Option(help="Fraction of --data held out to score the trials (its labels are "
-                     "as noisy as the training labels).", rich_help_panel=_TUNE),
+        typer.Option(help="Fraction (0..1) of --data held out to score the trials (its labels "
+                     "are as noisy as the training labels).", rich_help_panel=_TUNE),
     ] = 0.1,
     resume: Annotated[
         bool,

@@ -22,6 +22,21 @@ def stdout() -> Console:
     )
 
 
+def table_width(console: Console) -> int | None:
+    """The width tables are laid out for (:mod:`hessaudit.report._layout`): the console's,
+    or none on the piped stdout: a CI log has no width, so its tables show every column in
+    full, as wide as they need."""
+    if console is stdout() and not console.is_terminal:
+        return None
+    return console.width
+
+
+def print_table(console: Console, *renderables: object) -> None:
+    """Print tables made by :func:`hessaudit.report._layout.fit_table`, uncropped (a table
+    wider than the console is one that could not be narrowed without cutting a number)."""
+    console.print(*renderables, crop=False)
+
+
 @lru_cache(maxsize=1)
 def stderr() -> Console:
     return Console(stderr=True, highlight=False, emoji=False)

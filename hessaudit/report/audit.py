@@ -6,28 +6,36 @@ import math
 import sys
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from hessaudit.bound import C_DOMINANCE_RATIO, estimate_label
 from hessaudit.loss_bound import c_source_label
-from hessaudit.report._console import stdout
+from hessaudit.report._console import print_table, stdout, table_width
 from hessaudit.report._escape import console_text, plain_text
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair
+from hessaudit.report._layout import Column, fit_table, merge_identical
 
 _BAR_WIDTH = 12
+#: Ranks of the per-layer table's steps (lowest first; see hessaudit.report._layout).
+_R_PATH, _R_BAR, _R_TWO_LINES, _R_NAME, _R_TRACE_LINES = 10, 20, 25, 30, 35
+_R_TOP_EIG, _R_TRACE, _R_PERCENT, _R_PARAMS, _R_DIST, _R_RAW, _R_POS = 40, 50, 60, 70, 80, 90, 95
 
 
-def share_bar(share: float) -> Text:
-    """A small inline bar for a layer's share of the Hessian term (0..1)."""
-    filled = round(max(0.0, min(1.0, share)) * _BAR_WIDTH)
+def share_bar(share: float, width: int = _BAR_WIDTH) -> Text:
+    """A small inline bar for a layer's share of the Hessian term (0..1), then the percent."""
+    filled = round(max(0.0, min(1.0, share)) * width)
     bar = Text("█" * filled, style="cyan")
-    bar.append("░" * (_BAR_WIDTH - filled), style="dim")
-    bar.append(f" {100 * share:4.1f}%")
+    bar.append("░" * (width - filled), style="dim")
+    bar.append(" " + share_percent(share))
     return bar
+
+
+def share_percent(share: float) -> str:
+    return f"{100 * share:5.1f}%"
 
 
 def layer_shares(document: dict[str, Any]) -> list[float]:
@@ -37,51 +45,79 @@ def layer_shares(document: dict[str, Any]) -> list[float]:
     return [root / total if total > 0 else 0.0 for root in roots]
 
 
-def audit_table(document: dict[str, Any]) -> Table:
+def _with_note(value: str, note: str | None, style: str) -> tuple[Text, Text]:
+    """``value (note)`` on one line, and on two lines (the narrow form)."""
+    one, two = Text(value), Text(value)
+    if note is not None:
+        one.append(f" ({note})", style=style)
+        two.append(f"\n({note})", style=style)
+    return one, two
+
+
+def _columns(document: dict[str, Any]) -> tuple[list[Column], str | None]:
+    """The per-layer table's columns, and the engine path when every layer shares it (and
+    converged): that column is then the first to go, into the title."""
+    layers = document["layers"]
+    shares = layer_shares(document)
+    hcal = [_with_note(fmt(la["hcal"]), "clamped" if la.get("clamped") else None, "yellow")
+            for la in layers]
+    paths = [_with_note(plain_text(la.get("engine_path", "-")),
+                        None if la["converged"] else "not converged", "red") for la in layers]
+    plain_paths = {la.get("engine_path", "-") for la in layers}
+    uniform = len(plain_paths) == 1 and all(la["converged"] for la in layers)
+    columns = [
+        Column("layer", "layer", [plain_text(la["name"]) for la in layers], "left", "name",
+               shrink=_R_NAME,
+               suffixes=[Text("(new head)", style="magenta") if la["is_new_head"] else None
+                         for la in layers]),
+        Column("params", "params", [f"{la['numel']:,}" for la in layers], drop=_R_PARAMS),
+        Column("dist", "‖v‖", [fmt(la["dist_fro"]) for la in layers], drop=_R_DIST),
+        Column("raw", "vᵀHv", [fmt(la["quad_raw"]) for la in layers], drop=_R_RAW),
+        Column("pos", "vᵀH⁺v", [fmt(la["quad_pos"]) for la in layers], drop=_R_POS),
+        Column("hcal", "Hcal", [one for one, _ in hcal],
+               forms=[(_R_TWO_LINES, [two for _, two in hcal])]),
+        Column("share", "share of G", [share_bar(s) for s in shares], "left",
+               forms=[(_R_BAR, [share_bar(s, _BAR_WIDTH // 2) for s in shares]),
+                      (_R_PERCENT, [share_percent(s) for s in shares])]),
+    ]
+    if any(la["top_eig"] is not None for la in layers):
+        columns.append(Column("top_eig", "top eig", [fmt(la["top_eig"]) for la in layers],
+                              drop=_R_TOP_EIG))
+    if any(la["trace"] is not None for la in layers):
+        traces = [("-", "-") if la["trace"] is None else
+                  (fmt(la["trace"], 3), fmt(la["trace_stderr"], 2)) for la in layers]
+        columns.append(Column(
+            "trace", "trace ± se",
+            [t if t == "-" else f"{t} ± {se}" for t, se in traces],
+            forms=[(_R_TRACE_LINES, [t if t == "-" else f"{t}\n± {se}" for t, se in traces])],
+            drop=_R_TRACE))
+    columns.append(Column("path", "path", [one for one, _ in paths], "left",
+                          forms=[(_R_TWO_LINES, [two for _, two in paths])],
+                          drop=_R_PATH if uniform else None))
+    return merge_identical(columns, ("raw", "pos", "hcal")), plain_paths.pop() if uniform else None
+
+
+def audit_table(document: dict[str, Any], width: int | None = None) -> Table:
+    """The per-layer table, laid out for ``width`` cells (``None``: as wide as it needs).
+
+    Form columns that read the same (vᵀHv, vᵀH⁺v and Hcal on the JVP path) are one column;
+    spectrum columns appear only when computed.
+    """
     settings = document["settings"]
-    table = Table(
-        title=(
-            f"Hessian distance per layer  (reduce={console_text(settings['reduce'])}, "
-            f"form={console_text(settings['form'])}, engine={console_text(settings['engine'])}, "
-            f"recipe={console_text(str(settings.get('recipe', 'theorem')))})"
-        ),
-        title_justify="left",
-        header_style="bold",
+    columns, path = _columns(document)
+    table, chosen = fit_table(columns, width)
+    where = f", path={console_text(path)}" if path is not None and "path" in chosen.dropped else ""
+    table.title = (
+        f"Hessian distance per layer  (reduce={console_text(settings['reduce'])}, "
+        f"form={console_text(settings['form'])}, engine={console_text(settings['engine'])}"
+        f"{where}, recipe={console_text(str(settings.get('recipe', 'theorem')))})"
     )
-    table.add_column("layer", overflow="fold")
-    table.add_column("params", justify="right")
-    table.add_column("‖v‖", justify="right")
-    table.add_column("vᵀHv", justify="right")
-    table.add_column("vᵀH⁺v", justify="right")
-    table.add_column("Hcal", justify="right")
-    table.add_column("share of G", no_wrap=True)
-    table.add_column("top eig", justify="right")
-    table.add_column("trace ± se", justify="right")
-    table.add_column("path")
-    for layer, share in zip(document["layers"], layer_shares(document), strict=True):
-        name = Text(plain_text(layer["name"]))
-        if layer["is_new_head"]:
-            name.append(" (new head)", style="magenta")
-        hcal = Text(fmt(layer["hcal"]))
-        if layer.get("clamped"):
-            hcal.append(" (clamped)", style="yellow")
-        trace = "-"
-        if layer["trace"] is not None:
-            trace = f"{fmt(layer['trace'], 3)} ± {fmt(layer['trace_stderr'], 2)}"
-        path = Text(plain_text(layer.get("engine_path", "-")))
-        if not layer["converged"]:
-            path.append(" (not converged)", style="red")
-        table.add_row(
-            name,
-            f"{layer['numel']:,}",
-            fmt(layer["dist_fro"]),
-            fmt(layer["quad_raw"]),
-            fmt(layer["quad_pos"]),
-            hcal,
-            share_bar(share),
-            fmt(layer["top_eig"]),
-            trace,
-            path,
+    if path is not None and "path" in chosen.dropped:
+        # The path column went into the title: not "left out".
+        left_out = [c.header for c in columns if c.key in chosen.dropped and c.key != "path"]
+        table.caption = (
+            Text(f"not shown at this width: {', '.join(left_out)}", style="dim")
+            if left_out else None
         )
     return table
 
@@ -209,7 +245,7 @@ def warn_if_estimate(document: dict[str, Any]) -> None:
     sys.stderr.flush()
 
 
-def print_audit(document: dict[str, Any]) -> None:
-    console = stdout()
-    console.print(audit_table(document))
+def print_audit(document: dict[str, Any], console: Console | None = None) -> None:
+    console = console or stdout()
+    print_table(console, audit_table(document, table_width(console)))
     console.print(summary_panel(document))

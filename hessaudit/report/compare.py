@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from hessaudit.compare import SUMMARY_LABELS
 from hessaudit.measures import MEASURE_LABELS
-from hessaudit.report._console import stdout, warn
+from hessaudit.report._console import print_table, stdout, table_width, warn
 from hessaudit.report._escape import console_text, plain_text
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair, fmt_percent, fmt_signed
+from hessaudit.report._layout import Column, fit_table
 
 
 def _pct(value: float | None, *, worse_if_up: bool = True) -> Text:
@@ -29,80 +31,77 @@ def _signed(value: float | None) -> str:
     return fmt_signed(value)
 
 
-def summary_table(document: Mapping[str, Any]) -> Table:
-    table = Table(title="Summary (base → new)", title_justify="left", header_style="bold")
-    table.add_column("quantity")
-    for column in ("base", "new", "change", "change %"):
-        table.add_column(column, justify="right")
+def summary_table(document: Mapping[str, Any], width: int | None = None) -> Table:
+    """The summary's changes, laid out for ``width`` cells (``None``: as wide as it needs)."""
+    rows = []
     for key, label in SUMMARY_LABELS.items():
         entry = document["summary"].get(key)
         if entry is None or (entry["base"] is None and entry["new"] is None):
             continue
-        table.add_row(
-            label,
-            fmt(entry["base"]),
-            fmt(entry["new"]),
-            _signed(entry["abs_change"]),
-            # A smaller G / gap is not "better" in the same sense: no colour for it.
-            _pct(entry["rel_change_pct"])
-            if key != "ratio_to_gap"
-            else Text(fmt_percent(entry["rel_change_pct"])),
-        )
+        # A smaller G / gap is not "better" in the same sense: no colour for it.
+        change = (_pct(entry["rel_change_pct"]) if key != "ratio_to_gap"
+                  else Text(fmt_percent(entry["rel_change_pct"])))
+        rows.append((label, fmt(entry["base"]), fmt(entry["new"]),
+                     _signed(entry["abs_change"]), change))
     kinds = [document[side].get("bound_kind") for side in ("base", "new")]
     if kinds[0] != kinds[1] or "estimate" in kinds:
         # Text, not markup: the kinds come from the input files.
-        table.add_row("bound kind", *(Text(str(kind or "unknown")) for kind in kinds), "", "")
+        rows.append(("bound kind", *(plain_text(kind or "unknown") for kind in kinds), "", ""))
+    cells = list(zip(*rows, strict=True)) if rows else [()] * 5
+    columns = [Column("quantity", "quantity", cells[0], "left", "prose")]
+    columns += [Column(key, key, cells[i + 1]) for i, key in
+                enumerate(("base", "new", "change", "change %"))]
+    table, _ = fit_table(columns, width, title="Summary (base → new)")
     return table
 
 
-def measures_table(document: Mapping[str, Any]) -> Table | None:
-    """The measures side by side (base → new); None when neither audit has any."""
+def layers_table(document: Mapping[str, Any], width: int | None = None) -> Table:
+    """Hcal per layer, laid out for ``width`` cells (``None``: as wide as it needs)."""
+    layers = document["layers"]
+    shares = [(f"{100 * la['base_share']:.1f}%", f"{100 * la['new_share']:.1f}%")
+              for la in layers]
+    columns = [
+        Column("layer", "layer", [plain_text(la["name"]) for la in layers], "left", "name",
+               shrink=30),
+        Column("base", "base Hcal", [fmt(la["base"]) for la in layers], drop=60),
+        Column("new", "new Hcal", [fmt(la["new"]) for la in layers]),
+        Column("change", "change", [_signed(la["abs_change"]) for la in layers], drop=40),
+        Column("pct", "change %", [_pct(la["rel_change_pct"]) for la in layers]),
+        Column("share", "share base → new", [f"{b} → {n}" for b, n in shares],
+               forms=[(20, [f"{b}\n→ {n}" for b, n in shares])], drop=50),
+    ]
+    table, _ = fit_table(
+        columns, width,
+        title=f"Hcal per layer ({len(layers)} layers in both audits)",
+    )
+    return table
+
+
+def measures_table(document: Mapping[str, Any], width: int | None = None) -> Table | None:
+    """The measures side by side (base → new), laid out for ``width`` cells; None when
+    neither audit has any."""
     measures = document.get("measures") or {}
     if not measures:
         return None
-    table = Table(title="Measures (base → new)", title_justify="left", header_style="bold")
-    table.add_column("measure")
-    for column in ("base", "new", "change", "change %"):
-        table.add_column(column, justify="right")
-    for name, entry in measures.items():
-        table.add_row(
-            MEASURE_LABELS.get(name, "?"),
-            fmt(entry["base"]),
-            fmt(entry["new"]),
-            _signed(entry["abs_change"]),
-            _pct(entry["rel_change_pct"]),
-        )
+    entries = list(measures.items())
+    columns = [
+        Column("measure", "measure", [MEASURE_LABELS.get(name, "?") for name, _ in entries],
+               "left", "prose"),
+        Column("base", "base", [fmt(e["base"]) for _, e in entries]),
+        Column("new", "new", [fmt(e["new"]) for _, e in entries]),
+        Column("change", "change", [_signed(e["abs_change"]) for _, e in entries]),
+        Column("pct", "change %", [_pct(e["rel_change_pct"]) for _, e in entries]),
+    ]
+    table, _ = fit_table(columns, width, title="Measures (base → new)")
     return table
 
 
-def layers_table(document: Mapping[str, Any]) -> Table:
-    table = Table(
-        title=f"Hcal per layer ({len(document['layers'])} layers in both audits)",
-        title_justify="left",
-        header_style="bold",
-    )
-    table.add_column("layer", overflow="fold")
-    for column in ("base Hcal", "new Hcal", "change", "change %", "share base → new"):
-        table.add_column(column, justify="right")
-    for layer in document["layers"]:
-        table.add_row(
-            Text(plain_text(layer["name"])),
-            fmt(layer["base"]),
-            fmt(layer["new"]),
-            _signed(layer["abs_change"]),
-            _pct(layer["rel_change_pct"]),
-            f"{100 * layer['base_share']:.1f}% → {100 * layer['new_share']:.1f}%",
-        )
-    return table
-
-
-def print_compare(document: Mapping[str, Any]) -> None:
-    console = stdout()
-    console.print(summary_table(document))
-    measures = measures_table(document)
-    if measures is not None:
-        console.print(measures)
-    console.print(layers_table(document))
+def print_compare(document: Mapping[str, Any], console: Console | None = None) -> None:
+    console = console or stdout()
+    width = table_width(console)
+    tables = [summary_table(document, width), measures_table(document, width),
+              layers_table(document, width)]
+    print_table(console, *(table for table in tables if table is not None))
     for key, label in (("only_in_base", "only in base"), ("only_in_new", "only in new")):
         items = document.get(key) or []
         if items:

@@ -18,13 +18,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from hessaudit._audit_read import plain
 from hessaudit.correlate import CSV_COLUMNS
 from hessaudit.measures import MEASURE_LABELS
-from hessaudit.report._console import stdout
+from hessaudit.report._console import print_table, stdout, table_width
+from hessaudit.report._layout import Column, fit_table
 from hessaudit.report.audit import fmt
 
 _MAX_LEGEND_GROUPS = 12
@@ -34,41 +36,53 @@ def _r(value: float | None) -> str:
     return "-" if value is None else f"{value:+.2f}"
 
 
-def _with_ci(value: float | None, lo: float | None, hi: float | None) -> str:
+def _with_ci(value: float | None, lo: float | None, hi: float | None, sep: str = " ") -> str:
     if value is None:
         return "-"
-    return _r(value) if lo is None or hi is None else f"{_r(value)} [{_r(lo)}, {_r(hi)}]"
+    return _r(value) if lo is None or hi is None else f"{_r(value)}{sep}[{_r(lo)}, {_r(hi)}]"
 
 
-def correlations_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
-    table = Table(title=Text(title), title_justify="left", header_style="bold")
-    table.add_column("measure")
-    table.add_column("n", justify="right")
-    table.add_column("Spearman [95% CI]", justify="right")
-    table.add_column("Pearson [95% CI]", justify="right")
-    table.add_column("median measure / gap", justify="right")
-    for row in rows:
-        table.add_row(
-            MEASURE_LABELS.get(row["measure"], "?"),
-            str(row["n"]),
-            _with_ci(row["spearman"], row["spearman_lo"], row["spearman_hi"]),
-            _with_ci(row["pearson"], row["pearson_lo"], row["pearson_hi"]),
-            fmt(row["median_ratio"]) + (f" (of {row['ratio_n']})" if row["ratio_n"] else ""),
-        )
+def correlations_table(
+    rows: Sequence[Mapping[str, Any]], title: str, width: int | None = None
+) -> Table:
+    """One row per measure, laid out for ``width`` cells (``None``: as wide as it needs);
+    a narrow width puts the intervals and counts on a second line."""
+
+    def cis(name: str, sep: str) -> list[str]:
+        return [_with_ci(r[name], r[f"{name}_lo"], r[f"{name}_hi"], sep) for r in rows]
+
+    def ratios(sep: str) -> list[str]:
+        return [fmt(r["median_ratio"]) + (f"{sep}(of {r['ratio_n']})" if r["ratio_n"] else "")
+                for r in rows]
+
+    columns = [
+        Column("measure", "measure", [MEASURE_LABELS.get(r["measure"], "?") for r in rows],
+               "left", "prose"),
+        Column("n", "n", [str(r["n"]) for r in rows]),
+        Column("spearman", "Spearman [95% CI]", cis("spearman", " "),
+               forms=[(20, cis("spearman", "\n"))]),
+        Column("pearson", "Pearson [95% CI]", cis("pearson", " "),
+               forms=[(20, cis("pearson", "\n"))]),
+        Column("ratio", "median measure / gap", ratios(" "), forms=[(30, ratios("\n"))]),
+    ]
+    table, _ = fit_table(columns, width, title=Text(title))
     return table
 
 
-def print_correlate(document: Mapping[str, Any]) -> None:
-    console = stdout()
+def print_correlate(document: Mapping[str, Any], console: Console | None = None) -> None:
+    console = console or stdout()
+    width = table_width(console)
     settings = document["settings"]
-    console.print(correlations_table(
+    print_table(console, correlations_table(
         document["correlations"],
         f"Correlation with the observed gap over {len(document['audits'])} audits "
         f"(bootstrap {settings['bootstrap']}, seed {settings['seed']})",
+        width,
     ))
     for group in document["groups"]:
         title = f"{plain(settings['group_by'], 60)} = {plain(group['group'], 60)}"
-        console.print(correlations_table(group["rows"], f"{title} ({group['n']} audits)"))
+        print_table(console, correlations_table(group["rows"], f"{title} ({group['n']} audits)",
+                                                width))
     gates = document.get("suggested_gates")
     if gates:
         console.print(Text(gates["toml"].rstrip("\n")))

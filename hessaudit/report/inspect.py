@@ -4,41 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hessaudit.report._console import stdout
+from hessaudit.report._console import print_table, stdout, table_width
 from hessaudit.report._escape import console_text, plain_text
 from hessaudit.report._format import fmt_number as fmt
+from hessaudit.report._layout import Column, fit_table
 
 
-def print_distances(document: dict[str, Any]) -> None:
-    console = stdout()
-    table = Table(
+def distances_table(document: dict[str, Any], width: int | None = None) -> Table:
+    """One row per layer, laid out for ``width`` cells (``None``: as wide as it needs)."""
+    layers = document["layers"]
+    columns = [
+        Column("layer", "layer", [plain_text(la["name"]) for la in layers], "left", "name",
+               shrink=30,
+               suffixes=[Text("(new head)", style="magenta") if la["is_new_head"] else None
+                         for la in layers]),
+        Column("shape", "shape", [plain_text("×".join(str(d) for d in la["shape"]))
+                                  for la in layers], "left", drop=20),
+        Column("params", "params", [f"{la['numel']:,}" for la in layers], drop=40),
+        Column("dist", "‖W_ft − W_pre‖_F", [fmt(la["dist_fro"]) for la in layers]),
+        Column("rel", "relative", [fmt(la["rel_dist"]) for la in layers]),
+    ]
+    table, _ = fit_table(
+        columns, width,
         title=f"What fine-tuning changed  ({console_text(document['finetuned']['path'])})",
-        title_justify="left",
-        header_style="bold",
     )
-    for column, justify in (
-        ("layer", "left"),
-        ("shape", "left"),
-        ("params", "right"),
-        ("‖W_ft − W_pre‖_F", "right"),
-        ("relative", "right"),
-    ):
-        table.add_column(column, justify=justify)
-    for layer in document["layers"]:
-        name = Text(plain_text(layer["name"]))
-        if layer["is_new_head"]:
-            name.append(" (new head)", style="magenta")
-        table.add_row(
-            name,
-            console_text("×".join(str(d) for d in layer["shape"])),
-            f"{layer['numel']:,}",
-            fmt(layer["dist_fro"]),
-            fmt(layer["rel_dist"]),
-        )
-    console.print(table)
+    return table
+
+
+def print_distances(document: dict[str, Any], console: Console | None = None) -> None:
+    console = console or stdout()
+    print_table(console, distances_table(document, table_width(console)))
     if any(layer["is_new_head"] for layer in document["layers"]):
         console.print("[magenta]new head[/magenta]: no pretrained counterpart; distance from zero.")
     for key, label in (

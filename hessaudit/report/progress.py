@@ -7,10 +7,17 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from hessaudit.report._console import stderr
 from hessaudit.report._escape import plain_text
 from hessaudit.report._plain_progress import PlainProgress, StepTracker, note_phase
+
+
+def live_bar() -> BarColumn:
+    """The bar of a live display: 10 to 40 cells, and the first column to give up width, so
+    that the numbers beside it keep theirs in an 80-column terminal."""
+    return BarColumn(bar_width=None, table_column=Column(min_width=10, max_width=40))
 
 
 @contextlib.contextmanager
@@ -40,7 +47,7 @@ def step_progress(
 def _rich_progress(description: str) -> Iterator[Callable[[int, int, str], None]]:
     columns = (
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        live_bar(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[label]}", markup=False),

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from rich.console import Console
 from rich.progress import (
-    BarColumn,
     MofNCompleteColumn,
     Progress,
     TaskID,
@@ -24,10 +24,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from hessaudit.report._console import stderr, stdout
+from hessaudit.report import _layout
+from hessaudit.report._console import print_table, stderr, stdout, table_width
 from hessaudit.report._escape import console_text, plain_text
 from hessaudit.report._format import fmt_number
 from hessaudit.report._plain_progress import PlainProgress
+from hessaudit.report.progress import live_bar
 from hessaudit.robust.trainer import FinetuneResult, TrainingDisplay
 
 __all__ = ["LogTrainingDisplay", "RichTrainingDisplay", "summary_rows", "training_display"]
@@ -163,10 +165,24 @@ def summary_rows(result: FinetuneResult) -> list[tuple[str, str]]:
     return rows
 
 
+def summary_table(result: FinetuneResult, width: int | None = None) -> Table:
+    """:func:`summary_rows` as a table for ``width`` cells (``None``: as wide as it needs)."""
+    rows = summary_rows(result)
+    columns = [
+        _layout.Column("quantity", "quantity", [key for key, _ in rows], "left", "prose"),
+        _layout.Column("value", "value", [plain_text(v) for _, v in rows], "left", "prose"),
+    ]
+    title = f"hessaudit finetune: {console_text(result.out)}"
+    table, _ = _layout.fit_table(columns, width, title=title)
+    return table
+
+
 class RichTrainingDisplay(TrainingDisplay):
     """Live progress bars on stderr and a summary table on stdout."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console | None = None, out: Console | None = None) -> None:
+        self._console = console  # progress and logs (default: stderr)
+        self._out = out  # the summary table (default: stdout)
         self._progress: Progress | None = None
         self._epoch_task: TaskID | None = None
         self._step_task: TaskID | None = None
@@ -178,8 +194,11 @@ class RichTrainingDisplay(TrainingDisplay):
         self._plain: PlainProgress | None = None
 
     def _print(self, message: str, style: str | None = None) -> None:
-        console = self._progress.console if self._progress is not None else stderr()
+        console = self._progress.console if self._progress is not None else self._err()
         console.print(plain_text(message), style=style, markup=False, highlight=False)
+
+    def _err(self) -> Console:
+        return self._console or stderr()
 
     def start(self, info: Mapping[str, Any]) -> None:
         for line in start_lines(info):
@@ -189,7 +208,7 @@ class RichTrainingDisplay(TrainingDisplay):
         self._print(message)
 
     def warn(self, message: str) -> None:
-        console = self._progress.console if self._progress is not None else stderr()
+        console = self._progress.console if self._progress is not None else self._err()
         console.print(
             f"[yellow]warning:[/yellow] {console_text(message)}", markup=True, highlight=False
         )
@@ -201,13 +220,13 @@ class RichTrainingDisplay(TrainingDisplay):
         self._steps = steps
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            live_bar(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"),
             TimeElapsedColumn(),
             TextColumn("left"),
             TimeRemainingColumn(),
-            console=stderr(),
+            console=self._err(),
             transient=True,
         )
         self._epoch_task = self._progress.add_task(
@@ -257,14 +276,8 @@ class RichTrainingDisplay(TrainingDisplay):
 
     def finish(self, result: FinetuneResult) -> None:
         self.end_phase()
-        table = Table(
-            title=f"hessaudit finetune: {console_text(result.out)}", title_justify="left"
-        )
-        table.add_column("quantity")
-        table.add_column("value")
-        for key, value in summary_rows(result):
-            table.add_row(key, console_text(value))
-        stdout().print(table)
+        out = self._out or stdout()
+        print_table(out, summary_table(result, table_width(out)))
 
 
 class LogTrainingDisplay(TrainingDisplay):

@@ -8,12 +8,15 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hessaudit.report._console import stderr, stdout
+from hessaudit.report._console import print_table, stderr, stdout, table_width
 from hessaudit.report._escape import console_text, plain_text
 from hessaudit.report._format import fmt_number
+from hessaudit.report._layout import Column, fit_table, merge_identical
+from hessaudit.report.progress import live_bar
 from hessaudit.tune import TrialRecord, TuneDisplay, TuneResult
 
 __all__ = ["LogTuneDisplay", "RichTuneDisplay", "trial_line", "tune_display"]
@@ -66,21 +69,27 @@ def _start_line(info: Mapping[str, Any]) -> str:
     )
 
 
-def _table(result: TuneResult, top: int = 5) -> Table:
-    direction = result.settings.objective
-    table = Table(title=f"hessaudit tune: best trials by {direction}")
+def best_table(result: TuneResult, width: int | None = None, top: int = 5) -> Table:
+    """The ``top`` best trials, laid out for ``width`` cells (``None``: as wide as it needs);
+    a narrow width leaves out seconds, epochs, the accuracy, then the last parameters."""
     names = list(result.settings.space)
-    for col in ("trial", "score", *names, "noisy val acc", "epochs", "seconds"):
-        table.add_column(console_text(col), justify="right")
     complete = [r for r in result.trials if r.state == "complete" and r.score is not None]
     sign = -1.0 if result.document.get("direction") == "maximize" else 1.0
     complete.sort(key=lambda r: (sign * r.score, r.number))
-    for r in complete[:top]:
-        table.add_row(
-            str(r.number), _fmt(r.score), *[console_text(_fmt(r.params.get(n))) for n in names],
-            _fmt(r.metrics.get("val_acc")), _fmt(r.metrics.get("epochs_run")),
-            _fmt(r.seconds),
-        )
+    best = complete[:top]
+    columns = [
+        Column("trial", "trial", [str(r.number) for r in best]),
+        Column("score", "score", [_fmt(r.score) for r in best]),
+        *[Column(f"param:{n}", plain_text(n), [plain_text(_fmt(r.params.get(n))) for r in best],
+                 drop=200 - i) for i, n in enumerate(names)],
+        Column("acc", "noisy val acc", [_fmt(r.metrics.get("val_acc")) for r in best], drop=30),
+        Column("epochs", "epochs", [_fmt(r.metrics.get("epochs_run")) for r in best], drop=20),
+        Column("seconds", "seconds", [_fmt(r.seconds) for r in best], drop=10),
+    ]
+    table, _ = fit_table(
+        merge_identical(columns, ("score", "acc")), width,
+        title=f"hessaudit tune: best trials by {console_text(result.settings.objective)}",
+    )
     return table
 
 
@@ -105,20 +114,22 @@ class RichTuneDisplay(TuneDisplay):
     """A progress bar over the trials (and the epochs of the running one) on stderr, a line
     per finished trial, the best trials as a table on stdout."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console | None = None, out: Console | None = None) -> None:
+        self._console = console  # progress and logs (default: stderr)
+        self._out = out  # the table of the best trials (default: stdout)
         self._progress: Progress | None = None
         self._trials = None
         self._epochs = None
 
     def start(self, info: Mapping[str, Any]) -> None:
-        stderr().print(plain_text(_start_line(info)), markup=False, highlight=False)
+        self._err().print(plain_text(_start_line(info)), markup=False, highlight=False)
         self._progress = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
+            live_bar(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[note]}"),
             TimeElapsedColumn(),
-            console=stderr(),
+            console=self._err(),
             transient=True,
         )
         self._progress.start()
@@ -129,8 +140,11 @@ class RichTuneDisplay(TuneDisplay):
             "epochs", total=info["trial_epochs"], note="", visible=False
         )
 
+    def _err(self) -> Console:
+        return self._console or stderr()
+
     def _print(self, message: str, style: str | None = None) -> None:
-        console = self._progress.console if self._progress is not None else stderr()
+        console = self._progress.console if self._progress is not None else self._err()
         console.print(plain_text(message), style=style, markup=False, highlight=False)
 
     def log(self, message: str) -> None:
@@ -174,9 +188,10 @@ class RichTuneDisplay(TuneDisplay):
 
     def finish(self, result: TuneResult) -> None:
         self._stop()
-        stdout().print(_table(result))
+        out = self._out or stdout()
+        print_table(out, best_table(result, table_width(out)))
         for line in _summary(result):
-            stdout().print(plain_text(line), markup=False, highlight=False)
+            out.print(plain_text(line), markup=False, highlight=False)
 
 
 class LogTuneDisplay(TuneDisplay):
