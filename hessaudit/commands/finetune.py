@@ -11,6 +11,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hessaudit.commands._common import DebugOption, QuietOption
+from hessaudit.commands._data_options import (
+    crop_pct_option,
+    input_size_option,
+    interpolation_option,
+    mean_option,
+    std_option,
+)
 from hessaudit.errors import HessauditError
 
 if TYPE_CHECKING:
@@ -89,46 +96,11 @@ def finetune_command(
         typer.Option(help="Train on a seeded subset of N examples (default: all).",
                      rich_help_panel=_DATA),
     ] = None,
-    input_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Resize images to N x N pixels (default: a timm model's input size; other "
-            "models: the images as stored).",
-            metavar="N",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    mean: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Normalization mean, one value or one per channel (e.g. 0.485,0.456,0.406; "
-            "default: the model's timm config, else none).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    std: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Normalization std, like --mean (default: the model's timm config, else none).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    interpolation: Annotated[
-        str | None,
-        typer.Option(
-            help="Resize filter: bilinear | bicubic | nearest (default: the model's timm "
-            "config, else bilinear).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    crop_pct: Annotated[
-        float | None,
-        typer.Option(
-            help="Center-crop fraction when resizing, in (0, 1] (default: the model's timm "
-            "config, else 1: no crop).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
+    input_size: Annotated[int | None, input_size_option(_DATA)] = None,
+    mean: Annotated[list[str] | None, mean_option(_DATA)] = None,
+    std: Annotated[list[str] | None, std_option(_DATA)] = None,
+    interpolation: Annotated[str | None, interpolation_option(_DATA)] = None,
+    crop_pct: Annotated[float | None, crop_pct_option(_DATA)] = None,
     device: Annotated[
         str, typer.Option(help="cpu | cuda | cuda:N.", rich_help_panel=_DATA)
     ] = "cpu",

@@ -9,6 +9,13 @@ from typing import Annotated
 import typer
 
 from hessaudit.commands._common import DebugOption, QuietOption
+from hessaudit.commands._data_options import (
+    crop_pct_option,
+    input_size_option,
+    interpolation_option,
+    mean_option,
+    std_option,
+)
 
 _DATA = "Inputs"
 _MEASURE = "Measure"
@@ -16,10 +23,6 @@ _LAYERS = _MEASURE  # which layers are measured
 _BOUND = "Bound"
 _OUTPUT = "Outputs"
 _GATES = "Gates (exit 2 when one fails; see docs/gating.md)"
-_INPUT_SIZE = (
-    "Resize images to N x N pixels (default: a timm model's input size; other models: the "
-    "images as stored)."
-)
 
 
 def measure_command(
@@ -67,40 +70,11 @@ def measure_command(
     batch_size: Annotated[
         int, typer.Option(help="Mini-batch size, in examples.", rich_help_panel=_DATA)
     ] = 32,
-    input_size: Annotated[
-        int | None, typer.Option(help=_INPUT_SIZE, metavar="N", rich_help_panel=_DATA)
-    ] = None,
-    mean: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Normalization mean, one value or one per channel (e.g. 0.485,0.456,0.406; "
-            "default: the model's timm config, else none).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    std: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Normalization std, like --mean (default: the model's timm config, else none).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    interpolation: Annotated[
-        str | None,
-        typer.Option(
-            help="Resize filter: bilinear | bicubic | nearest (default: the model's timm "
-            "config, else bilinear).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    crop_pct: Annotated[
-        float | None,
-        typer.Option(
-            help="Center-crop fraction when resizing, in (0, 1] (default: the model's timm "
-            "config, else 1: no crop).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
+    input_size: Annotated[int | None, input_size_option(_DATA)] = None,
+    mean: Annotated[list[str] | None, mean_option(_DATA)] = None,
+    std: Annotated[list[str] | None, std_option(_DATA)] = None,
+    interpolation: Annotated[str | None, interpolation_option(_DATA)] = None,
+    crop_pct: Annotated[float | None, crop_pct_option(_DATA)] = None,
     n_train: Annotated[
         int | None,
         typer.Option(
