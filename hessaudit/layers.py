@@ -56,15 +56,23 @@ class Layer:
     def delta(self) -> Tensor:
         """Fine-tuned minus pretrained, in the fine-tuned dtype; the fine-tuned tensor itself
         for a new head (distance from zero)."""
+        return self.delta_as(dtype=self.finetuned.dtype, device=self.finetuned.device)
+
+    def delta_as(self, *, dtype: torch.dtype, device: torch.device | str | None = None
+                 ) -> Tensor:
+        """Fine-tuned minus pretrained computed in ``dtype``: both tensors are cast to
+        ``dtype`` first and then subtracted, so a float64 audit of float32 checkpoints gets the
+        exact difference (subtracting in float32 and casting loses ~1e-8 relative)."""
+        device = self.finetuned.device if device is None else device
+        ft = self.finetuned.detach().to(device=device, dtype=dtype)
         if self.pretrained is None:
-            return self.finetuned
-        pre = self.pretrained.to(device=self.finetuned.device, dtype=self.finetuned.dtype)
-        return self.finetuned - pre
+            return ft
+        return ft - self.pretrained.detach().to(device=device, dtype=dtype)
 
     @functools.cached_property
     def dist_fro(self) -> float:
-        """Frobenius norm of :attr:`delta` (accumulated in float64)."""
-        return float(torch.linalg.vector_norm(self.delta.detach().to(torch.float64)))
+        """Frobenius norm of the exact difference (both tensors cast to float64 first)."""
+        return float(torch.linalg.vector_norm(self.delta_as(dtype=torch.float64)))
 
     @functools.cached_property
     def rel_dist(self) -> float | None:

@@ -36,25 +36,26 @@ forms agree with the exact second derivative on the first batch; otherwise ``lan
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from hessaudit._positive_forms import cache_fits as _cache_fits
+from hessaudit._positive_forms import positive_forms
 from hessaudit.data import Dataset
 from hessaudit.distributed import SINGLE, Context, ShardedOperator
 from hessaudit.errors import HessauditError
 from hessaudit.hessian import (
     BlockGaussNewton,
     BlockHessian,
-    PerExampleBlockHessians,
     confirm_piecewise_linear,
     cross_term_forms,
     gauss_newton_probe_forms,
     hutchinson_trace,
     is_piecewise_linear,
-    lanczos_quadrature,
     lanczos_top_eigenvalue,
     per_example_directional_second_derivative,
     per_example_gauss_newton_forms,
@@ -66,16 +67,10 @@ REDUCTIONS = ("example-max", "batch-max", "mean")
 FORMS = ("positive", "raw", "cross")
 ENGINES = ("auto", "jvp", "lanczos")
 
-# The per-example Lanczos keeps (steps + 2) vectors of the layer's size per example; chunk the
-# examples so that this stays below a fixed budget.
-_LANCZOS_MEMORY_BUDGET_BYTES = 1 << 30
 # Relative agreement required before the Gauss-Newton fast path is trusted.
 _CONFIRM_RTOL = 1e-4
 # Examples of the first batch on which that agreement is checked, per layer.
 _CONFIRM_EXAMPLES = 8
-# Operators keep their batches' graphs between products (cache_graph=True) up to this many
-# examples per rank; above it they rebuild the graph for every product to bound memory.
-_CACHE_GRAPH_MAX_EXAMPLES = 256
 # Hutchinson probes vectorized together on the JVP path.
 _PROBE_CHUNK = 8
 
@@ -87,7 +82,8 @@ class MeasureSettings:
     reduce: str = "example-max"
     form: str = "positive"
     engine: str = "auto"
-    lanczos_steps: int = 40
+    # 100: see docs/measure.md, "Stopping rule of the positive-part quadrature"
+    lanczos_steps: int = 100
     tol: float = 1e-3
     batch_size: int = 32
     spectrum: bool = True
@@ -137,6 +133,10 @@ class LayerMeasure:
     engine_path: str
     quad_steps: int
     quad_last_change: float
+    # estimated relative error of quad_pos (0: exact; None: no quadrature ran or no estimate
+    # yet) and the block Hessian-vector products the quadrature took
+    quad_error: float | None = None
+    quad_hvps: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -261,7 +261,27 @@ def measure_layers(
         )
         if progress is not None:
             progress(index + 1, len(layers), layer.name)
+    _warn_not_converged(results, settings, ctx)
     return results
+
+
+def _warn_not_converged(results: list[LayerMeasure], settings: MeasureSettings,
+                        ctx: Context) -> None:
+    """One warning line naming the layers whose estimates did not meet --tol (their JSON rows
+    say ``converged: false``), so that a CI log shows it even with --json or --quiet."""
+    stuck = [r.name for r in results if not r.converged]
+    if not stuck or not ctx.is_main:
+        return
+    shown = ", ".join(repr(name) for name in stuck[:5])
+    more = f" and {len(stuck) - 5} more" if len(stuck) > 5 else ""
+    warnings.warn(
+        f"{len(stuck)} of {len(results)} layers did not converge within --lanczos-steps "
+        f"{settings.lanczos_steps} at --tol {settings.tol:g}: {shown}{more}; their values may "
+        "be off by more than the tolerance (converged: false in the JSON); raise "
+        "--lanczos-steps",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _measure_one(
@@ -283,6 +303,8 @@ def _measure_one(
     quad_raw: float | None
     quad_pos: float | None
     steps, last_change, converged = 0, 0.0, True
+    quad_error: float | None = 0.0  # the JVP path and v = 0 are exact
+    hvps = 0
     if zero:
         quad_raw = quad_pos = 0.0
     elif path == "jvp":
@@ -301,11 +323,14 @@ def _measure_one(
             ctx,
         )
         if settings.form == "positive":
-            quad_pos, steps, last_change, converged = _positive_forms(
-                model, layer.name, v, work, settings
+            forms = positive_forms(model, layer.name, v, work, settings, raw=quad_raw)
+            quad_pos, steps, last_change, converged = (
+                forms.value, forms.steps, forms.last_change, forms.converged
             )
+            quad_error = forms.error if math.isfinite(forms.error) else None
+            hvps = forms.matvecs
         else:
-            quad_pos = None
+            quad_pos = quad_error = None
 
     cross = cross_values.get(layer.name)
     if settings.form == "positive":
@@ -343,12 +368,16 @@ def _measure_one(
         engine_path=path,
         quad_steps=steps,
         quad_last_change=last_change,
+        quad_error=quad_error,
+        quad_hvps=hvps,
     )
 
 
 def _delta_like(model: nn.Module, layer: Layer) -> torch.Tensor:
+    """v = W_ft - W_pre in the audit's dtype and device: both tensors are cast first, then
+    subtracted (a float32 difference cast to float64 would be ~1e-8 off)."""
     param = dict(model.named_parameters())[layer.name]
-    return layer.delta.to(device=param.device, dtype=param.dtype).reshape(param.shape)
+    return layer.delta_as(dtype=param.dtype, device=param.device).reshape(param.shape)
 
 
 def _reduce_per_example(
@@ -370,86 +399,6 @@ def _reduce_per_example(
     )
     total, count = ctx.sum(totals).tolist()
     return total / count
-
-
-def _combine(results: list, ctx: Context) -> tuple[float, int, float, bool]:
-    """(max value, max steps, max last change, all converged) over results and ranks."""
-    if results:
-        values = torch.cat([r.positive.reshape(-1) for r in results])
-        changes = torch.cat([r.last_change.reshape(-1) for r in results])
-        converged = torch.cat([r.converged.reshape(-1) for r in results])
-        local = torch.tensor(
-            [float(values.max()), max(r.steps for r in results), float(changes.max())],
-            dtype=torch.float64,
-        )
-        ok = bool(converged.all())
-    else:
-        local = torch.tensor([-math.inf, 0.0, -math.inf], dtype=torch.float64)
-        ok = True
-    value, steps, change = ctx.max(local).tolist()
-    return value, int(steps), change, ctx.all_true(ok)
-
-
-def _cache_fits(examples: int) -> bool:
-    return examples <= _CACHE_GRAPH_MAX_EXAMPLES
-
-
-def _positive_forms(
-    model: nn.Module,
-    name: str,
-    v: torch.Tensor,
-    work: _Work,
-    settings: MeasureSettings,
-) -> tuple[float, int, float, bool]:
-    """Reduced v^T H^+ v by Lanczos quadrature; returns (value, steps, last change, converged)."""
-
-    flat = v.reshape(-1)
-    ctx = work.ctx
-    results = []
-
-    def quadrature(matvec, start):
-        return lanczos_quadrature(
-            matvec,
-            start,
-            max_steps=settings.lanczos_steps,
-            tol=settings.tol,
-        )
-
-    if settings.reduce == "example-max":
-        bytes_per_example = flat.numel() * flat.element_size() * (settings.lanczos_steps + 2)
-        chunk = max(1, _LANCZOS_MEMORY_BUDGET_BYTES // max(bytes_per_example, 1))
-        for x, y in work.local:
-            for start in range(0, len(x), chunk):
-                xs, ys = x[start : start + chunk], y[start : start + chunk]
-                operator = PerExampleBlockHessians(model, xs, ys, name)
-                start_vectors = flat.unsqueeze(0).expand(len(xs), -1).contiguous()
-                results.append(quadrature(operator.matvec, start_vectors))
-        return _combine(results, ctx)
-    if settings.reduce == "batch-max":
-        for batch in work.local:
-            operator = BlockHessian(model, [batch], name, cache_graph=_cache_fits(len(batch[0])))
-            results.append(quadrature(operator.matvec, flat.unsqueeze(0)))
-            operator.clear_cache()
-        return _combine(results, ctx)
-    # mean: one operator over every rank's examples; products are all-reduced, so every rank
-    # runs the same iteration.
-    local_n = sum(len(x) for x, _ in work.local)
-    total = sum(len(x) for x, _ in work.batches)
-    local = (
-        BlockHessian(model, work.local, name, cache_graph=_cache_fits(local_n))
-        if work.local
-        else None
-    )
-    operator = ShardedOperator(
-        local, local_n, total, size=flat.numel(), dtype=flat.dtype, device=flat.device, ctx=ctx
-    )
-    result = quadrature(operator.matvec, flat.unsqueeze(0))
-    return (
-        float(result.positive.reshape(-1)[0]),
-        result.steps,
-        float(result.last_change.reshape(-1)[0]),
-        bool(result.converged.all()),
-    )
 
 
 def _spectrum(

@@ -153,7 +153,7 @@ def test_zero_vectors_and_zero_operator_give_zero_not_nan():
 def test_tolerance_stops_early_with_small_error():
     A = _matrix("psd_decay")
     V = _rows(4, 8)
-    res = lanczos_quadrature(lambda U: U @ A, V, max_steps=D, tol=1e-6, patience=2)
+    res = lanczos_quadrature(lambda U: U @ A, V, max_steps=D, tol=1e-6)
     exact = _qform(positive_part(A), V)
     assert bool(res.converged.all()) and int(res.row_steps.max()) < D
     assert float(((res.positive - exact).abs() / exact).max()) < 1e-5
@@ -225,3 +225,106 @@ def test_top_eigenvalue_zero_operator_and_global_rng_untouched():
     assert torch.equal(state, torch.random.get_rng_state())
     with pytest.raises(HessauditError, match="Generator"):
         lanczos_top_eigenvalue(lambda u: zero @ u, D, generator=None, dtype=DTYPE)
+
+
+def _hidden_negative_part(seed=0):
+    """60 eigenvalues: 40 log-spaced in [0.01, 10] and 20 in [-0.1, -0.001], where v has twice
+    the weight. v^T H^+ v is 3% above v^T H v, and the first Ritz values are all positive: the
+    old rule stopped after 4 steps with the raw form, 3.0e-2 off, and said converged."""
+    lam = torch.cat([torch.logspace(-2, 1, 40, dtype=DTYPE), -torch.logspace(-3, -1, 20,
+                                                                           dtype=DTYPE)])
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(60, 60, generator=g, dtype=DTYPE))
+    q = q * torch.sign(torch.diagonal(r))
+    coef = torch.cat([torch.ones(40, dtype=DTYPE), torch.full((20,), 2.0, dtype=DTYPE)])
+    return (q * lam) @ q.T, q @ coef
+
+
+def test_all_positive_ritz_values_do_not_fake_convergence():
+    """The old failure: while every Ritz value is >= 0 the Gauss value equals the raw form, so
+    its change is 0 and the old rule stopped with quad_pos == quad_raw and converged true."""
+    A, v = _hidden_negative_part()
+    exact = float(v @ positive_part(A) @ v)
+    raw = float(v @ A @ v)
+    assert exact > raw * 1.02  # the negative part matters at tol = 1e-3
+    early = lanczos_tridiagonal(lambda U: U @ A, v, steps=4)
+    T = torch.diag(early.alphas[0]) + torch.diag(early.betas[0], 1) + torch.diag(early.betas[0], -1)
+    assert float(torch.linalg.eigvalsh(T).min()) > 0  # the premise: no negative Ritz value yet
+    for steps in (2, 3, 4, 5, 8, 12, 20, 30, 45, 60):
+        res = lanczos_quadrature(lambda U: U @ A, v, max_steps=steps, tol=1e-3)
+        err = abs(float(res.positive) - exact)
+        if bool(res.converged):
+            assert err <= 1e-3 * exact, (steps, float(res.positive), exact)
+        if int(res.row_steps) <= 4:  # one-sided phase: the error bound is rigorous
+            assert err <= float(res.error)
+    assert bool(res.converged) and int(res.row_steps) < 60
+
+
+def test_one_sided_error_bound_is_rigorous():
+    """While every Ritz value has one sign, ``error`` bounds |v^T H^+ v - estimate| (a
+    polynomial majorant argument, not a heuristic): check it at every step on random spectra
+    with a bulk near zero, both signs."""
+    checked = 0
+    for seed in range(8):
+        g = torch.Generator().manual_seed(100 + seed)
+        high = -2.0 + 1.5 * float(torch.rand(1, generator=g))
+        lam = torch.cat([torch.logspace(-2, 1, 30, dtype=DTYPE),
+                         -torch.logspace(-3, high, 10, dtype=DTYPE)])
+        lam = lam if seed % 2 else -lam  # even seeds: mostly negative
+        A = known_spectrum(lam, seed)
+        v = torch.rand(40, generator=g, dtype=DTYPE) * torch.randn(40, generator=g, dtype=DTYPE)
+        exact = float(v @ positive_part(A) @ v)
+        for steps in range(1, 9):
+            res = lanczos_quadrature(A.__rmatmul__, v, max_steps=steps, tol=0.0)
+            tri = lanczos_tridiagonal(A.__rmatmul__, v, steps=steps)
+            T = (torch.diag(tri.alphas[0]) + torch.diag(tri.betas[0], 1)
+                 + torch.diag(tri.betas[0], -1))
+            theta = torch.linalg.eigvalsh(T)
+            if bool((theta > 0).all()) or bool((theta < 0).all()):
+                assert abs(float(res.positive) - exact) <= float(res.error) * (1 + 1e-9)
+                checked += bool(res.error.isfinite())
+    assert checked >= 20
+
+
+def test_converged_implies_within_tolerance_on_indefinite_spectra():
+    for kind in ("indefinite", "clustered", "negative"):
+        A = _matrix(kind)
+        V = _rows(6, 21)
+        exact = _qform(positive_part(A), V)
+        scale = float(_qform(A.abs() if kind == "negative" else A, V).abs().max())
+        for steps in (5, 10, 20, 30, D):
+            res = lanczos_quadrature(A.__rmatmul__, V, max_steps=steps, tol=1e-3)
+            err = (res.positive - exact).abs()
+            bound = torch.maximum(1e-3 * exact.abs(), torch.full_like(exact, 1e-8 * scale))
+            assert bool((err[res.converged] <= bound[res.converged]).all()), (kind, steps)
+        assert bool(res.converged.all())
+
+
+def test_atol_lets_small_rows_stop_early():
+    """Rows of a maximum only need an absolute accuracy relative to that maximum."""
+    A, v = _hidden_negative_part()
+    V = torch.stack([v, 0.05 * v])  # the second row's form is 400x smaller
+    exact = _qform(positive_part(A), V)
+    plain = lanczos_quadrature(lambda U: U @ A, V, max_steps=60, tol=1e-3)
+    loose = lanczos_quadrature(lambda U: U @ A, V, max_steps=60, tol=1e-3,
+                               atol=1e-3 * float(exact[0]))
+    assert int(loose.row_steps[1]) < int(plain.row_steps[1])
+    assert bool(loose.converged.all())
+    assert float((loose.positive - exact).abs().max()) <= 1e-3 * float(exact[0])
+
+
+def test_gamma_is_the_supremum_of_its_definition():
+    """gamma = sup_{s >= 0} s / l(-s)^2 (l: the Lagrange polynomial of the smallest node), found
+    by bisection on a monotone function; compare with a dense grid search."""
+    from hessaudit.hessian.quadrature import _gamma
+
+    g = torch.Generator().manual_seed(0)
+    nodes = torch.sort(torch.rand(5, 7, generator=g, dtype=DTYPE) * 10 + 1e-3, dim=1).values
+    nodes[0, 0] = 1e-6  # a node next to zero
+    s = torch.logspace(-9, 4, 400_001, dtype=DTYPE)
+    for row, gamma in zip(nodes, _gamma(nodes), strict=True):
+        gaps = row[1:] - row[0]
+        l2 = ((row[1:][None] + s[:, None]) / gaps[None]).square().prod(dim=1)
+        grid = float((s / l2).max())
+        assert grid <= float(gamma) <= grid * (1 + 1e-6)
+    assert _gamma(nodes[:, :1]).isinf().all()  # one node: no bound

@@ -9,8 +9,9 @@ examples. Models must be in eval mode. Estimators take their own ``torch.Generat
 - :mod:`.per_example`: per-example block HVPs and exact per-example quadratic forms, vectorized
   with ``torch.func``.
 - :mod:`.gauss_newton`: the exact one-JVP fast path for piecewise-linear networks.
-- :mod:`.lanczos`: batched Lanczos with full reorthogonalization, Gauss quadrature for
-  v^T H^+ v, top eigenvalue.
+- :mod:`.lanczos`: batched Lanczos with full reorthogonalization, top eigenvalue.
+- :mod:`.quadrature`: Gauss quadrature for v^T H^+ v with an error estimate behind its
+  stopping rule.
 - :mod:`.power`: power iteration.
 - :mod:`.trace`: Hutchinson and Hutch++ trace estimates with standard errors.
 """
@@ -31,8 +32,6 @@ from hessaudit.hessian.lanczos import (
     EigenResult,
     LanczosInfo,
     LanczosTridiagonal,
-    QuadratureResult,
-    lanczos_quadrature,
     lanczos_top_eigenvalue,
     lanczos_tridiagonal,
 )
@@ -47,6 +46,7 @@ from hessaudit.hessian.per_example import (
     per_example_hvp,
 )
 from hessaudit.hessian.power import power_iteration
+from hessaudit.hessian.quadrature import QuadratureResult, lanczos_quadrature
 from hessaudit.hessian.trace import (
     TraceResult,
     hutchinson_trace,
