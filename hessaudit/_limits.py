@@ -7,7 +7,7 @@ memory minutes later). Each limit is far above any useful value:
 * seeds are 64-bit: torch's generators take integers in [0, 2^64 - 1] (negative seeds are
   refused, as ``finetune`` always did, so that one seed has one spelling);
 * ``--lanczos-steps``: the Krylov basis holds one vector per step (and per example with
-  ``--reduce example-max``); the default is 40, and 10 000 steps of a 10^6-parameter layer
+  ``--reduce example-max``); the default is 100, and 10 000 steps of a 10^6-parameter layer
   already take 40 GB in float32;
 * ``--trace-probes``: Hutchinson's probes are drawn at once, a (probes x parameters) matrix; the
   standard error falls only as 1/sqrt(probes), so 10 000 probes are 1% of one probe's spread;
@@ -48,7 +48,7 @@ def check_measure_flags(
     check_seed(seed)
     check_at_most(
         "--lanczos-steps", lanczos_steps, MAX_LANCZOS_STEPS,
-        "the Lanczos basis holds one vector per step; the default is 40",
+        "the Lanczos basis holds one vector per step; the default is 100",
     )
     check_at_most(
         "--trace-probes", trace_probes, MAX_TRACE_PROBES,

@@ -65,7 +65,7 @@ class AuditRequest:
     reduce: str = "example-max"
     form: str = "positive"
     engine: str = "auto"
-    lanczos_steps: int = 40
+    lanczos_steps: int = 100
     tol: float = 1e-3
     spectrum: bool = True
     spectrum_samples: int = 32

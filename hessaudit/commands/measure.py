@@ -113,8 +113,13 @@ def measure_command(
         str, typer.Option(help="auto | jvp | lanczos.", rich_help_panel=_MEASURE)
     ] = "auto",
     lanczos_steps: Annotated[
-        int, typer.Option(help="Most Lanczos steps per estimate.", rich_help_panel=_MEASURE)
-    ] = 40,
+        int,
+        typer.Option(
+            help="Most Lanczos steps per estimate; a row that has not met --tol by then is "
+            "reported as not converged (docs/measure.md, 'Stopping rule').",
+            rich_help_panel=_MEASURE,
+        ),
+    ] = 100,
     tol: Annotated[
         float, typer.Option(help="Relative tolerance of the estimates.", rich_help_panel=_MEASURE)
     ] = 1e-3,
