@@ -142,7 +142,7 @@ def run_one(
             spectrum=bool(options and options.measures),
             noise_stability=1e-3 if options and options.measures else None,
             loss_bound=options.loss_bound if options else None,
-            labels=(("sweep", cfg["sweep"]), ("value", f"{cfg['value']}"), ("seed", f"{seed}")),
+            tags=(("sweep", cfg["sweep"]), ("value", f"{cfg['value']}"), ("seed", f"{seed}")),
             seed=seed,
         )
     ).to_dict()
@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     text = markdown(frame, corr)
     meta = {
-        "command": "python examples/measure_vs_gap/run.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python examples/measure_vs_gap/run.py",
+                             *(sys.argv[1:] if argv is None else argv)]),
         "wall_seconds": round(wall, 1),
         "torch": torch.__version__,
         "python": platform.python_version(),
