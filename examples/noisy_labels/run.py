@@ -152,11 +152,12 @@ def select_radii(pretrained: Path, work: Path, quick: bool) -> tuple[float, floa
     return best["radius"], best["head_radius"], rows
 
 
-def markdown(frame, layers, radius, head_radius, methods) -> str:
+def markdown(frame, layers, radius, head_radius, methods, given: bool = False) -> str:
     import numpy as np
 
-    lines = [f"Radii chosen on validation (symmetric 40%, seed 0): D = {radius}, "
-             f"D_head = {head_radius}.", "",
+    how = ("given by --radii (no search)" if given
+           else "chosen on validation (symmetric 40%, seed 0)")
+    lines = [f"Radii {how}: D = {radius}, D_head = {head_radius}.", "",
              "Clean held-out accuracy (mean ± std over seeds; best mean in bold):", "",
              "| noise | " + " | ".join(methods) + " |",
              "|---|" + "---:|" * len(methods)]
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     layers.to_csv(out / "layers.csv", index=False)
     plot(frame, methods, out / "noisy_labels.png")
     sel_layers = layers[layers["noise"] == SELECT_NOISE]
-    text = markdown(frame, sel_layers, radius, head_radius, methods)
+    text = markdown(frame, sel_layers, radius, head_radius, methods, given=bool(args.radii))
     wall = time.perf_counter() - start
     meta = {
         "command": "python examples/noisy_labels/run.py " + " ".join(sys.argv[1:] if argv is None
