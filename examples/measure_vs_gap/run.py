@@ -36,6 +36,8 @@ Every audit is also copied to ``audits/<run>.json``, labelled ``sweep``, ``value
 
 ``--measures`` turns on the per-layer traces (``trace_distance``) and ``--noise-stability 1e-3``
 for every audit; ``--loss-bound`` passes a choice of C (``max``, ``quantile:Q`` or a number).
+``reaudit.py`` re-audits the same checkpoints with another ``--loss-bound``; ``seed_means.py``
+gives every measure's correlations over configurations (seeds averaged).
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ Methods, all with the same optimization settings (:data:`TRAIN`):
   layerwise projection onto Frobenius balls (radius D for every pretrained layer, D_head for the
   new head around zero);
 * ``reweight``: the same loss without the projection (ablation).
+* ``js``: the seed's Jensen-Shannon loss (``--js-weight`` 0.5);
+* ``reweight+proj:dual-t``: Algorithm 1 with F estimated by Dual-T instead of the true F.
+
+``--methods``, ``--noises``, ``--seeds`` run a subset; ``--radii D D_HEAD`` skips the radius search.
 
 Radius rule, fixed before any test number is seen: D and D_head are picked once, by the final
 validation accuracy of ``reweight+proj`` on a 20% validation split of the training set (clean
