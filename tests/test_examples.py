@@ -42,7 +42,7 @@ def test_measure_vs_gap_quick(tmp_path) -> None:
     # every audit is also in audits/, labelled for `hessaudit correlate --group-by sweep`
     audits = sorted((tmp_path / "audits").glob("*.json"))
     assert len(audits) == 3
-    labels = json.loads(audits[0].read_text())["inputs"]["labels"]
+    labels = json.loads(audits[0].read_text())["inputs"]["tags"]
     assert labels["sweep"] == "size" and labels["seed"] == "0"
 
 

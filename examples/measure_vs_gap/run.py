@@ -36,6 +36,8 @@ Every audit is also copied to ``audits/<run>.json``, labelled ``sweep``, ``value
 
 ``--measures`` turns on the per-layer traces (``trace_distance``) and ``--noise-stability 1e-3``
 for every audit; ``--loss-bound`` passes a choice of C (``max``, ``quantile:Q`` or a number).
+``reaudit.py`` re-audits the same checkpoints with another ``--loss-bound``; ``seed_means.py``
+gives every measure's correlations over configurations (seeds averaged).
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def run_one(
             spectrum=bool(options and options.measures),
             noise_stability=1e-3 if options and options.measures else None,
             loss_bound=options.loss_bound if options else None,
-            labels=(("sweep", cfg["sweep"]), ("value", f"{cfg['value']}"), ("seed", f"{seed}")),
+            tags=(("sweep", cfg["sweep"]), ("value", f"{cfg['value']}"), ("seed", f"{seed}")),
             seed=seed,
         )
     ).to_dict()
@@ -317,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     text = markdown(frame, corr)
     meta = {
-        "command": "python examples/measure_vs_gap/run.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python examples/measure_vs_gap/run.py",
+                             *(sys.argv[1:] if argv is None else argv)]),
         "wall_seconds": round(wall, 1),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -16,6 +16,10 @@ Methods, all with the same optimization settings (:data:`TRAIN`):
   layerwise projection onto Frobenius balls (radius D for every pretrained layer, D_head for the
   new head around zero);
 * ``reweight``: the same loss without the projection (ablation).
+* ``js``: the seed's Jensen-Shannon loss (``--js-weight`` 0.5);
+* ``reweight+proj:dual-t``: Algorithm 1 with F estimated by Dual-T instead of the true F.
+
+``--methods``, ``--noises``, ``--seeds`` run a subset; ``--radii D D_HEAD`` skips the radius search.
 
 Radius rule, fixed before any test number is seen: D and D_head are picked once, by the final
 validation accuracy of ``reweight+proj`` on a 20% validation split of the training set (clean
@@ -65,6 +69,10 @@ METHODS = {
     "forward": {"loss": "forward", "noise_matrix": "injected", "constraint": "none"},
     "reweight+proj": {"loss": "reweight", "noise_matrix": "injected", "constraint": "frobenius"},
     "reweight": {"loss": "reweight", "noise_matrix": "injected", "constraint": "none"},
+    # issue 15: the seed's JS loss, and Algorithm 1 with F estimated by Dual-T (no true F)
+    "js": {"loss": "js", "js_weight": 0.5, "constraint": "none"},
+    "reweight+proj:dual-t": {"loss": "reweight", "noise_matrix": "estimate:dual-t",
+                             "constraint": "frobenius"},
 }
 RADII = (0.5, 1.0, 2.0, 4.0, 8.0)
 HEAD_RADII = (1.0, 2.0, 4.0)
@@ -88,6 +96,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--out", type=Path, default=HERE / "out", help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+                        help="run only these methods (default: all)")
+    parser.add_argument("--noises", nargs="+", default=None, help="override the noise settings")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
+    parser.add_argument("--radii", type=float, nargs=2, metavar=("D", "D_HEAD"), default=None,
+                        help="skip the radius search and use this pair (e.g. the pair the "
+                             "full run chose: 2 2)")
     return parser.parse_args(argv)
 
 
@@ -141,11 +156,12 @@ def select_radii(pretrained: Path, work: Path, quick: bool) -> tuple[float, floa
     return best["radius"], best["head_radius"], rows
 
 
-def markdown(frame, layers, radius, head_radius, methods) -> str:
+def markdown(frame, layers, radius, head_radius, methods, given: bool = False) -> str:
     import numpy as np
 
-    lines = [f"Radii chosen on validation (symmetric 40%, seed 0): D = {radius}, "
-             f"D_head = {head_radius}.", "",
+    how = ("given by --radii (no search)" if given
+           else "chosen on validation (symmetric 40%, seed 0)")
+    lines = [f"Radii {how}: D = {radius}, D_head = {head_radius}.", "",
              "Clean held-out accuracy (mean ± std over seeds; best mean in bold):", "",
              "| noise | " + " | ".join(methods) + " |",
              "|---|" + "---:|" * len(methods)]
@@ -235,15 +251,19 @@ def main(argv: list[str] | None = None) -> int:
     pre_acc = pretrain_digits_cnn(pretrained, **pre_settings)
     print(f"pretrained on digits-pretrain: held-out accuracy {pre_acc:.3f}", flush=True)
 
-    print("choosing the radii on a validation split", flush=True)
-    radius, head_radius, selection = select_radii(pretrained, work, args.quick)
-    pd.DataFrame(selection).to_csv(out / "selection.csv", index=False)
-    print(f"chosen: D = {radius}, D_head = {head_radius}", flush=True)
+    if args.radii:
+        radius, head_radius = args.radii
+        print(f"given: D = {radius}, D_head = {head_radius} (no radius search)", flush=True)
+    else:
+        print("choosing the radii on a validation split", flush=True)
+        radius, head_radius, selection = select_radii(pretrained, work, args.quick)
+        pd.DataFrame(selection).to_csv(out / "selection.csv", index=False)
+        print(f"chosen: D = {radius}, D_head = {head_radius}", flush=True)
 
     quick = args.quick
-    noises = QUICK["noises"] if quick else NOISES
-    seeds = QUICK["seeds"] if quick else SEEDS
-    methods = list(QUICK["methods"] if quick else METHODS)
+    noises = args.noises or (QUICK["noises"] if quick else NOISES)
+    seeds = args.seeds or (QUICK["seeds"] if quick else SEEDS)
+    methods = args.methods or list(QUICK["methods"] if quick else METHODS)
     rows, layer_rows = [], []
     for noise in noises:
         for seed in seeds:
@@ -283,10 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     layers.to_csv(out / "layers.csv", index=False)
     plot(frame, methods, out / "noisy_labels.png")
     sel_layers = layers[layers["noise"] == SELECT_NOISE]
-    text = markdown(frame, sel_layers, radius, head_radius, methods)
+    text = markdown(frame, sel_layers, radius, head_radius, methods, given=bool(args.radii))
     wall = time.perf_counter() - start
     meta = {
-        "command": "python examples/noisy_labels/run.py" + (" --quick" if quick else ""),
+        "command": "python examples/noisy_labels/run.py " + " ".join(sys.argv[1:] if argv is None
+                                                                      else argv),
         "wall_seconds": round(wall, 1), "torch": torch.__version__,
         "python": platform.python_version(), "threads": args.threads,
         "train": TRAIN, "methods": METHODS, "radius": radius, "head_radius": head_radius,
