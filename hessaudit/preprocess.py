@@ -335,6 +335,22 @@ def _hint(model: nn.Module, shape: tuple[int, ...], cfg: InputConfig | None) -> 
     return "check that --data belongs to --model (channels, size, layout)"
 
 
+#: Phrases of torch's and Python's errors for inputs of the wrong shape, size or channels.
+_SHAPE_PHRASES = (
+    "shape", "size", "dimension", "channel", "mat1 and mat2", "expected input", "expected 4d",
+    "expected 3d", "expected 2d", "must match", "out of range", "cannot be multiplied",
+)
+
+
+def _looks_like_shape_error(exc: BaseException) -> bool:
+    if isinstance(exc, SystemExit):
+        return True  # still a failure of the first forward: name the data and the model
+    if not isinstance(exc, RuntimeError | ValueError | IndexError | TypeError):
+        return False
+    text = str(exc).lower()
+    return any(phrase in text for phrase in _SHAPE_PHRASES)
+
+
 def check_forward(
     model: nn.Module,
     x: Tensor,
@@ -361,6 +377,10 @@ def check_forward(
         raise
     except BaseException as exc:  # SystemExit from model code is a failure too
         if any(p in str(exc).lower() for p in _OOM) or isinstance(exc, MemoryError):
+            raise
+        if isinstance(exc, HessauditError) or not _looks_like_shape_error(exc):
+            # Model code that fails for its own reasons (a KeyError in its forward, say) is
+            # reported as the model's error (hessaudit._user_code), not as a data mismatch.
             raise
         text = " ".join(str(exc).split())
         text = text[:197] + "..." if len(text) > 200 else text
