@@ -68,6 +68,7 @@ def _assert_same_audit(single: dict, dist: dict) -> None:
         assert dist[key] == pytest.approx(single[key], rel=2e-4)
 
 
+@pytest.mark.slow  # spawns two gloo ranks (~8 s each); CI runs -m slow
 @pytest.mark.parametrize(
     "options",
     [
@@ -114,6 +115,7 @@ def make(num_classes=10):
 """
 
 
+@pytest.mark.slow  # spawns two gloo ranks (~8 s each); CI runs -m slow
 def test_two_rank_finetune_equals_one_process(tmp_path):
     # No BatchNorm: under DDP its batch statistics are per rank (as in any DDP run), which
     # would make the comparison inexact.

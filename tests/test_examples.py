@@ -10,6 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+# Each runs a whole example script in a subprocess (about 10 s each on 2 cores): end-to-end
+# checks that CI runs with `pytest -m slow`, kept out of the quick default suite.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
