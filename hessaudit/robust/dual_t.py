@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from hessaudit.errors import HessauditError
+from hessaudit.robust.noise_matrix import check_predictions
 
 __all__ = ["ANCHOR_QUANTILE", "DualTEstimate", "club_matrix", "dual_t_estimate", "spade_matrix"]
 
@@ -138,23 +139,8 @@ def dual_t_estimate(
     The result is row-stochastic but not checked for invertibility: pass ``.F`` through
     :func:`~hessaudit.robust.noise_matrix.validate_noise_matrix` before using it in a loss.
     """
-    P = np.asarray(probs, dtype=np.float64)
-    z = np.asarray(noisy_labels, dtype=np.int64).reshape(-1)
-    if P.ndim != 2 or P.shape[0] == 0:
-        raise HessauditError("Dual-T: probs must be a non-empty (n, k) array")
-    n, k = P.shape
-    if num_classes is not None and k != num_classes:
-        raise HessauditError(
-            f"Dual-T: probs have {k} columns but the task has {num_classes} classes"
-        )
-    if z.shape[0] != n:
-        raise HessauditError("Dual-T: probs and labels differ in length")
-    if not np.all(np.isfinite(P)):
-        raise HessauditError("Dual-T: probs have NaN or infinite entries")
-    if z.min() < 0 or z.max() >= k:
-        raise HessauditError("Dual-T: a label is outside 0..k-1")
-    P = np.clip(P, 0.0, None)
-    P = P / np.maximum(P.sum(axis=1, keepdims=True), 1e-300)
+    P, z = check_predictions(probs, noisy_labels, num_classes, who="Dual-T")
+    k = P.shape[1]
     T_spade, empty = spade_matrix(P.argmax(axis=1), z, k)
     T_club, anchors = club_matrix(P, quantile)
     F = T_club @ T_spade

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as nnf
 
 from hessaudit.errors import HessauditError
+from hessaudit.robust.losses import _reduce
 
 __all__ = ["check_js_weight", "jensen_shannon_loss"]
 
@@ -66,11 +67,4 @@ def jensen_shannon_loss(
     p = torch.where(q < 0.5, 1.0 - q, log_p.exp())
     u = one_minus_pi * q  # (1 - pi)(1 - p_y)
     js = -(1.0 - u) * torch.log1p(-u) + one_minus_pi * p * log_p - u * log_one_minus_pi
-    values = scale * js
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "sum":
-        return values.sum()
-    if reduction == "none":
-        return values
-    raise ValueError(f"unknown reduction {reduction!r}")
+    return _reduce(scale * js, reduction)

@@ -69,6 +69,15 @@ def _as_matrix(F: Any, like: torch.Tensor) -> torch.Tensor:
     )
 
 
+def noise_inverse(noise_matrix: Any) -> torch.Tensor:
+    """``F^-1`` computed in float64 on the CPU (the backward-corrected losses' weights)."""
+    if torch.is_tensor(noise_matrix):
+        F64 = noise_matrix.detach().to("cpu", torch.float64)
+    else:
+        F64 = torch.as_tensor(np.asarray(noise_matrix, dtype=np.float64))
+    return torch.linalg.inv(F64)
+
+
 def cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean"
 ) -> torch.Tensor:
@@ -99,13 +108,7 @@ def backward_corrected_loss(
 
     ``inverse`` may pass a precomputed ``F^-1`` (``make_loss`` does, computed once in float64).
     """
-    if inverse is None:
-        if torch.is_tensor(noise_matrix):
-            F64 = noise_matrix.detach().to("cpu", torch.float64)
-        else:
-            F64 = torch.as_tensor(np.asarray(noise_matrix, dtype=np.float64))
-        inverse = torch.linalg.inv(F64)
-    Finv = _as_matrix(inverse, logits)
+    Finv = _as_matrix(noise_inverse(noise_matrix) if inverse is None else inverse, logits)
     per_class = -nnf.log_softmax(logits, dim=1)  # (B, k): l(f(x), j)
     weights = Finv[noisy_labels]  # (B, k): row z of F^-1
     return _reduce((weights * per_class).sum(dim=1), reduction)

@@ -36,9 +36,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as nnf
+
+from hessaudit.robust.losses import _as_matrix, noise_inverse
 
 __all__ = ["nonneg_backward_corrected_loss", "partial_risks"]
 
@@ -50,9 +51,7 @@ def partial_risks(
 
     ``inverse`` is ``F^-1`` (array or tensor).
     """
-    Finv = torch.as_tensor(
-        np.asarray(inverse) if not torch.is_tensor(inverse) else inverse
-    ).to(dtype=logits.dtype, device=logits.device)
+    Finv = _as_matrix(inverse, logits)
     per_class = -nnf.log_softmax(logits, dim=1)  # (B, k): l(f(x_i), j)
     return (Finv[noisy_labels] * per_class).mean(dim=0)
 
@@ -76,10 +75,6 @@ def nonneg_backward_corrected_loss(
             "risks, so it has no per-example values"
         )
     if inverse is None:
-        if torch.is_tensor(noise_matrix):
-            F64 = noise_matrix.detach().to("cpu", torch.float64)
-        else:
-            F64 = torch.as_tensor(np.asarray(noise_matrix, dtype=np.float64))
-        inverse = torch.linalg.inv(F64)
+        inverse = noise_inverse(noise_matrix)
     value = partial_risks(logits, noisy_labels, inverse).clamp_min(0.0).sum()
     return value * logits.shape[0] if reduction == "sum" else value
