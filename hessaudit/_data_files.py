@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hessaudit._inputs_guard import check_expansion, check_zip_members, walk_files
+from hessaudit._messages import few, oneline
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -31,18 +32,6 @@ __all__ = [
     "open_image",
     "read_npz",
 ]
-
-
-def _oneline(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > 200:
-        text = text[:197] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _few(names: list[str], n: int = 5) -> str:
-    shown = ", ".join(str(x) for x in names[:n])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
 # --------------------------------------------------------------------------- npz
@@ -74,7 +63,7 @@ def read_npz(fh: Any, path: Path) -> tuple[Any, Any, Any]:
             if missing:
                 raise HessauditError(
                     f"data {path}: no array named {' or '.join(repr(m) for m in missing)} "
-                    f"(arrays found: {_few(names) or 'none'})",
+                    f"(arrays found: {few(names) or 'none'})",
                     hint=hint,
                 )
             x = archive["x"]
@@ -88,9 +77,9 @@ def read_npz(fh: Any, path: Path) -> tuple[Any, Any, Any]:
                 f"data {path}: holds Python objects (object arrays), which are not loaded",
                 hint="store x as a numeric array and y as an integer array",
             ) from None
-        raise HessauditError(f"data {path} is not a readable .npz: {_oneline(exc)}") from None
+        raise HessauditError(f"data {path} is not a readable .npz: {oneline(exc)}") from None
     except Exception as exc:
-        raise HessauditError(f"data {path} is not a readable .npz: {_oneline(exc)}") from None
+        raise HessauditError(f"data {path} is not a readable .npz: {oneline(exc)}") from None
     return x, y, clean
 
 

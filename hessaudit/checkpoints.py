@@ -43,6 +43,7 @@ import torch
 
 from hessaudit._atomic import atomic_path
 from hessaudit._inputs_guard import check_tensor_views, check_zip_archive, open_regular
+from hessaudit._messages import oneline
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -122,7 +123,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
             for chunk in iter(lambda: fh.read(_CHUNK), b""):
                 digest.update(chunk)
     except OSError as exc:
-        raise HessauditError(f"cannot read {path}: {_oneline(exc)}") from None
+        raise HessauditError(f"cannot read {path}: {oneline(exc)}") from None
     return digest.hexdigest()
 
 
@@ -208,7 +209,7 @@ def save_checkpoint(
         try:
             safetensors.torch.save_file(out, str(tmp), metadata=header)
         except Exception as exc:
-            raise HessauditError(f"cannot write {path}: {_oneline(exc)}") from None
+            raise HessauditError(f"cannot write {path}: {oneline(exc)}") from None
     p = Path(path)
     return FileRecord(path=str(p), sha256=sha256_file(p), size=p.stat().st_size)
 
@@ -244,13 +245,6 @@ def strip_prefixes(names: list[str]) -> tuple[dict[str, str], tuple[str, ...]]:
 # --------------------------------------------------------------------------- internals
 
 
-def _oneline(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > 200:
-        text = text[:197] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _jsonable(value: Any) -> Any:
     try:
         json.dumps(value)
@@ -272,7 +266,7 @@ def _check_file(path: str | os.PathLike[str]) -> Path:
         with open_regular(p, "checkpoint") as fh:
             fh.read(1)
     except OSError as exc:
-        raise HessauditError(f"checkpoint {p} cannot be read: {_oneline(exc)}") from None
+        raise HessauditError(f"checkpoint {p} cannot be read: {oneline(exc)}") from None
     if p.stat().st_size == 0:
         raise HessauditError(f"checkpoint {p} is empty (0 bytes)")
     return p
@@ -343,7 +337,7 @@ def _read_safetensors(
     except Exception as exc:
         raise HessauditError(
             f"checkpoint {p} is not a valid safetensors file (truncated or corrupt?): "
-            f"{_oneline(exc)}"
+            f"{oneline(exc)}"
         ) from None
     metadata = _decode_metadata(raw_meta)
     order = metadata.pop(_ORDER_KEY, None)
@@ -372,12 +366,12 @@ def _read_torch(
                 hint="save model.state_dict() instead of the model, or convert to .safetensors",
             ) from None
         raise HessauditError(
-            f"checkpoint {p} could not be read (truncated or corrupt?): {_oneline(exc)}"
+            f"checkpoint {p} could not be read (truncated or corrupt?): {oneline(exc)}"
         ) from None
     except Exception as exc:
         raise HessauditError(
             f"checkpoint {p} could not be read as a PyTorch checkpoint (truncated or corrupt?): "
-            f"{_oneline(exc)}"
+            f"{oneline(exc)}"
         ) from None
     return _unwrap(obj, p)
 

@@ -257,18 +257,6 @@ def load_data(
 # --------------------------------------------------------------------------- helpers
 
 
-def _few(names: Sequence[Any], n: int = _SHOW) -> str:
-    shown = ", ".join(str(x) for x in list(names)[:n])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
-
-
-def _oneline(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > 200:
-        text = text[:197] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _replace_x(ds: Dataset, x: Tensor, steps: Sequence[str] = ()) -> Dataset:
     return dataclasses.replace(ds, x=x, preprocessing=(*ds.preprocessing, *steps))
 

@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hessaudit._messages import few
 from hessaudit.errors import HessauditError
 
 __all__ = ["NEW_HEAD_POLICIES", "Layer", "Pairing", "pair_layers", "tensor_kind"]
 
 NEW_HEAD_POLICIES = ("from-zero", "exclude")
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-_SHOW = 5
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,11 +144,6 @@ def tensor_kind(name: str, tensor: Tensor, tensors: Mapping[str, Tensor]) -> str
     return "norm"
 
 
-def _few(names: Sequence[str], n: int = _SHOW) -> str:
-    shown = ", ".join(list(names)[:n])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
-
-
 def pair_layers(
     pretrained: Mapping[str, Tensor],
     finetuned: Mapping[str, Tensor],
@@ -207,14 +202,14 @@ def pair_layers(
             anywhere = [n for n in finetuned if fnmatch.fnmatchcase(n, glob)]
             if anywhere:
                 why = (
-                    f"it matches only tensors that are not selected ({_few(anywhere, 3)}): "
+                    f"it matches only tensors that are not selected ({few(anywhere, 3)}): "
                     "biases need --include-bias, norm parameters --include-norm, and buffers "
                     "are never layers"
                 )
             else:
                 why = (
                     "it matches no tensor of the fine-tuned checkpoint; names look like "
-                    + _few(ft_eligible)
+                    + few(ft_eligible)
                 )
             raise HessauditError(f"--include {glob!r}: {why}")
     for glob in exclude:
@@ -260,7 +255,7 @@ def pair_layers(
         raise HessauditError(
             f"the checkpoints share no layers: none of the {len(selected)} selected tensors of "
             "the fine-tuned checkpoint has a pretrained counterpart of the same name and shape "
-            f"(fine-tuned: {_few(selected, 3)}; pretrained: {_few(list(pretrained), 3)})",
+            f"(fine-tuned: {few(selected, 3)}; pretrained: {few(list(pretrained), 3)})",
             hint="the two checkpoints are probably for different architectures",
         )
     return Pairing(

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hessaudit._messages import few, oneline
 from hessaudit._user_code import guard_forward, user_code
 from hessaudit.checkpoints import strip_prefixes
 from hessaudit.data_config import InputConfig, input_config
@@ -52,18 +53,6 @@ __all__ = [
 
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 _SHOW = 5
-
-
-def _oneline(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if len(text) > 200:
-        text = text[:197] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _few(names: Sequence[Any], n: int = _SHOW) -> str:
-    shown = ", ".join(str(x) for x in list(names)[:n])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
 def _is_factory_spec(spec: str) -> bool:
@@ -127,7 +116,7 @@ def _build_timm(spec: str, *, num_classes: int | None, allow_hub: bool) -> nn.Mo
     except Exception as exc:
         what = "could not load pretrained weights for" if allow_hub else "could not build"
         raise HessauditError(
-            f"--model {spec}: {what} the timm model: {_oneline(exc)}",
+            f"--model {spec}: {what} the timm model: {oneline(exc)}",
             hint="check the local cache or the network" if allow_hub else None,
         ) from None
     return model
@@ -164,7 +153,7 @@ def _import_factory_file(path: Path, spec: str) -> Any:
         sys.modules.pop(module_name, None)
         if not isinstance(exc, Exception) or isinstance(exc, HessauditError):
             raise  # KeyboardInterrupt, or user_code's one line about a SystemExit
-        raise HessauditError(f"--model {spec}: importing {path} failed: {_oneline(exc)}") from None
+        raise HessauditError(f"--model {spec}: importing {path} failed: {oneline(exc)}") from None
     return module
 
 
@@ -180,9 +169,9 @@ def _import_factory_module(name: str, spec: str) -> Any:
                 f"--model {spec}: no module named {exc.name!r}",
                 hint="give a file as path/to/file.py:function, or install the package",
             ) from None
-        raise HessauditError(f"--model {spec}: importing {name} failed: {_oneline(exc)}") from None
+        raise HessauditError(f"--model {spec}: importing {name} failed: {oneline(exc)}") from None
     except Exception as exc:
-        raise HessauditError(f"--model {spec}: importing {name} failed: {_oneline(exc)}") from None
+        raise HessauditError(f"--model {spec}: importing {name} failed: {oneline(exc)}") from None
 
 
 def _resolve_factory(spec: str) -> tuple[Any, str]:
@@ -215,7 +204,7 @@ def _resolve_factory(spec: str) -> tuple[Any, str]:
             )
             raise HessauditError(
                 f"--model {spec}: {target} has no function {fn_name!r}",
-                hint=f"callables there: {_few(available)}" if available else None,
+                hint=f"callables there: {few(available)}" if available else None,
             )
         obj = getattr(obj, part)
     if not callable(obj):
@@ -242,7 +231,7 @@ def _build_factory(spec: str, *, num_classes: int | None, check_classes: bool) -
     except HessauditError:
         raise
     except Exception as exc:
-        raise HessauditError(f"--model {spec}: the factory raised {_oneline(exc)}") from None
+        raise HessauditError(f"--model {spec}: the factory raised {oneline(exc)}") from None
     if not isinstance(model, nn.Module):
         raise HessauditError(
             f"--model {spec}: the factory returned {_what_it_returned(model)}, "
@@ -389,11 +378,11 @@ def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, sourc
         parts = []
         if mismatched:
             parts.append(f"{len(mismatched)} shape mismatches (checkpoint vs model): "
-                         f"{_few(mismatched, 3)}")
+                         f"{few(mismatched, 3)}")
         if missing:
-            parts.append(f"{len(missing)} missing from the checkpoint: {_few(missing, 3)}")
+            parts.append(f"{len(missing)} missing from the checkpoint: {few(missing, 3)}")
         if unexpected:
-            parts.append(f"{len(unexpected)} not in the model: {_few(unexpected, 3)}")
+            parts.append(f"{len(unexpected)} not in the model: {few(unexpected, 3)}")
         raise HessauditError(
             f"{what} does not fit the model; " + "; ".join(parts),
             hint="the checkpoint is probably for another architecture, or --model or "
@@ -406,7 +395,7 @@ def load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, sourc
         model.load_state_dict(state, strict=True)
     except Exception as exc:
         raise HessauditError(
-            f"{what} could not be loaded into the model: {_oneline(exc)}"
+            f"{what} could not be loaded into the model: {oneline(exc)}"
         ) from None
 
 
