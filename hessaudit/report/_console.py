@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from rich.console import Console
 
-from hessaudit.report._escape import console_text, plain_text
+from hessaudit.report._escape import console_text, visible
 
 # Logs and CI job output are not terminals; rich would assume 80 columns there and truncate
 # layer names, so give them room.
@@ -49,4 +49,4 @@ def warn(message: str) -> None:
 
 
 def info(message: str) -> None:
-    stderr().print(plain_text(message), markup=False, highlight=False)
+    stderr().print(visible(message), markup=False, highlight=False)

@@ -12,7 +12,7 @@ are input: a hostile checkpoint or audit file chooses them. Each renderer escape
 * :func:`console_text`: for rich *markup* strings (table cells and titles given as ``str``,
   ``Text.from_markup``, ``console.print`` with markup): ``[tag]`` is shown literally, never
   interpreted (``x[/]y`` no longer crashes, ``[link=...]`` no longer makes a link).
-  :func:`plain_text` is :func:`visible`, for ``rich.text.Text(...)`` and ``markup=False``.
+  :func:`visible` alone is enough for ``rich.text.Text(...)`` and ``markup=False``.
 * :func:`md_text`: for GitHub-flavoured markdown (``--summary-md``): ``&``, ``<``, ``>``
   become HTML entities (so no raw HTML), every other ASCII punctuation character is
   backslash-escaped (no emphasis, links, images, code spans, tables cells, headings, lists or
@@ -52,8 +52,6 @@ def visible(value: Any) -> str:
         for ch in text
     )
 
-
-plain_text = visible
 
 
 def console_text(value: Any) -> str:

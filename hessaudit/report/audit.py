@@ -14,7 +14,7 @@ from rich.text import Text
 from hessaudit.bound import C_DOMINANCE_RATIO, estimate_label
 from hessaudit.loss_bound import c_source_label
 from hessaudit.report._console import print_table, stdout, table_width
-from hessaudit.report._escape import console_text, plain_text
+from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair
 from hessaudit.report._layout import Column, fit_table, merge_identical
@@ -61,12 +61,12 @@ def _columns(document: dict[str, Any]) -> tuple[list[Column], str | None]:
     shares = layer_shares(document)
     hcal = [_with_note(fmt(la["hcal"]), "clamped" if la.get("clamped") else None, "yellow")
             for la in layers]
-    paths = [_with_note(plain_text(la.get("engine_path", "-")),
+    paths = [_with_note(visible(la.get("engine_path", "-")),
                         None if la["converged"] else "not converged", "red") for la in layers]
     plain_paths = {la.get("engine_path", "-") for la in layers}
     uniform = len(plain_paths) == 1 and all(la["converged"] for la in layers)
     columns = [
-        Column("layer", "layer", [plain_text(la["name"]) for la in layers], "left", "name",
+        Column("layer", "layer", [visible(la["name"]) for la in layers], "left", "name",
                shrink=_R_NAME,
                suffixes=[Text("(new head)", style="magenta") if la["is_new_head"] else None
                          for la in layers]),
@@ -146,13 +146,13 @@ def summary_panel(document: dict[str, Any]) -> Panel:
     for label, text in measures_rows(document.get("measures")):
         lines.add_row(label, text)
     notes = [
-        Text(f"bound = (1+ε)·Lhat + (1+ε)·G; {plain_text(document['bound_note'])}.", style="dim")
+        Text(f"bound = (1+ε)·Lhat + (1+ε)·G; {visible(document['bound_note'])}.", style="dim")
     ]
     if document.get("clamped_layers"):
         notes.append(
             Text(
                 "negative values counted as 0 for: "
-                + ", ".join(plain_text(name) for name in document["clamped_layers"]),
+                + ", ".join(visible(name) for name in document["clamped_layers"]),
                 style="yellow",
             )
         )

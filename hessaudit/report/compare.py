@@ -12,7 +12,7 @@ from rich.text import Text
 from hessaudit.compare import SUMMARY_LABELS
 from hessaudit.measures import MEASURE_LABELS
 from hessaudit.report._console import print_table, stdout, table_width, warn
-from hessaudit.report._escape import console_text, plain_text
+from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair, fmt_percent, fmt_signed
 from hessaudit.report._layout import Column, fit_table
@@ -46,7 +46,7 @@ def summary_table(document: Mapping[str, Any], width: int | None = None) -> Tabl
     kinds = [document[side].get("bound_kind") for side in ("base", "new")]
     if kinds[0] != kinds[1] or "estimate" in kinds:
         # Text, not markup: the kinds come from the input files.
-        rows.append(("bound kind", *(plain_text(kind or "unknown") for kind in kinds), "", ""))
+        rows.append(("bound kind", *(visible(kind or "unknown") for kind in kinds), "", ""))
     cells = list(zip(*rows, strict=True)) if rows else [()] * 5
     columns = [Column("quantity", "quantity", cells[0], "left", "prose")]
     columns += [Column(key, key, cells[i + 1]) for i, key in
@@ -61,7 +61,7 @@ def layers_table(document: Mapping[str, Any], width: int | None = None) -> Table
     shares = [(f"{100 * la['base_share']:.1f}%", f"{100 * la['new_share']:.1f}%")
               for la in layers]
     columns = [
-        Column("layer", "layer", [plain_text(la["name"]) for la in layers], "left", "name",
+        Column("layer", "layer", [visible(la["name"]) for la in layers], "left", "name",
                shrink=30),
         Column("base", "base Hcal", [fmt(la["base"]) for la in layers], drop=60),
         Column("new", "new Hcal", [fmt(la["new"]) for la in layers]),
@@ -106,7 +106,7 @@ def print_compare(document: Mapping[str, Any], console: Console | None = None) -
         items = document.get(key) or []
         if items:
             names = ", ".join(
-                f"{plain_text(item['name'])} (Hcal {fmt(item['hcal'])})" for item in items
+                f"{visible(item['name'])} (Hcal {fmt(item['hcal'])})" for item in items
             )
             console.print(Text(f"{label}: {names}", style="yellow"))
     for gate in document.get("gates") or []:

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hessaudit.report._console import print_table, stdout, table_width
-from hessaudit.report._escape import console_text, plain_text
+from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._layout import Column, fit_table
 
@@ -18,11 +18,11 @@ def distances_table(document: dict[str, Any], width: int | None = None) -> Table
     """One row per layer, laid out for ``width`` cells (``None``: as wide as it needs)."""
     layers = document["layers"]
     columns = [
-        Column("layer", "layer", [plain_text(la["name"]) for la in layers], "left", "name",
+        Column("layer", "layer", [visible(la["name"]) for la in layers], "left", "name",
                shrink=30,
                suffixes=[Text("(new head)", style="magenta") if la["is_new_head"] else None
                          for la in layers]),
-        Column("shape", "shape", [plain_text("×".join(str(d) for d in la["shape"]))
+        Column("shape", "shape", [visible("×".join(str(d) for d in la["shape"]))
                                   for la in layers], "left", drop=20),
         Column("params", "params", [f"{la['numel']:,}" for la in layers], drop=40),
         Column("dist", "‖W_ft − W_pre‖_F", [fmt(la["dist_fro"]) for la in layers]),

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column
 
 from hessaudit.report._console import stderr
-from hessaudit.report._escape import plain_text
+from hessaudit.report._escape import visible
 from hessaudit.report._plain_progress import PlainProgress, StepTracker, note_phase
 
 
@@ -56,6 +56,6 @@ def _rich_progress(description: str) -> Iterator[Callable[[int, int, str], None]
         task = progress.add_task(description, total=None, label="")
 
         def update(done: int, total: int, label: str) -> None:
-            progress.update(task, completed=done, total=total, label=plain_text(label))
+            progress.update(task, completed=done, total=total, label=visible(label))
 
         yield update

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from hessaudit.report import _layout
 from hessaudit.report._console import print_table, stderr, stdout, table_width
-from hessaudit.report._escape import console_text, plain_text
+from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number
 from hessaudit.report._plain_progress import PlainProgress
 from hessaudit.report.progress import live_bar
@@ -170,7 +170,7 @@ def summary_table(result: FinetuneResult, width: int | None = None) -> Table:
     rows = summary_rows(result)
     columns = [
         _layout.Column("quantity", "quantity", [key for key, _ in rows], "left", "prose"),
-        _layout.Column("value", "value", [plain_text(v) for _, v in rows], "left", "prose"),
+        _layout.Column("value", "value", [visible(v) for _, v in rows], "left", "prose"),
     ]
     title = f"hessaudit finetune: {console_text(result.out)}"
     table, _ = _layout.fit_table(columns, width, title=title)
@@ -195,7 +195,7 @@ class RichTrainingDisplay(TrainingDisplay):
 
     def _print(self, message: str, style: str | None = None) -> None:
         console = self._progress.console if self._progress is not None else self._err()
-        console.print(plain_text(message), style=style, markup=False, highlight=False)
+        console.print(visible(message), style=style, markup=False, highlight=False)
 
     def _err(self) -> Console:
         return self._console or stderr()
@@ -290,7 +290,7 @@ class LogTrainingDisplay(TrainingDisplay):
 
     def _write(self, line: str) -> None:
         stream = self._stream if self._stream is not None else sys.stderr
-        stream.write(plain_text(line) + "\n")
+        stream.write(visible(line) + "\n")
         stream.flush()
 
     def start(self, info: Mapping[str, Any]) -> None:

@@ -13,7 +13,7 @@ from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedC
 from rich.table import Table
 
 from hessaudit.report._console import print_table, stderr, stdout, table_width
-from hessaudit.report._escape import console_text, plain_text
+from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number
 from hessaudit.report._layout import Column, fit_table, merge_identical
 from hessaudit.report.progress import live_bar
@@ -80,7 +80,7 @@ def best_table(result: TuneResult, width: int | None = None, top: int = 5) -> Ta
     columns = [
         Column("trial", "trial", [str(r.number) for r in best]),
         Column("score", "score", [_fmt(r.score) for r in best]),
-        *[Column(f"param:{n}", plain_text(n), [plain_text(_fmt(r.params.get(n))) for r in best],
+        *[Column(f"param:{n}", visible(n), [visible(_fmt(r.params.get(n))) for r in best],
                  drop=200 - i) for i, n in enumerate(names)],
         Column("acc", "noisy val acc", [_fmt(r.metrics.get("val_acc")) for r in best], drop=30),
         Column("epochs", "epochs", [_fmt(r.metrics.get("epochs_run")) for r in best], drop=20),
@@ -122,7 +122,7 @@ class RichTuneDisplay(TuneDisplay):
         self._epochs = None
 
     def start(self, info: Mapping[str, Any]) -> None:
-        self._err().print(plain_text(_start_line(info)), markup=False, highlight=False)
+        self._err().print(visible(_start_line(info)), markup=False, highlight=False)
         self._progress = Progress(
             TextColumn("{task.description}"),
             live_bar(),
@@ -145,7 +145,7 @@ class RichTuneDisplay(TuneDisplay):
 
     def _print(self, message: str, style: str | None = None) -> None:
         console = self._progress.console if self._progress is not None else self._err()
-        console.print(plain_text(message), style=style, markup=False, highlight=False)
+        console.print(visible(message), style=style, markup=False, highlight=False)
 
     def log(self, message: str) -> None:
         self._print(message)
@@ -191,7 +191,7 @@ class RichTuneDisplay(TuneDisplay):
         out = self._out or stdout()
         print_table(out, best_table(result, table_width(out)))
         for line in _summary(result):
-            out.print(plain_text(line), markup=False, highlight=False)
+            out.print(visible(line), markup=False, highlight=False)
 
 
 class LogTuneDisplay(TuneDisplay):
@@ -202,7 +202,7 @@ class LogTuneDisplay(TuneDisplay):
 
     def _write(self, line: str) -> None:
         stream = self._stream or sys.stderr
-        stream.write(plain_text(line) + "\n")
+        stream.write(visible(line) + "\n")
         stream.flush()
 
     def start(self, info: Mapping[str, Any]) -> None:
