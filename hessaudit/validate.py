@@ -35,6 +35,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from hessaudit._limits import MAX_LANCZOS_STEPS, check_measure_flags
 from hessaudit.errors import HessauditError
 from hessaudit.loss_bound import parse_loss_bound
 
@@ -58,9 +59,6 @@ __all__ = [
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 #: Largest ``--input-size`` accepted (pixels per side); far above any classifier's input.
 MAX_INPUT_SIZE = 4096
-#: Largest ``--lanczos-steps`` accepted.
-MAX_LANCZOS_STEPS = 10_000
-_MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes; as hessaudit._limits
 _SHOW = 8
 
 
@@ -204,14 +202,20 @@ def validate_request(request: AuditRequest) -> None:
     check_real("--epsilon", request.epsilon, low=0)
     parse_loss_bound(request.loss_bound)  # max | quantile:Q | a positive number
     check_real("--tol", request.tol, low=0, high=1, high_open=True)
-    check_int("--lanczos-steps", request.lanczos_steps, low=1, high=MAX_LANCZOS_STEPS)
+    check_int("--lanczos-steps", request.lanczos_steps, low=1)
     check_int("--samples", request.samples, optional=True)
     check_int("--batch-size", request.batch_size)
     check_int("--spectrum-samples", request.spectrum_samples)
     check_int("--trace-probes", request.trace_probes)
     check_int("--n-train", request.n_train, optional=True)
     check_int("--num-classes", request.num_classes, optional=True)
-    check_int("--seed", request.seed, low=0, high=_MAX_SEED)
+    # 64-bit seeds and the upper bounds of --lanczos-steps, --trace-probes, --spectrum-samples.
+    check_measure_flags(
+        seed=request.seed,
+        lanczos_steps=request.lanczos_steps,
+        trace_probes=request.trace_probes,
+        spectrum_samples=request.spectrum_samples,
+    )
     if request.dtype not in ("float32", "float64"):
         raise HessauditError(f"--dtype {request.dtype!r}: must be float32 or float64")
     data_config_flags(

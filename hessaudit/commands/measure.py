@@ -289,14 +289,6 @@ def measure_command(
     debug: DebugOption = False,
 ) -> int:
     """Per-layer Hessian distances between two checkpoints and the generalization bound."""
-    from hessaudit._limits import check_measure_flags
-
-    check_measure_flags(
-        seed=seed,
-        lanczos_steps=lanczos_steps,
-        trace_probes=trace_probes,
-        spectrum_samples=spectrum_samples,
-    )
     from hessaudit import _paths, gates
     from hessaudit._labels import parse_labels
     from hessaudit.audit import AuditRequest, audit_to_json, layers_frame, run_audit
