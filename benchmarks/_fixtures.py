@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from hessaudit.models import disable_fused_attention
+from hessaudit.inputs.models import disable_fused_attention
 
 
 def small_cnn(num_classes: int = 10) -> nn.Module:

@@ -447,9 +447,9 @@ def bench_end_to_end(args, device) -> dict:
 
 # --------------------------------------------------------------------------- JVP vs Lanczos
 def bench_jvp_vs_lanczos(args, device) -> dict:
-    from hessaudit.data import Dataset
-    from hessaudit.layers import pair_layers
-    from hessaudit.measure import MeasureSettings, measure_layers
+    from hessaudit.audit.layers import pair_layers
+    from hessaudit.audit.measure import MeasureSettings, measure_layers
+    from hessaudit.inputs.data import Dataset
 
     torch.manual_seed(0)
     pre_model = fx.build("resnet18").eval()

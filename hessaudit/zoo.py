@@ -81,8 +81,8 @@ def pretrain_digits_cnn(
     """Train :func:`digits_cnn` (5 classes) on ``digits-pretrain`` with Adam and save its state
     dict to ``path`` (safetensors). Deterministic for a given seed; the caller's global RNG is
     left untouched. Returns the accuracy on the held-out part of ``digits-pretrain``."""
-    from hessaudit.checkpoints import save_checkpoint
-    from hessaudit.data import load_data
+    from hessaudit.inputs.checkpoints import save_checkpoint
+    from hessaudit.inputs.data import load_data
 
     train = load_data("digits-pretrain", role="train")
     held_out = load_data("digits-pretrain", role="eval")

@@ -128,7 +128,7 @@ class CheckpointPair:
 def tiny_checkpoints(tmp_path: Path, factory_spec: str, tiny_net) -> CheckpointPair:
     """TinyNet pretrained with a 5-class head, fine-tuned (perturbed) with a 10-class head,
     as safetensors files; works with ``--data digits``."""
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     pre = tiny_net(num_classes=5, seed=0).state_dict()
     ft_model = tiny_net(num_classes=10, seed=1)
@@ -147,7 +147,7 @@ def timm_resnet_pair(tmp_path_factory) -> CheckpointPair:
     (perturbed backbone, new head) with 4 classes, as safetensors files."""
     import timm
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     folder = tmp_path_factory.mktemp("timm_pair")
     with torch.random.fork_rng():

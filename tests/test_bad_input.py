@@ -135,7 +135,7 @@ class Env:
 @pytest.fixture(scope="module")
 def digits_pretrained(tmp_path_factory) -> Path:
     """A (random) 5-class digits_cnn checkpoint for the finetune cases."""
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
     from hessaudit.zoo import digits_cnn
 
     with torch.random.fork_rng():
@@ -636,8 +636,8 @@ def test_debug_shows_the_traceback(env: Env, capsys) -> None:
 
 def test_refused_pickle_never_runs_code(env: Env) -> None:
     """Control: the payload really runs under plain pickle, and never under load_checkpoint."""
-    from hessaudit.checkpoints import load_checkpoint
     from hessaudit.errors import HessauditError
+    from hessaudit.inputs.checkpoints import load_checkpoint
 
     evil = Evil(str(env.marker))
     path = env.torch_file("evil.pt", {"w": torch.zeros(1), "x": evil})

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hessaudit.bound import compute_bound, hessian_term
+from hessaudit.audit.bound import compute_bound, hessian_term
 from hessaudit.errors import HessauditError
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from hessaudit.bound import classify_bound, estimate_label
+from hessaudit.audit.bound import classify_bound, estimate_label
+from hessaudit.audit.compare import compare_audits
 from hessaudit.cli import main
-from hessaudit.compare import compare_audits
 from hessaudit.report.audit import c_dominance_note
 from hessaudit.report.html import audit_html
 from hessaudit.report.markdown import audit_markdown, compare_markdown

@@ -15,14 +15,14 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from hessaudit.checkpoints import (
+from hessaudit.errors import HessauditError
+from hessaudit.inputs.checkpoints import (
     FileRecord,
     load_checkpoint,
     save_checkpoint,
     sha256_file,
     strip_prefixes,
 )
-from hessaudit.errors import HessauditError
 
 
 def _state() -> dict[str, torch.Tensor]:

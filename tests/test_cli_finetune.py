@@ -38,7 +38,7 @@ def _base(pretrained: str, out: Path) -> list[str]:
 
 
 def test_cli_writes_every_output(pretrained, tmp_path, capsys) -> None:
-    pytest.importorskip("hessaudit.audit")
+    pytest.importorskip("hessaudit.audit.run")
     out = tmp_path / "run"
     args = [
         *_base(pretrained, out),

@@ -30,7 +30,7 @@ def make_checkpoints(folder: Path, scales: dict[str, float]) -> dict[str, Path]:
     """A pretrained digits CNN and fine-tuned copies perturbed by ``scale * N(0, 1)``."""
     import torch
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
     from hessaudit.zoo import digits_cnn
 
     with torch.random.fork_rng():
@@ -322,7 +322,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "ci"
 
 
 def test_example_config_is_valid():
-    from hessaudit import gates
+    from hessaudit.audit import gates
 
     config = EXAMPLES / "hessaudit.toml"
     measure = gates.measure_gates(config=config)

@@ -201,7 +201,7 @@ def test_measure_on_a_timm_resnet18_pair(tmp_path, capsys):
     import timm
     import torch
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -284,7 +284,7 @@ def test_inspect_on_a_timm_resnet18_pair(tmp_path, capsys):
     import timm
     import torch
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -318,7 +318,7 @@ def test_measure_on_a_tiny_timm_vit_takes_the_lanczos_path(tmp_path, capsys):
     """A smooth network (GELU, softmax attention): Lanczos path, through timm's attention."""
     import torch
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     factory = tmp_path / "vit.py"
     factory.write_text(
@@ -329,7 +329,7 @@ def test_measure_on_a_tiny_timm_vit_takes_the_lanczos_path(tmp_path, capsys):
         "        num_heads=2)\n"
     )
     spec = f"{factory}:vit"
-    from hessaudit.models import build_model
+    from hessaudit.inputs.models import build_model
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

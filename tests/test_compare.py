@@ -9,9 +9,9 @@ import pytest
 from test_cli_gates import MODEL, make_checkpoints, run_cli, run_main
 from test_gates import audit_doc
 
-from hessaudit.compare import change, compare_audits, compare_to_json, load_audit
+from hessaudit.audit.compare import change, compare_audits, compare_to_json, load_audit
+from hessaudit.audit.gates import Gate
 from hessaudit.errors import HessauditError
-from hessaudit.gates import Gate
 from hessaudit.report.markdown import compare_markdown
 
 # --------------------------------------------------------------------------- library

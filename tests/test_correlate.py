@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 import torch
 
-from hessaudit._stats import correlate_pair, median_ratio, pearson, spearman
 from hessaudit.cli import main
-from hessaudit.correlate import CSV_COLUMNS, _round_up
+from hessaudit.correlate._stats import correlate_pair, median_ratio, pearson, spearman
+from hessaudit.correlate.core import CSV_COLUMNS, _round_up
 
 try:
     import tomllib
@@ -309,7 +309,7 @@ def test_suggest_gate_prints_toml_from_the_accepted_audits(tmp_path, capsys):
     assert gates["max-bound"] == _round_up(largest_bound * 1.2)
     assert largest_g * 1.2 <= gates["max-hessian-term"] <= largest_g * 1.2 * 1.01
     # the snippet is accepted by hessaudit's own config reader
-    from hessaudit.gates import load_config
+    from hessaudit.audit.gates import load_config
 
     config_file = tmp_path / "pyproject.toml"
     config_file.write_text(stdout)
@@ -412,8 +412,8 @@ def sweep(tmp_path_factory) -> Path:
     ``measure --eval-data digits --noise-stability`` into one folder."""
     from conftest import TINY_FACTORY_SOURCE
 
-    from hessaudit.checkpoints import save_checkpoint
-    from hessaudit.data import load_data
+    from hessaudit.inputs.checkpoints import save_checkpoint
+    from hessaudit.inputs.data import load_data
 
     folder = tmp_path_factory.mktemp("sweep")
     factory = folder / "tinynet.py"
@@ -479,7 +479,7 @@ def test_compare_diffs_the_measures_of_two_sweep_audits(sweep, capsys):
     assert code == 0
     assert "Measures (base → new)" in stdout and "noise stability" in stdout
     base, new = json.loads(first.read_text()), json.loads(second.read_text())
-    from hessaudit.compare import compare_audits
+    from hessaudit.audit.compare import compare_audits
 
     diff = compare_audits(base, new)["measures"]
     assert diff["distance_fro"]["abs_change"] == pytest.approx(

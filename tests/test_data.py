@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from hessaudit.data import Dataset, DataWarning, digits_split, load_data, prepare_images
 from hessaudit.errors import HessauditError
-from hessaudit.models import InputConfig
+from hessaudit.inputs.data import Dataset, DataWarning, digits_split, load_data, prepare_images
+from hessaudit.inputs.models import InputConfig
 
 # ------------------------------------------------------------------ digits
 

@@ -1,4 +1,4 @@
-"""``hessaudit demo`` and :mod:`hessaudit.demo`: building, caching and auditing the demo pair.
+"""``hessaudit demo`` and :mod:`hessaudit.demo.run`: building, caching and auditing the demo pair.
 
 The default suite runs the demo with one-epoch settings (a few seconds); the real settings run
 in the ``slow`` test, which also checks the two-minute budget.
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hessaudit import demo
 from hessaudit._version import __version__
 from hessaudit.cli import main
+from hessaudit.demo import run as demo
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def _run(args: list[str]) -> int:
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    from hessaudit.checkpoints import load_checkpoint
+    from hessaudit.inputs.checkpoints import load_checkpoint
 
     return {k: v.clone() for k, v in load_checkpoint(path).tensors.items()}
 

@@ -40,7 +40,7 @@ def one_thread():
 @pytest.fixture
 def npz_data(tmp_path) -> Path:
     """40 digits images (from the built-in set) as a .npz file."""
-    from hessaudit.data import load_data
+    from hessaudit.inputs.data import load_data
 
     ds = load_data("digits", samples=40, seed=1)
     path = tmp_path / "train.npz"
@@ -103,7 +103,7 @@ def test_builtin_and_folder_data_have_no_sha(tiny_checkpoints, tmp_path, capsys)
 
 
 def test_finetune_is_reproducible_under_a_seed(tmp_path, one_thread, capsys):
-    from hessaudit.checkpoints import load_checkpoint, save_checkpoint
+    from hessaudit.inputs.checkpoints import load_checkpoint, save_checkpoint
     from hessaudit.zoo import digits_cnn
 
     with torch.random.fork_rng():

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from hessaudit.distributed import SINGLE, Context, batch_slice
+from hessaudit.audit.distributed import SINGLE, Context, batch_slice
 
 
 def _free_port() -> int:
@@ -34,7 +34,7 @@ def _worker(rank: int, world: int, port: int, job: str, kwargs: dict, out: str) 
     torch.set_num_threads(1)
     try:
         if job == "audit":
-            from hessaudit.audit import AuditRequest, run_audit
+            from hessaudit.audit.run import AuditRequest, run_audit
 
             document = run_audit(AuditRequest(**kwargs)).to_dict()
             Path(out, f"rank{rank}.json").write_text(json.dumps(document))
@@ -79,7 +79,7 @@ def _assert_same_audit(single: dict, dist: dict) -> None:
     ids=["example-max-jvp", "mean-lanczos", "batch-max-cross"],
 )
 def test_two_rank_audit_equals_one_process(tmp_path, tiny_checkpoints, options):
-    from hessaudit.audit import AuditRequest, run_audit
+    from hessaudit.audit.run import AuditRequest, run_audit
 
     kwargs = dict(
         pretrained=str(tiny_checkpoints.pretrained),

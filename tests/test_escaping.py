@@ -157,7 +157,7 @@ def hostile_audit(tmp_path_factory):
 
     from conftest import write_png
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     tmp = tmp_path_factory.mktemp("hostile")
     factory = tmp / "hostile.py"
@@ -273,7 +273,7 @@ def test_measure_terminal_shows_markup_literally(hostile_audit, capsys):
 def test_inspect_shows_tensor_and_file_names_literally(tmp_path, capsys, monkeypatch):
     import torch
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     monkeypatch.chdir(tmp_path)
     names = ["x[/]y", "[link=https://e]z[/link]", "[bold]b[/bold].weight"]

@@ -45,7 +45,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def digits_pretrained(tmp_path_factory) -> Path:
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
     from hessaudit.zoo import digits_cnn
 
     with torch.random.fork_rng():
@@ -124,8 +124,8 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch) -> None:
 def test_save_checkpoint_failure_keeps_the_old_file(tmp_path, monkeypatch) -> None:
     import safetensors.torch
 
-    from hessaudit.checkpoints import save_checkpoint
     from hessaudit.errors import HessauditError
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     target = tmp_path / "w.safetensors"
     save_checkpoint(target, {"a": torch.ones(3)})
@@ -196,12 +196,12 @@ def test_measure_crash_while_writing_csv_leaves_no_partial_file(
 def test_out_of_memory_in_measure_suggests_batch_size(
     exc, tiny_checkpoints, tmp_path, monkeypatch, capsys
 ) -> None:
-    import hessaudit.audit
+    import hessaudit.audit.run
 
     def oom(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr(hessaudit.audit, "per_example_losses", oom)
+    monkeypatch.setattr(hessaudit.audit.run, "per_example_losses", oom)
     out = tmp_path / "audit.json"
     code, _, err = run_cli(
         ["measure", tiny_checkpoints.pretrained, tiny_checkpoints.finetuned,
@@ -252,7 +252,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "final.safetensors").exists(), "the run finished before the kill"
     # whatever the kill interrupted, every file in the run folder is complete
-    from hessaudit.checkpoints import load_checkpoint
+    from hessaudit.inputs.checkpoints import load_checkpoint
 
     if (killed / "last.safetensors").exists():  # written just after state.pt
         assert load_checkpoint(killed / "last.safetensors").tensors
@@ -329,7 +329,7 @@ SLOW_FACTORY = textwrap.dedent(
 def test_ctrl_c_during_measure_writes_nothing(tmp_path, monkeypatch) -> None:
     import importlib.util
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     factory = tmp_path / "slownet.py"
     factory.write_text(SLOW_FACTORY)

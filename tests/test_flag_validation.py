@@ -1,7 +1,7 @@
 """Issue 12, section 9: every flag value is validated before any work. Through the CLI.
 
 Flag values are checked when the request is built (``AuditRequest.__post_init__`` ->
-``hessaudit.validate``; ``FinetuneConfig.resolved`` for finetune and tune): the cases below
+``hessaudit.audit.validate``; ``FinetuneConfig.resolved`` for finetune and tune): the cases below
 give checkpoint paths that do not exist, so an error naming the *flag* (not the missing file)
 proves that the check ran before anything was read. Layer-gate patterns need the layer names,
 so they are checked once the checkpoints are paired, before any Hessian work: there the
@@ -137,7 +137,9 @@ def test_finetune_config_normalizes_the_data_flags() -> None:
     assert config.crop_pct == 1.0 and config.interpolation == "bicubic"
     again = FinetuneConfig.from_dict(config.to_dict()).resolved()
     assert again == config
-    from hessaudit.tune import _command  # the command line tune prints for the best trial
+    from hessaudit.robust.tune.core import (
+        _command,  # the command line tune prints for the best trial
+    )
 
     assert "--mean 0.5,0.25,0.1 --std 1 --interpolation bicubic --crop-pct 1" in _command(config)
 
@@ -148,12 +150,12 @@ def test_finetune_config_normalizes_the_data_flags() -> None:
 @pytest.fixture
 def no_hessian_work(monkeypatch):
     """Fail the test if the audit reaches the Hessian engine."""
-    import hessaudit.audit
+    import hessaudit.audit.run
 
     def refuse(*args, **kwargs):
         raise AssertionError("the Hessian work started before the flags were checked")
 
-    monkeypatch.setattr(hessaudit.audit, "measure_layers", refuse)
+    monkeypatch.setattr(hessaudit.audit.run, "measure_layers", refuse)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +208,7 @@ def test_a_matching_layer_gate_still_runs(tiny_checkpoints, tmp_path, capsys):
 
 def test_validation_lives_in_the_request(tmp_path: Path) -> None:
     """The library entry point refuses the same values (one place for every check)."""
-    from hessaudit.audit import AuditRequest
+    from hessaudit.audit.run import AuditRequest
     from hessaudit.errors import HessauditError
 
     base = {"pretrained": "a", "finetuned": "b", "model": "m", "data": "digits"}

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hessaudit import gates
+from hessaudit.audit import gates
+from hessaudit.audit.gates import Gate
 from hessaudit.errors import HessauditError
-from hessaudit.gates import Gate
 from hessaudit.report.markdown import audit_markdown, write_summary
 
 

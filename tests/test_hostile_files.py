@@ -432,7 +432,7 @@ def test_a_symlink_loop_counts_each_image_once(tiny_checkpoints, tmp_path, capsy
     assert code == 0, err
     n, classes = _n_and_labels(out)
     assert (n, classes) == (8, ["a", "b"])
-    from hessaudit.data import DataWarning, load_data
+    from hessaudit.inputs.data import DataWarning, load_data
 
     with pytest.warns(DataWarning):
         assert load_data(str(root)).y.tolist() == [0] * 4 + [1] * 4

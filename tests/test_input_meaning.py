@@ -241,7 +241,7 @@ def test_channel_mismatch_is_an_error_with_a_hint(
 
 
 def test_shape_mismatch_names_the_file_its_shape_and_the_model(tmp_path, mlp_spec, capsys):
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     spec_file, _ = mlp_spec.rsplit(":", 1)
     import importlib.util
@@ -267,7 +267,7 @@ def test_shape_mismatch_names_the_file_its_shape_and_the_model(tmp_path, mlp_spe
 
 
 def test_model_returning_a_tuple_is_refused(tmp_path, capsys):
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     factory = tmp_path / "pairnet.py"
     factory.write_text(MLP_FACTORY)
@@ -282,7 +282,7 @@ def test_model_returning_a_tuple_is_refused(tmp_path, capsys):
 
 
 def test_finetune_shape_mismatch_names_the_data(tmp_path, mlp_spec, capsys):
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     spec_file = mlp_spec.rsplit(":", 1)[0]
     ns: dict = {}
@@ -330,7 +330,7 @@ def rgb_pair(tmp_path: Path):
     """The tiny factory with 3 input channels, as a checkpoint pair (no timm config)."""
     from conftest import TINY_FACTORY_SOURCE, CheckpointPair, perturbed
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     factory = tmp_path / "rgbnet.py"
     factory.write_text(
@@ -368,7 +368,7 @@ def test_mean_takes_commas_or_repeats(tmp_path, rgb_pair, capsys):
 
 def test_timm_models_resolve_their_own_config() -> None:
     """What the flags do not give comes from the model's timm config."""
-    from hessaudit.models import build_model, input_config
+    from hessaudit.inputs.models import build_model, input_config
 
     cfg = input_config(build_model("test_resnet", num_classes=4), input_size=16, mean=0.2)
     assert cfg.mean == (0.2, 0.2, 0.2) and cfg.std == (0.5, 0.5, 0.5)
@@ -388,7 +388,7 @@ def test_one_channel_timm_model_gets_a_one_channel_config(tmp_path, capsys):
     """timm's config says 3 channels even for in_chans=1; hessaudit asks the model."""
     import timm
 
-    from hessaudit.models import input_config
+    from hessaudit.inputs.models import input_config
 
     model = timm.create_model("test_resnet", pretrained=False, num_classes=3, in_chans=1)
     cfg = input_config(model, input_size=16)
@@ -508,7 +508,7 @@ def test_normalization_overflow_is_named(tmp_path, tiny_checkpoints, capsys):
 
 @pytest.mark.parametrize("which", ["pretrained", "finetuned"])
 def test_nan_in_weights_names_file_and_tensor(tmp_path, tiny_checkpoints, capsys, which):
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     state = dict(getattr(tiny_checkpoints, f"{which}_state"))
     state["conv1.weight"] = state["conv1.weight"].clone()
@@ -524,7 +524,7 @@ def test_nan_in_weights_names_file_and_tensor(tmp_path, tiny_checkpoints, capsys
 
 
 def test_nonfinite_loss_names_the_example(tmp_path, tiny_checkpoints, capsys):
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     state = dict(tiny_checkpoints.finetuned_state)
     state["fc.weight"] = torch.full_like(state["fc.weight"], 3e38)  # finite, logits overflow
@@ -541,8 +541,8 @@ def test_nonfinite_loss_names_the_example(tmp_path, tiny_checkpoints, capsys):
 
 
 def test_nonfinite_numbers_never_reach_the_json() -> None:
+    from hessaudit.audit.validate import check_finite_document, first_nonfinite
     from hessaudit.errors import HessauditError
-    from hessaudit.validate import check_finite_document, first_nonfinite
 
     document = {"layers": [{"name": "conv1.weight", "hcal": 1.0}, {"name": "fc", "hcal": 0.5}],
                 "bound": 2.0}

@@ -48,7 +48,7 @@ def _measure(pair, run: Path, out_json: Path, *extra) -> list:
 
 
 def test_noise_json_holds_the_labels_trained_on(noisy_run) -> None:
-    from hessaudit.data import _choose, load_data
+    from hessaudit.inputs.data import _choose, load_data
 
     noise = json.loads((noisy_run / "noise.json").read_text())
     record = noise["training_labels"]
@@ -72,7 +72,7 @@ def test_measure_audits_on_the_labels_trained_on(tiny_checkpoints, tiny_net, noi
                                                  tmp_path, capsys) -> None:
     from safetensors.torch import load_file
 
-    from hessaudit.data import load_data
+    from hessaudit.inputs.data import load_data
 
     out_json = tmp_path / "audit.json"
     labels_file = noisy_run / "noise.json"
@@ -105,7 +105,7 @@ def test_measure_audits_on_the_labels_trained_on(tiny_checkpoints, tiny_net, noi
 
 
 def test_npy_and_csv_labels(tiny_checkpoints, noisy_run, tmp_path, capsys) -> None:
-    from hessaudit.data import load_data
+    from hessaudit.inputs.data import load_data
 
     y = load_data("digits", role="train").y.numpy()
     noisy = (y + (np.arange(len(y)) % 3 == 0)) % 10  # every third label shifted by one

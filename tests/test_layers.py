@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from hessaudit.checkpoints import load_checkpoint
+from hessaudit.audit.layers import Layer, pair_layers, tensor_kind
 from hessaudit.errors import HessauditError
-from hessaudit.layers import Layer, pair_layers, tensor_kind
+from hessaudit.inputs.checkpoints import load_checkpoint
 
 
 def _names(pairing) -> list[str]:

@@ -18,9 +18,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hessaudit.checkpoints import load_checkpoint, strip_prefixes
-from hessaudit.data import load_data
 from hessaudit.errors import HessauditError
+from hessaudit.inputs.checkpoints import load_checkpoint, strip_prefixes
+from hessaudit.inputs.data import load_data
 from hessaudit.robust.noise_matrix import load_matrix_file
 
 SETTINGS = settings(

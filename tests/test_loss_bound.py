@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from hessaudit.bound import classify_bound, estimate_label
-from hessaudit.cli import main
-from hessaudit.errors import HessauditError
-from hessaudit.loss_bound import (
+from hessaudit.audit.bound import classify_bound, estimate_label
+from hessaudit.audit.loss_bound import (
     LossBoundChoice,
     c_source_label,
     parse_loss_bound,
     resolve_loss_bound,
 )
+from hessaudit.cli import main
+from hessaudit.errors import HessauditError
 
 N_DATA = 40
 

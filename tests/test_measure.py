@@ -17,9 +17,9 @@ from _nets import (
     positive_part,
 )
 
-from hessaudit.data import Dataset
-from hessaudit.layers import pair_layers
-from hessaudit.measure import MeasureSettings, measure_layers
+from hessaudit.audit.layers import pair_layers
+from hessaudit.audit.measure import MeasureSettings, measure_layers
+from hessaudit.inputs.data import Dataset
 
 RTOL = 1e-8
 

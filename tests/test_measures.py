@@ -17,9 +17,9 @@ import pytest
 import torch
 from _nets import dense_block_hessian, make_data, make_mlp
 
+from hessaudit.audit.compare import compare_audits
+from hessaudit.audit.measures import MEASURE_NAMES, document_measures, noise_stability
 from hessaudit.cli import main
-from hessaudit.compare import compare_audits
-from hessaudit.measures import MEASURE_NAMES, document_measures, noise_stability
 
 
 def run_cli(args: list, capsys) -> tuple[int, str, str]:
@@ -206,7 +206,7 @@ def test_bad_noise_and_label_flags(tiny_checkpoints, tmp_path, capsys, extra, fl
 
 
 def test_measure_labels_round_trip_through_the_library():
-    from hessaudit._labels import check_labels, parse_labels
+    from hessaudit.audit._tags import check_labels, parse_labels
 
     assert parse_labels(["sweep=size", "value=a=b", "x_1-2= spaced "]) == (
         ("sweep", "size"), ("value", "a=b"), ("x_1-2", " spaced "))

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from hessaudit.checkpoints import load_checkpoint
 from hessaudit.errors import HessauditError
-from hessaudit.models import (
+from hessaudit.inputs.checkpoints import load_checkpoint
+from hessaudit.inputs.models import (
     InputConfig,
     build_model,
     classifier_names,
@@ -140,7 +140,8 @@ def test_bad_num_classes() -> None:
 
 def test_importing_the_loading_layer_does_not_import_timm() -> None:
     code = (
-        "import sys, hessaudit.checkpoints, hessaudit.models, hessaudit.data, hessaudit.layers\n"
+        "import sys, hessaudit.inputs.checkpoints, hessaudit.inputs.models\n"
+        "import hessaudit.inputs.data, hessaudit.audit.layers\n"
         "assert 'timm' not in sys.modules, 'timm imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -304,8 +305,8 @@ def test_input_config_errors(tiny_net, kwargs: dict, match: str) -> None:
 
 def test_resnet18_runs_on_digits_at_32(tmp_path: Path) -> None:
     """The documented quick start: digits fed to a timm resnet18 at --input-size 32."""
-    from hessaudit.checkpoints import save_checkpoint
-    from hessaudit.data import load_data
+    from hessaudit.inputs.checkpoints import save_checkpoint
+    from hessaudit.inputs.data import load_data
 
     model = build_model("resnet18", num_classes=10)
     path = tmp_path / "r18.safetensors"

@@ -332,7 +332,7 @@ def loud_pair(tmp_path, tiny_checkpoints):
     """Checkpoints of a model whose factory and forward print (Python and fd 1)."""
     import importlib.util
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     path = tmp_path / "loud.py"
     path.write_text(PRINTING_FACTORY)

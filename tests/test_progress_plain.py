@@ -106,7 +106,7 @@ def test_control_characters_in_layer_names_through_the_cli(tmp_path, monkeypatch
 
     monkeypatch.setattr(plain, "INTERVAL_S", 0.0)
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     (tmp_path / "evil.py").write_text(
         "import torch\n"
@@ -136,9 +136,9 @@ def test_control_characters_in_layer_names_through_the_cli(tmp_path, monkeypatch
 def test_out_of_memory_names_the_options_and_the_phase(
     tiny_checkpoints, tmp_path, monkeypatch, capsys
 ) -> None:
-    import hessaudit.measure
+    import hessaudit.audit.measure
 
-    real = hessaudit.measure._spectrum
+    real = hessaudit.audit.measure._spectrum
     calls = []
 
     def spectrum(*args, **kwargs):
@@ -148,7 +148,7 @@ def test_out_of_memory_names_the_options_and_the_phase(
                                "allocate 400000000000 bytes. Error code 12")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(hessaudit.measure, "_spectrum", spectrum)
+    monkeypatch.setattr(hessaudit.audit.measure, "_spectrum", spectrum)
     code, _, err = run_cli(
         _measure(tiny_checkpoints, tmp_path, "--trace-probes", "5000", "--input-size", "12"),
         capsys,

@@ -2,7 +2,7 @@
 paper's released ``compute_hessian_measures.py`` (CNN branch), through the CLI, in float64.
 
 The oracle below follows the released procedure step by step, written from its description in
-docs/measure.md and hessaudit/recipes.py, not from hessaudit's engine: it walks the modules for
+docs/measure.md and audit/recipes.py, not from hessaudit's engine: it walks the modules for
 its layers (exact ``nn.Conv2d`` named ``*conv*``, exact ``nn.Linear`` named ``*pred_head*``),
 takes v = W - W_pre for convolutions and v = W for the head, visits the held-out examples in a
 seeded permutation in batches of 4 until it has seen *more* than S examples, computes one full
@@ -96,7 +96,7 @@ def _load_factory(path: Path):
 def setup(tmp_path: Path, perturb):
     """Factory file, float64 checkpoints (the pretrained one has a head of the same shape, as
     the released code's epoch-0 file does) and .npz train / held-out data."""
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     factory = tmp_path / "recipenet.py"
     factory.write_text(FACTORY_SOURCE)
@@ -289,9 +289,9 @@ def test_unknown_recipe_fails_with_one_line(setup, tmp_path, capsys):
 
 
 def test_resolve_request_sets_checks_and_is_idempotent():
-    from hessaudit.audit import AuditRequest
+    from hessaudit.audit.recipes import resolve_request
+    from hessaudit.audit.run import AuditRequest
     from hessaudit.errors import HessauditError
-    from hessaudit.recipes import resolve_request
 
     request = AuditRequest("a", "b", "m", "d", recipe="released")
     resolved = resolve_request(request)
@@ -311,9 +311,9 @@ def test_resolve_request_sets_checks_and_is_idempotent():
 
 
 def test_released_layers_and_examples_without_held_out_data(setup):
-    from hessaudit.data import Dataset
-    from hessaudit.layers import pair_layers
-    from hessaudit.recipes import audit_examples, get_recipe, select_layers
+    from hessaudit.audit.layers import pair_layers
+    from hessaudit.audit.recipes import audit_examples, get_recipe, select_layers
+    from hessaudit.inputs.data import Dataset
 
     model = setup["module"].make(seed=0)
     pairing = pair_layers(setup["pre"], setup["ft"], order=list(model.state_dict()))
@@ -340,9 +340,9 @@ def test_released_layers_and_examples_without_held_out_data(setup):
 
 
 def test_released_recipe_without_a_measurable_layer_is_an_error():
+    from hessaudit.audit.layers import pair_layers
+    from hessaudit.audit.recipes import get_recipe, select_layers
     from hessaudit.errors import HessauditError
-    from hessaudit.layers import pair_layers
-    from hessaudit.recipes import get_recipe, select_layers
 
     # VGG-style naming: the convolution is "features.0", and there is no Linear classifier
     model = nn.Sequential()

@@ -28,8 +28,8 @@ from _report_page import (
 from test_cli_gates import MODEL, make_checkpoints, run_cli, run_main
 from test_gates import audit_doc
 
-from hessaudit import gates
-from hessaudit.gates import Gate
+from hessaudit.audit import gates
+from hessaudit.audit.gates import Gate
 from hessaudit.report._format import fmt_number
 from hessaudit.report.html import audit_html, plot_png
 

@@ -416,7 +416,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240.0) -> Non
 
 @pytest.fixture
 def slow_tiny(tmp_path) -> tuple[str, Path]:
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     path = tmp_path / "slowtiny.py"
     path.write_text(SLOW_TINY)
@@ -526,7 +526,7 @@ def test_radius_growth_through_finetune_on_mobilenet(tmp_path, capsys) -> None:
     timm = pytest.importorskip("timm")
     import numpy as np
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

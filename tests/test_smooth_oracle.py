@@ -2,7 +2,7 @@
 
 Two smooth networks that no other test uses (a Conv-GELU-Conv-SiLU-Linear net on 1x6x6 images
 and a tanh/SiLU/GELU MLP, each with a new head), every reduction x {positive, raw}, through the
-public entry point the CLI uses (:func:`hessaudit.measure.measure_layers`) and once through
+public entry point the CLI uses (:func:`hessaudit.audit.measure.measure_layers`) and once through
 ``hessaudit measure`` itself. The oracle: the dense block Hessian of the per-example, per-batch
 or mean loss (``torch.func.hessian`` / ``torch.autograd.functional.hessian``) and ``eigh`` for
 its positive part. Before issue 12 the positive part stopped while every Ritz value was still
@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from hessaudit.checkpoints import save_checkpoint
+from hessaudit.audit.layers import Layer, pair_layers
+from hessaudit.audit.measure import MeasureSettings, _delta_like, measure_layers
 from hessaudit.cli import main
-from hessaudit.data import Dataset
-from hessaudit.layers import Layer, pair_layers
-from hessaudit.measure import MeasureSettings, _delta_like, measure_layers
+from hessaudit.inputs.checkpoints import save_checkpoint
+from hessaudit.inputs.data import Dataset
 
 F64 = torch.float64
 DEFAULTS = MeasureSettings()

@@ -46,7 +46,7 @@ NUMBER = re.compile(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]\d+)?%?(?![\w])")
 def _tiny_pair(folder: Path) -> tuple[str, Path, Path]:
     import importlib.util
 
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     source = folder / "tinynet.py"
     source.write_text(TINY_FACTORY_SOURCE)
@@ -63,7 +63,7 @@ def _tiny_pair(folder: Path) -> tuple[str, Path, Path]:
 
 
 def _audit(**fields: Any) -> dict[str, Any]:
-    from hessaudit.audit import AuditRequest, audit_to_json, run_audit
+    from hessaudit.audit.run import AuditRequest, audit_to_json, run_audit
 
     return json.loads(audit_to_json(run_audit(AuditRequest(**fields))))
 
@@ -251,7 +251,7 @@ def test_piped_stdout_is_as_wide_as_the_table(tiny, monkeypatch, capsys) -> None
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_inspect(tiny, width) -> None:
-    from hessaudit.distances import compare_weights
+    from hessaudit.audit.distances import compare_weights
     from hessaudit.report.inspect import print_distances
 
     document = compare_weights(str(tiny.pre), str(tiny.ft), model=tiny.spec).to_dict()
@@ -273,7 +273,7 @@ def test_inspect(tiny, width) -> None:
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_compare(tiny, width) -> None:
-    from hessaudit.compare import compare_audits
+    from hessaudit.audit.compare import compare_audits
     from hessaudit.report.compare import print_compare
 
     new = json.loads(json.dumps(tiny.audit))
@@ -312,7 +312,7 @@ def test_compare(tiny, width) -> None:
 def test_correlate(tmp_path, width) -> None:
     from test_correlate import crafted_sweep
 
-    from hessaudit import correlate as lib
+    from hessaudit.correlate import core as lib
     from hessaudit.report.correlate import print_correlate
 
     paths = crafted_sweep(tmp_path / "audits")
@@ -400,7 +400,7 @@ def test_finetune_display(width) -> None:
 
 def _tune_result(out: Path) -> Any:
     from hessaudit.robust.config import FinetuneConfig
-    from hessaudit.tune import TrialRecord, TuneResult, TuneSettings, build_space
+    from hessaudit.robust.tune.core import TrialRecord, TuneResult, TuneSettings, build_space
 
     base = FinetuneConfig(model="m.py:f", pretrained="p.safetensors", data="digits",
                           out=str(out), epochs=6, noise_matrix="symmetric:0.2")

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from hessaudit.checkpoints import load_checkpoint
 from hessaudit.errors import HessauditError
+from hessaudit.inputs.checkpoints import load_checkpoint
 from hessaudit.robust.config import FinetuneConfig
 from hessaudit.robust.trainer import (
     METRIC_COLUMNS,

@@ -14,7 +14,7 @@ pytest.importorskip("optuna")
 from hessaudit.cli import main
 from hessaudit.errors import HessauditError
 from hessaudit.robust.config import FinetuneConfig
-from hessaudit.tune import (
+from hessaudit.robust.tune.core import (
     DEFAULT_SPACE,
     ParamSpec,
     TuneSettings,
@@ -87,9 +87,9 @@ def test_cli_search_end_to_end_and_best_reloads(pretrained, tmp_path) -> None:
     # the best model, written as finetune writes it, reloads and reproduces its held-out acc
     for name in ("final.safetensors", "best.safetensors", "config.json", "metrics.csv"):
         assert (out / "best" / name).is_file(), name
-    from hessaudit.checkpoints import load_checkpoint
-    from hessaudit.data import load_data
-    from hessaudit.models import build_model
+    from hessaudit.inputs.checkpoints import load_checkpoint
+    from hessaudit.inputs.data import load_data
+    from hessaudit.inputs.models import build_model
 
     model = build_model(MODEL, num_classes=10)
     model.load_state_dict(dict(load_checkpoint(str(out / "best" / "final.safetensors")).tensors))

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hessaudit.checkpoints import save_checkpoint
-from hessaudit.data import load_data
+from hessaudit.inputs.checkpoints import save_checkpoint
+from hessaudit.inputs.data import load_data
 from hessaudit.zoo import digits_cnn
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     pretrained_path = args.out / "pretrained.safetensors"
     model = digits_cnn(num_classes=5)
     if pretrained_path.exists():  # reuse it, so that several fine-tunes share one start
-        from hessaudit.checkpoints import load_checkpoint
+        from hessaudit.inputs.checkpoints import load_checkpoint
 
         model.load_state_dict(load_checkpoint(pretrained_path).tensors)
     else:

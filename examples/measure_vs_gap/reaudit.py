@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*")
-    from hessaudit.audit import AuditRequest, run_audit
+    from hessaudit.audit.run import AuditRequest, run_audit
 
     out: Path = args.out
     target = out / f"audits_{args.loss_bound.replace(':', '')}"

@@ -101,8 +101,8 @@ def run_one(
     import numpy as np
     import torch
 
-    from hessaudit.audit import AuditRequest, run_audit
-    from hessaudit.data import load_data
+    from hessaudit.audit.run import AuditRequest, run_audit
+    from hessaudit.inputs.data import load_data
     from hessaudit.robust.config import FinetuneConfig
     from hessaudit.robust.trainer import run_finetune
 
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*")
     import pandas as pd
 
-    from hessaudit.demo import PRETRAIN_SETTINGS
+    from hessaudit.demo.run import PRETRAIN_SETTINGS
     from hessaudit.zoo import pretrain_digits_cnn
 
     out: Path = args.out

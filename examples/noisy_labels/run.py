@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*")
     import pandas as pd
 
-    from hessaudit.demo import PRETRAIN_SETTINGS
+    from hessaudit.demo.run import PRETRAIN_SETTINGS
     from hessaudit.zoo import pretrain_digits_cnn
 
     out: Path = args.out

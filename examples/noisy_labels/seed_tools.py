@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import torch
 
-    from hessaudit.demo import PRETRAIN_SETTINGS
+    from hessaudit.demo.run import PRETRAIN_SETTINGS
     from hessaudit.zoo import pretrain_digits_cnn
 
     torch.set_num_threads(args.threads)

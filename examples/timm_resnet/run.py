@@ -62,9 +62,9 @@ def peak_rss_mib() -> float:
 def pretrain(path: Path, settings: dict) -> float:
     import torch
 
-    from hessaudit.checkpoints import save_checkpoint
-    from hessaudit.data import load_data
-    from hessaudit.models import build_model, input_config
+    from hessaudit.inputs.checkpoints import save_checkpoint
+    from hessaudit.inputs.data import load_data
+    from hessaudit.inputs.models import build_model, input_config
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*")
-    from hessaudit.audit import AuditRequest, run_audit, write_audit_json
-    from hessaudit.data import load_data
+    from hessaudit.audit.run import AuditRequest, run_audit, write_audit_json
+    from hessaudit.inputs.data import load_data
     from hessaudit.robust.config import FinetuneConfig
     from hessaudit.robust.trainer import run_finetune
 

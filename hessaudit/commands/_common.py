@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from hessaudit._user_code import describe, raised_in_forward
 from hessaudit.errors import HessauditError
+from hessaudit.inputs._user_code import describe, raised_in_forward
 
 _Classes = tuple[type[BaseException], ...]
 

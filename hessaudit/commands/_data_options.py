@@ -2,7 +2,7 @@
 
 Named as in timm's scripts (``--input-size``, ``--mean``, ``--std``, ``--interpolation``,
 ``--crop-pct``); the values are resolved against the model's timm data config in
-:mod:`hessaudit.data_config`. Each function returns the ``typer.Option`` for a command's help
+:mod:`hessaudit.inputs.data_config`. Each function returns the ``typer.Option`` for a command's help
 panel, so the help text is written once.
 """
 

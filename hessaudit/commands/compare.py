@@ -65,8 +65,9 @@ def compare_command(
     debug: DebugOption = False,
 ) -> int:
     """Compare two audits: per-layer Hcal and bound changes, with gates on the increase."""
-    from hessaudit import _paths, gates
-    from hessaudit.compare import compare_audits, compare_to_json, load_audit
+    from hessaudit import _paths
+    from hessaudit.audit import gates
+    from hessaudit.audit.compare import compare_audits, compare_to_json, load_audit
 
     outputs = _paths.check_outputs(
         {"--json": json_path, "--summary-md": summary_md},

@@ -75,16 +75,16 @@ def correlate_command(
     over many audits, with bootstrap intervals; optionally thresholds for CI gates."""
     import sys
 
-    from hessaudit import correlate as lib
-    from hessaudit._audit_read import expand_inputs, plain, read_audit
-    from hessaudit._correlate_io import (
+    from hessaudit.audit.gates import check_outputs
+    from hessaudit.correlate import core as lib
+    from hessaudit.correlate.paths import (
         check_not_inputs,
         check_out_dir,
         expand_accepted,
         make_out_dir,
     )
+    from hessaudit.correlate.read import expand_inputs, plain, read_audit
     from hessaudit.errors import HessauditError
-    from hessaudit.gates import check_outputs
 
     check_outputs(json_path)
     lib.check_bootstrap(bootstrap, seed)

@@ -1,4 +1,4 @@
-"""``hessaudit demo``: the built-in demo, with no download (see :mod:`hessaudit.demo`)."""
+"""``hessaudit demo``: the built-in demo, with no download (see :mod:`hessaudit.demo.run`)."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def demo_command(
     checkpoints are cached, so a second run only repeats the audit (a few seconds).
     """
     from hessaudit import _paths
-    from hessaudit.audit import audit_to_json
-    from hessaudit.demo import default_cache_dir, run_demo
+    from hessaudit.audit.run import audit_to_json
+    from hessaudit.demo.run import default_cache_dir, run_demo
 
     cache = cache_dir.expanduser() if cache_dir is not None else default_cache_dir()
     outputs = _paths.check_outputs({"--json": json_path}, folders={"the demo cache": cache})

@@ -47,7 +47,7 @@ def inspect_command(
 ) -> int:
     """Show how far each layer moved from the pretrained weights (no Hessian work)."""
     from hessaudit import _paths
-    from hessaudit.distances import compare_weights
+    from hessaudit.audit.distances import compare_weights
 
     outputs = _paths.check_outputs(
         {"--json": json_path},

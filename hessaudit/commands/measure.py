@@ -289,13 +289,14 @@ def measure_command(
     debug: DebugOption = False,
 ) -> int:
     """Per-layer Hessian distances between two checkpoints and the generalization bound."""
-    from hessaudit import _paths, gates
-    from hessaudit._labels import parse_labels
-    from hessaudit.audit import AuditRequest, audit_to_json, layers_frame, run_audit
-    from hessaudit.distributed import env_world_size
-    from hessaudit.loss_bound import parse_loss_bound
-    from hessaudit.measures import check_noise_options
-    from hessaudit.recipes import resolve_request
+    from hessaudit import _paths
+    from hessaudit.audit import gates
+    from hessaudit.audit._tags import parse_labels
+    from hessaudit.audit.distributed import env_world_size
+    from hessaudit.audit.loss_bound import parse_loss_bound
+    from hessaudit.audit.measures import check_noise_options
+    from hessaudit.audit.recipes import resolve_request
+    from hessaudit.audit.run import AuditRequest, audit_to_json, layers_frame, run_audit
     from hessaudit.report.audit import print_audit, warn_if_estimate
     from hessaudit.report.progress import step_progress
 

@@ -32,7 +32,7 @@ def report_command(
     The exit code does not depend on the audit's gates: 0 once the page is written.
     """
     from hessaudit import _paths
-    from hessaudit.compare import load_audit
+    from hessaudit.audit.compare import load_audit
 
     outputs = _paths.check_outputs({"--out": out}, {"the audit": audit})
     document = load_audit(audit)

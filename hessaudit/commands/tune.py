@@ -1,6 +1,6 @@
 """``hessaudit tune``: search the finetuner's radii, learning rate and loss options.
 
-Only option parsing lives here; the work is :func:`hessaudit.tune.run_tune`. The finetune
+Only option parsing is here; the work is :func:`~hessaudit.robust.tune.core.run_tune`. The finetune
 options are the ones of ``hessaudit finetune`` (same names, defaults and help, taken from
 :func:`hessaudit.commands.finetune.finetune_command`); a searched option given explicitly on
 the command line is fixed to that value instead of searched.
@@ -101,7 +101,7 @@ def _tune_command(
 ) -> int:
     from hessaudit.report.tuning import tune_display
     from hessaudit.robust.config import FinetuneConfig
-    from hessaudit.tune import DEFAULT_SPACE, TuneSettings, build_space, load_space_file
+    from hessaudit.robust.tune.core import DEFAULT_SPACE, TuneSettings, build_space, load_space_file
 
     values = {name: value for name, value in ctx.params.items() if name not in _OWN}
     for name in ("mean", "std"):  # a repeatable flag not given comes as an empty list
@@ -131,7 +131,7 @@ def _tune_command(
         startup_trials=startup_trials,
         final=final,
     )
-    from hessaudit.tune import run_tune
+    from hessaudit.robust.tune.core import run_tune
 
     run_tune(settings, display=tune_display(quiet=quiet), resume=resume, overwrite=overwrite)
     return 0

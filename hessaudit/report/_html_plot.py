@@ -10,7 +10,7 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
-from hessaudit.gates import layer_shares
+from hessaudit.audit.gates import layer_shares
 from hessaudit.report._escape import visible
 
 

@@ -11,8 +11,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from hessaudit.bound import C_DOMINANCE_RATIO, estimate_label
-from hessaudit.loss_bound import c_source_label
+from hessaudit.audit.bound import C_DOMINANCE_RATIO, estimate_label
+from hessaudit.audit.loss_bound import c_source_label
 from hessaudit.report._console import print_table, stdout, table_width
 from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number as fmt

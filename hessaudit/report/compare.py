@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hessaudit.compare import SUMMARY_LABELS
-from hessaudit.measures import MEASURE_LABELS
+from hessaudit.audit.compare import SUMMARY_LABELS
+from hessaudit.audit.measures import MEASURE_LABELS
 from hessaudit.report._console import print_table, stdout, table_width, warn
 from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number as fmt

@@ -1,7 +1,7 @@
 """Rendering of a ``hessaudit.correlate/1`` document: rich tables, CSV, scatter plots, HTML.
 
 Every string that comes from an input file (paths, group values, warnings built from them)
-is cleaned with :func:`hessaudit.correlate.plain` and then escaped for its medium: rich
+is cleaned with :func:`hessaudit.correlate.core.plain` and then escaped for its medium: rich
 ``Text`` (never markup) on the terminal, ``html.escape`` in the page, a leading ``'`` for
 spreadsheet formulas in CSV cells, ``\\$`` against matplotlib's mathtext in plot labels. The
 page has inline CSS and the plots as base64 PNG data URIs: no scripts, no external URLs. The
@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hessaudit._audit_read import plain
-from hessaudit.correlate import CSV_COLUMNS
-from hessaudit.measures import MEASURE_LABELS
+from hessaudit.audit.measures import MEASURE_LABELS
+from hessaudit.correlate.core import CSV_COLUMNS
+from hessaudit.correlate.read import plain
 from hessaudit.report._console import print_table, stdout, table_width
 from hessaudit.report._layout import Column, fit_table
 from hessaudit.report.audit import fmt

@@ -13,9 +13,9 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hessaudit.bound import estimate_label
-from hessaudit.gates import layer_shares
-from hessaudit.loss_bound import c_source_label
+from hessaudit.audit.bound import estimate_label
+from hessaudit.audit.gates import layer_shares
+from hessaudit.audit.loss_bound import c_source_label
 from hessaudit.report._escape import visible
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair

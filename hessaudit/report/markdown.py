@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hessaudit._paths import write_output
-from hessaudit.bound import estimate_label
-from hessaudit.compare import SUMMARY_LABELS
-from hessaudit.gates import layer_shares
-from hessaudit.loss_bound import c_source_label
+from hessaudit.audit.bound import estimate_label
+from hessaudit.audit.compare import SUMMARY_LABELS
+from hessaudit.audit.gates import layer_shares
+from hessaudit.audit.loss_bound import c_source_label
 from hessaudit.report._escape import md_code, md_text
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair, fmt_percent, fmt_signed

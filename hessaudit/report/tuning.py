@@ -17,7 +17,7 @@ from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number
 from hessaudit.report._layout import Column, fit_table, merge_identical
 from hessaudit.report.progress import live_bar
-from hessaudit.tune import TrialRecord, TuneDisplay, TuneResult
+from hessaudit.robust.tune.core import TrialRecord, TuneDisplay, TuneResult
 
 __all__ = ["LogTuneDisplay", "RichTuneDisplay", "trial_line", "tune_display"]
 

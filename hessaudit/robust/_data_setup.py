@@ -84,10 +84,10 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 
 
 def _prepare_data(config: FinetuneConfig, device: torch.device, display: TrainingDisplay) -> _Setup:
-    from hessaudit.checkpoints import load_checkpoint
-    from hessaudit.data import load_data
-    from hessaudit.models import build_model, input_config
-    from hessaudit.preprocess import check_forward
+    from hessaudit.inputs.checkpoints import load_checkpoint
+    from hessaudit.inputs.data import load_data
+    from hessaudit.inputs.models import build_model, input_config
+    from hessaudit.inputs.preprocess import check_forward
 
     checkpoint = load_checkpoint(config.pretrained)
     probe = build_model(config.model, num_classes=config.num_classes, allow_hub=config.allow_hub)
@@ -180,10 +180,10 @@ def _source_positions(config: FinetuneConfig, loaded: Any) -> tuple[list[int] | 
     """Positions in ``config.data`` (all of it) of the examples loaded with ``--samples``, and
     the source's size, so that ``noise.json``'s labels can be applied by ``measure --labels``
     to ``--data`` as it loads it. Without ``--samples`` they are ``0..n-1``. With it, the
-    subset is drawn again exactly as :func:`hessaudit.data.load_data` draws it and checked
+    subset is drawn again exactly as :func:`hessaudit.inputs.data.load_data` draws it and checked
     against the loaded labels; for an ImageFolder (whose subset is drawn among files, some of
     which may be unreadable) the positions are unknown: None."""
-    from hessaudit.data import _choose, load_data
+    from hessaudit.inputs.data import _choose, load_data
 
     n = len(loaded)
     if config.samples is None:

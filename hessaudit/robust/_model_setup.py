@@ -64,7 +64,7 @@ def _build_model(
     device: torch.device,
     init_seed: int,
 ) -> _ModelBuild:
-    from hessaudit.models import build_model
+    from hessaudit.inputs.models import build_model
 
     model = build_model(config.model, num_classes=num_classes, allow_hub=config.allow_hub)
     state = model.state_dict()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hessaudit import distributed as _dist
+from hessaudit.audit import distributed as _dist
 from hessaudit.robust._data_setup import _Setup
 from hessaudit.robust._model_setup import _ModelBuild
 from hessaudit.robust.config import FinetuneConfig
@@ -68,8 +68,8 @@ def _run_info(
 def _run_audit(
     config: FinetuneConfig, setup: _Setup, out: Path, display: TrainingDisplay
 ) -> dict[str, Any]:
-    from hessaudit.audit import AuditRequest, run_audit, write_audit_json
-    from hessaudit.bound import estimate_label
+    from hessaudit.audit.bound import estimate_label
+    from hessaudit.audit.run import AuditRequest, run_audit, write_audit_json
 
     display.log("auditing the final checkpoint against the pretrained one")
     request = AuditRequest(
@@ -91,7 +91,7 @@ def _run_audit(
         device=config.device,
         allow_hub=config.allow_hub,
     )
-    from hessaudit.data import Dataset
+    from hessaudit.inputs.data import Dataset
 
     # Audit exactly the examples trained on, with their clean labels when they are known.
     trained_on = Dataset(

@@ -46,8 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hessaudit import distributed as _dist
 from hessaudit._version import __version__
+from hessaudit.audit import distributed as _dist
 from hessaudit.errors import HessauditError
 from hessaudit.robust._data_setup import _Setup
 from hessaudit.robust._lock import LOCK_NAME
@@ -269,7 +269,7 @@ def _save_weights(
     kind: str,
     extra: Mapping[str, Any] | None = None,
 ) -> None:
-    from hessaudit.checkpoints import save_checkpoint
+    from hessaudit.inputs.checkpoints import save_checkpoint
 
     if not _dist.is_main():
         return

@@ -36,8 +36,8 @@ _BUILTIN_MODULES = ("hessaudit.zoo",)
 def _split_factory(spec: str) -> tuple[str, str] | None:
     """``("file", path)`` / ``("module", name)`` for a factory spec; None for a timm name.
 
-    Mirrors :func:`hessaudit.models.build_model`'s reading of ``--model``."""
-    from hessaudit.models import _is_factory_spec
+    Mirrors :func:`hessaudit.inputs.models.build_model`'s reading of ``--model``."""
+    from hessaudit.inputs.models import _is_factory_spec
 
     spec = spec.strip()
     if not _is_factory_spec(spec):

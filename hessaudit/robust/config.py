@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from hessaudit._limits import check_seed
+from hessaudit.audit._limits import check_seed
 from hessaudit.errors import HessauditError
 
 __all__ = [
@@ -259,7 +259,7 @@ class FinetuneConfig:
                     f"{_flag(name)} {value!r} is not one of {', '.join(options)}"
                 )
 
-        from hessaudit.validate import data_config_flags
+        from hessaudit.audit.validate import data_config_flags
 
         data_flags = data_config_flags(
             input_size=self.input_size, mean=self.mean, std=self.std,

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
+from hessaudit.inputs._inputs_guard import refuse_special_file
 from hessaudit.robust.noise_matrix import (
     load_matrix_file,
     parse_rate,

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
+from hessaudit.inputs._inputs_guard import refuse_special_file
 
 __all__ = [
     "MAX_CONDITION_NUMBER",

@@ -44,8 +44,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
+from hessaudit.inputs._inputs_guard import refuse_special_file
 
 __all__ = [
     "constrainable_names",

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hessaudit import distributed as _dist
-from hessaudit.devices import resolve_device
+from hessaudit.audit import distributed as _dist
 from hessaudit.errors import HessauditError
+from hessaudit.inputs.devices import resolve_device
 from hessaudit.robust._data_setup import (
     _check_resume_inputs,
     _prepare_data,

@@ -12,7 +12,7 @@ Decisions (also in docs/measure.md):
 * n defaults to the size of ``data``.
 * ``bound_kind`` is ``"bound"`` only when the audit evaluated Theorem 2.1's quantities themselves
   (every example of ``data``, the per-example max of the positive part, ...), else
-  ``"estimate"`` with ``estimate_reasons`` (:func:`hessaudit.bound.classify_bound`).
+  ``"estimate"`` with ``estimate_reasons`` (:func:`hessaudit.audit.bound.classify_bound`).
 """
 
 from __future__ import annotations
@@ -27,16 +27,21 @@ from typing import Any
 import torch
 
 from hessaudit._atomic import write_text
-from hessaudit._labels import check_labels
 from hessaudit._version import __version__
-from hessaudit.bound import BoundKind, BoundResult, classify_bound, compute_bound
-from hessaudit.data import Dataset
-from hessaudit.devices import resolve_device, resolve_dtype
+from hessaudit.audit._tags import check_labels
+from hessaudit.audit.bound import BoundKind, BoundResult, classify_bound, compute_bound
+from hessaudit.audit.gates import Gate
+from hessaudit.audit.loss_bound import parse_loss_bound, resolve_loss_bound
+from hessaudit.audit.measure import LayerMeasure, MeasureSettings, ProgressCallback, measure_layers
+from hessaudit.audit.measures import (
+    NoiseStability,
+    build_measures,
+    check_noise_options,
+    noise_stability,
+)
 from hessaudit.errors import HessauditError
-from hessaudit.gates import Gate
-from hessaudit.loss_bound import parse_loss_bound, resolve_loss_bound
-from hessaudit.measure import LayerMeasure, MeasureSettings, ProgressCallback, measure_layers
-from hessaudit.measures import NoiseStability, build_measures, check_noise_options, noise_stability
+from hessaudit.inputs.data import Dataset
+from hessaudit.inputs.devices import resolve_device, resolve_dtype
 
 SCHEMA = "hessaudit.audit/1"
 
@@ -59,7 +64,7 @@ class AuditRequest:
     interpolation: str | None = None
     crop_pct: float | None = None
     n_train: int | None = None
-    # None or "max" | "quantile:Q" | a number (hessaudit.loss_bound); a float is a user C.
+    # None or "max" | "quantile:Q" | a number (hessaudit.audit.loss_bound); a float is a user C.
     loss_bound: float | str | None = None
     epsilon: float = 0.0
     reduce: str = "example-max"
@@ -79,15 +84,15 @@ class AuditRequest:
     dtype: str = "float32"
     seed: int = 0
     allow_hub: bool = False
-    recipe: str = "theorem"  # hessaudit.recipes: "theorem" | "released"
-    labels: str | None = None  # --labels FILE: the labels trained on (hessaudit.labels)
+    recipe: str = "theorem"  # hessaudit.audit.recipes: "theorem" | "released"
+    labels: str | None = None  # --labels FILE: the labels trained on (hessaudit.inputs.labels)
     noise_stability: float | None = None  # EPS of the noise-stability measure (None: off)
-    noise_draws: int | None = None  # None: hessaudit.measures.DEFAULT_NOISE_DRAWS
+    noise_draws: int | None = None  # None: hessaudit.audit.measures.DEFAULT_NOISE_DRAWS
     tags: tuple[tuple[str, str], ...] = ()  # --label KEY=VALUE, stored in inputs.tags
 
     def __post_init__(self) -> None:
-        # Every flag is checked here, before any file is read (hessaudit/validate.py).
-        from hessaudit.validate import parse_floats, validate_request
+        # Every flag is checked here, before any file is read (hessaudit/audit/validate.py).
+        from hessaudit.audit.validate import parse_floats, validate_request
 
         object.__setattr__(self, "mean", parse_floats(self.mean, "--mean"))
         object.__setattr__(self, "std", parse_floats(self.std, "--std"))
@@ -199,14 +204,14 @@ def run_audit(
     n all describe the same training set. ``layer_gates``: the per-layer gates to be evaluated
     on the result; a pattern matching no measured layer is refused before any Hessian work.
     """
-    from hessaudit import distributed
-    from hessaudit.checkpoints import load_checkpoint
-    from hessaudit.data import load_data
-    from hessaudit.layers import pair_layers
-    from hessaudit.models import disable_fused_attention, input_config, load_model
-    from hessaudit.preprocess import check_forward
-    from hessaudit.recipes import audit_examples, get_recipe, resolve_request, select_layers
-    from hessaudit.validate import check_finite_document, check_layer_gates
+    from hessaudit.audit import distributed
+    from hessaudit.audit.layers import pair_layers
+    from hessaudit.audit.recipes import audit_examples, get_recipe, resolve_request, select_layers
+    from hessaudit.audit.validate import check_finite_document, check_layer_gates
+    from hessaudit.inputs.checkpoints import load_checkpoint
+    from hessaudit.inputs.data import load_data
+    from hessaudit.inputs.models import disable_fused_attention, input_config, load_model
+    from hessaudit.inputs.preprocess import check_forward
 
     request = resolve_request(request)  # the recipe's settings (a no-op for "theorem")
     recipe = get_recipe(request.recipe)
@@ -261,7 +266,7 @@ def run_audit(
         )
     labels_record = None
     if request.labels is not None:
-        from hessaudit.labels import apply_label_file
+        from hessaudit.inputs.labels import apply_label_file
 
         train_data, labels_record = apply_label_file(train_data, request.labels)
     train = _to(train_data, device, dtype)
@@ -389,7 +394,7 @@ def run_audit(
 
 
 def audit_to_json(result: AuditResult) -> str:
-    from hessaudit.validate import check_finite_document
+    from hessaudit.audit.validate import check_finite_document
 
     document = result.to_dict()
     check_finite_document(document, what="the audit")
@@ -442,7 +447,7 @@ def _iterated_unconverged(layer: LayerMeasure, request: AuditRequest) -> bool:
 
 
 def _model_num_classes(model: torch.nn.Module, tensors) -> int:
-    from hessaudit.models import classifier_names, infer_num_classes
+    from hessaudit.inputs.models import classifier_names, infer_num_classes
 
     count = infer_num_classes(tensors, head_names=classifier_names(model))
     if count is None:
@@ -454,7 +459,7 @@ def _data_sha256(source: str | None) -> str | None:
     """SHA-256 of a data file (``.npz``); None for built-in sources and directories."""
     from pathlib import Path
 
-    from hessaudit.checkpoints import sha256_file
+    from hessaudit.inputs.checkpoints import sha256_file
 
     if source is None or source.partition(":")[0] in ("digits", "digits-pretrain"):
         return None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import nn
 
-from hessaudit.distributed import Context, ShardedOperator
+from hessaudit.audit.distributed import Context, ShardedOperator
 from hessaudit.hessian import (
     BlockHessian,
     PerExampleBlockHessians,
@@ -31,7 +31,7 @@ from hessaudit.hessian import (
 )
 
 if TYPE_CHECKING:
-    from hessaudit.measure import MeasureSettings, _Work
+    from hessaudit.audit.measure import MeasureSettings, _Work
 
 # The per-example Lanczos keeps (steps + 2) vectors of the layer's size per example; chunk the
 # examples so that this stays below a fixed budget.

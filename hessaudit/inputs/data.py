@@ -18,7 +18,7 @@ Sources (``--data`` / ``--eval-data``):
   Files are found recursively; hidden files and folders are ignored. Each file counts once
   (by device and inode, whatever links reach it); a folder link is followed only when it stays
   inside its class folder and does not loop, and FIFOs and devices are skipped (see
-  :mod:`hessaudit._data_files`). Images (``.png``, ``.jpg``,
+  :mod:`hessaudit.inputs._data_files`). Images (``.png``, ``.jpg``,
   ``.jpeg``, ``.bmp``, ``.gif``, ``.ppm``, ``.pgm``, ``.tif``, ``.tiff``, ``.webp``) are read with
   PIL, converted to RGB, or to L (grayscale) when the model takes one channel (without an input
   config or channel count: L only when every image is single-channel), scaled to [0, 1],
@@ -32,10 +32,10 @@ Sources (``--data`` / ``--eval-data``):
   experiments. ``x`` of dtype uint8 is divided by 255, uint16 by 65535 (as torchvision's
   ``ToTensor`` does), bool read as 0/1, float used as it is; other integer dtypes are refused
   (their range is unknown). Store images as (N, C, H, W); an (N, H, W, C) array is transposed
-  with a warning (see :mod:`hessaudit.preprocess`). Read with ``allow_pickle=False``.
+  with a warning (see :mod:`hessaudit.inputs.preprocess`). Read with ``allow_pickle=False``.
 
-With an :class:`~hessaudit.models.InputConfig`, image tensors (N, C, H, W) are then adapted to
-the model (:func:`hessaudit.preprocess.adapt_images`): grayscale repeated to the model's
+With an :class:`~.models.InputConfig`, image tensors (N, C, H, W) are then adapted to
+the model (:func:`hessaudit.inputs.preprocess.adapt_images`): grayscale repeated to the model's
 channels, resized with timm's eval transform (``interpolation``, ``crop_pct``) to its size
 when that is set and different, and normalized with its mean/std when set. The dataset records
 its ``scaling`` and these ``preprocessing`` steps.
@@ -60,7 +60,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from hessaudit._data_files import (
+from hessaudit.errors import HessauditError
+from hessaudit.inputs._data_files import (
     DecodeBudget,
     Unreadable,
     class_folders,
@@ -68,12 +69,11 @@ from hessaudit._data_files import (
     open_image,
     read_npz,
 )
-from hessaudit._inputs_guard import open_regular, refuse_special_file
-from hessaudit.errors import HessauditError
-from hessaudit.preprocess import adapt_images, array_to_tensor, prepare_images, resize_images
+from hessaudit.inputs._inputs_guard import open_regular, refuse_special_file
+from hessaudit.inputs.preprocess import adapt_images, array_to_tensor, prepare_images, resize_images
 
 if TYPE_CHECKING:
-    from hessaudit.data_config import InputConfig
+    from hessaudit.inputs.data_config import InputConfig
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -110,7 +110,7 @@ class Dataset:
 
     ``clean_y`` holds the true labels when ``y`` carries injected noise; ``classes`` the class
     names when known (ImageFolder folder names); ``skipped`` the files left out while loading;
-    ``scaling`` how stored values became inputs (a :data:`hessaudit.preprocess.SCALINGS` key);
+    ``scaling`` how stored values became inputs (a :data:`~.preprocess.SCALINGS` key);
     ``preprocessing`` the steps that adapted them to the model (transposed, resized...).
     """
 
@@ -482,7 +482,7 @@ _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 def _decode(image: Any, mode: str, cfg: InputConfig | None) -> Tensor:
     """A PIL image as a float32 (C, H, W) tensor in [0, 1], in ``mode`` ("L" or "RGB"),
-    resized to ``cfg.size`` (timm's eval resize, :func:`hessaudit.preprocess.resize_images`)
+    resized to ``cfg.size`` (timm's eval resize, :func:`hessaudit.inputs.preprocess.resize_images`)
     when that is set and different."""
     import numpy as np
 

@@ -11,7 +11,7 @@ offers three choices, recorded in the audit JSON's ``C_source``:
   C = l_(floor h) + (h - floor h) * (l_(floor h + 1) - l_(floor h))),
   ``C_source = "empirical_quantile:Q"``. A fraction of about 1 - Q of the examples have a
   larger loss, so C is **not** a bound on the loss of every example, and the audit is labelled
-  an estimate (:func:`hessaudit.bound.classify_bound`).
+  an estimate (:func:`hessaudit.audit.bound.classify_bound`).
 * ``VALUE``, a positive finite number: C = VALUE, ``C_source = "user"`` (as before: a plain
   number keeps working exactly as it always did).
 """

@@ -3,7 +3,7 @@
 A gate is one threshold on one quantity. ``hessaudit measure`` evaluates its gates against the
 finished ``hessaudit.audit/1`` document, records every one of them in the document's ``gates``
 list and exits 2 when one failed; ``hessaudit compare`` does the same with its own gates on the
-change between two audits (see :mod:`hessaudit.compare`). docs/gating.md is the user-facing
+change between two audits (see :mod:`hessaudit.audit.compare`). docs/gating.md is the user-facing
 description; the names below are a contract.
 
 ``measure`` gates (flag = config key without the dashes)::
@@ -52,8 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
+from hessaudit.inputs._inputs_guard import refuse_special_file
 
 # Order here is the order gates appear in the output.
 MEASURE_KEYS = (

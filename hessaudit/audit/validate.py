@@ -1,7 +1,7 @@
 """Option validation in one place: every flag value is checked before any file is read or any
 Hessian work starts, and every number is checked before it reaches a JSON document.
 
-* :func:`validate_request` checks an :class:`~hessaudit.audit.AuditRequest` (``measure``,
+* :func:`validate_request` checks an :class:`~hessaudit.audit.run.AuditRequest` (``measure``,
   ``finetune --audit`` and ``tune``'s bound objective all build one); ``AuditRequest``
   calls it from ``__post_init__``, so an invalid request cannot exist.
 * :func:`data_config_flags` checks and normalizes the data-config flags (``--input-size``,
@@ -35,13 +35,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hessaudit._limits import MAX_LANCZOS_STEPS, check_measure_flags
+from hessaudit.audit._limits import MAX_LANCZOS_STEPS, check_measure_flags
+from hessaudit.audit.loss_bound import parse_loss_bound
 from hessaudit.errors import HessauditError
-from hessaudit.loss_bound import parse_loss_bound
 
 if TYPE_CHECKING:
-    from hessaudit.audit import AuditRequest
-    from hessaudit.gates import Gate
+    from hessaudit.audit.gates import Gate
+    from hessaudit.audit.run import AuditRequest
 
 __all__ = [
     "INTERPOLATIONS",
@@ -234,7 +234,7 @@ def validate_request(request: AuditRequest) -> None:
 def check_layer_gates(gates: Iterable[Gate], layer_names: Sequence[str]) -> None:
     """Refuse a per-layer gate whose pattern matches none of ``layer_names`` (the layers the
     audit is about to measure), naming the flag or file it came from and a few layer names."""
-    from hessaudit.gates import LAYER_KEYS, matching
+    from hessaudit.audit.gates import LAYER_KEYS, matching
 
     names = list(layer_names)
     for gate in gates:

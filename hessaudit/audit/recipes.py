@@ -14,7 +14,7 @@ ways, all set together by ``--recipe released``:
 2. layers: the weight of every module that is exactly ``torch.nn.Conv2d`` and whose module name
    contains ``"conv"`` (so ResNet ``downsample`` convolutions are left out), plus the weight of
    every exactly-``torch.nn.Linear`` module that is the classifier (hessaudit's
-   :func:`~hessaudit.models.classifier_names`) or whose name contains ``"pred_head"``; no other
+   :func:`~.models.classifier_names`) or whose name contains ``"pred_head"``; no other
    Linear, no bias, no normalization parameter;
 3. head: its distance vector is the fine-tuned weight itself, v = W, even when the pretrained
    checkpoint has a head of the same shape;
@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hessaudit.audit.layers import Layer
 from hessaudit.errors import HessauditError
-from hessaudit.layers import Layer
 
 if TYPE_CHECKING:
-    from hessaudit.audit import AuditRequest
-    from hessaudit.data import Dataset
+    from hessaudit.audit.run import AuditRequest
+    from hessaudit.inputs.data import Dataset
 
 __all__ = [
     "RECIPES",
@@ -73,7 +73,7 @@ _FLAGS = {
 class Recipe:
     """What a recipe sets.
 
-    ``sets`` maps :class:`~hessaudit.audit.AuditRequest` fields to the value the recipe forces
+    ``sets`` maps :class:`~hessaudit.audit.run.AuditRequest` fields to the value the recipe forces
     (an explicit other value is a conflict). ``layers`` is ``"selected"`` (the selection flags
     decide) or ``"released"`` (rule 2 and 3 of the module docstring). ``examples`` is
     ``"audit-data"`` (``--data``, or a seeded ``--samples`` subset of it) or ``"released"``
@@ -147,7 +147,7 @@ def resolve_request(
     recipe's setting and the conflicting flag. Idempotent: resolving a resolved request
     returns it unchanged.
     """
-    from hessaudit.audit import AuditRequest
+    from hessaudit.audit.run import AuditRequest
 
     recipe = get_recipe(request.recipe)
     defaults = {f.name: f.default for f in dataclasses.fields(AuditRequest)}
@@ -175,7 +175,7 @@ def resolve_request(
 
 def _released_layer_names(model: nn.Module) -> tuple[set[str], set[str]]:
     """(conv weights, head weights) that the released code measures (module docstring, rule 2)."""
-    from hessaudit.models import classifier_names
+    from hessaudit.inputs.models import classifier_names
 
     classifier = set(classifier_names(model))
     convs: set[str] = set()

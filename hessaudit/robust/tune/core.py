@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hessaudit._inputs_guard import refuse_special_file
 from hessaudit.errors import HessauditError
+from hessaudit.inputs._inputs_guard import refuse_special_file
 from hessaudit.robust.config import FinetuneConfig
 
 __all__ = [
@@ -427,8 +427,8 @@ def _study_data(base: FinetuneConfig) -> tuple[_ValData, Any, Any]:
     noisy y) on the CPU."""
     import torch
 
-    from hessaudit.data import load_data
-    from hessaudit.models import build_model, input_config
+    from hessaudit.inputs.data import load_data
+    from hessaudit.inputs.models import build_model, input_config
     from hessaudit.robust.noise import inject_noise
     from hessaudit.robust.trainer import derive_seed
 
@@ -473,7 +473,7 @@ class _Scorer:
     def __init__(self, base: FinetuneConfig, val: _ValData) -> None:
         import torch
 
-        from hessaudit.models import build_model
+        from hessaudit.inputs.models import build_model
 
         self.device = torch.device(base.device)
         with torch.random.fork_rng(devices=[]):
@@ -488,7 +488,7 @@ class _Scorer:
         import numpy as np
         import torch
 
-        from hessaudit.checkpoints import load_checkpoint
+        from hessaudit.inputs.checkpoints import load_checkpoint
         from hessaudit.robust.losses import backward_corrected_loss
 
         ckpt = load_checkpoint(str(checkpoint))
@@ -668,7 +668,7 @@ def _write_trials(out: Path, records: list[TrialRecord], names: list[str]) -> No
 
 def _audit_bound(settings: TuneSettings, trial_out: Path, audit_data: Path, n_train: int,
                  k: int) -> float:
-    from hessaudit.audit import AuditRequest, run_audit
+    from hessaudit.audit.run import AuditRequest, run_audit
 
     base = settings.base
     request = AuditRequest(
@@ -699,7 +699,7 @@ def _write_audit_data(base: FinetuneConfig, path: Path, x: Any, y: Any) -> None:
     import torch
 
     from hessaudit._atomic import atomic_path
-    from hessaudit.models import build_model, input_config
+    from hessaudit.inputs.models import build_model, input_config
 
     with torch.random.fork_rng(devices=[]):
         probe = build_model(base.model, num_classes=base.num_classes, allow_hub=base.allow_hub)

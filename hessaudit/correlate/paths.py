@@ -1,6 +1,6 @@
 """Paths of ``hessaudit correlate``: the accepted audits and the output folder.
 
-Kept apart from :mod:`hessaudit.correlate` (which only computes) so that the command stays
+Kept apart from :mod:`hessaudit.correlate.core` (which only computes) so that the command stays
 thin. The rule that matters: no output of ``correlate`` may replace one of its inputs, even
 through another name for the same file (a hard link, ``..``): files are compared by device
 and inode.
@@ -13,9 +13,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from hessaudit._audit_read import plain
+from hessaudit.audit.measures import MEASURE_NAMES
+from hessaudit.correlate.read import plain
 from hessaudit.errors import HessauditError
-from hessaudit.measures import MEASURE_NAMES
 
 #: The files ``correlate --out DIR`` may write into DIR.
 OUT_FILES = (

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hessaudit.data import Dataset
 from hessaudit.errors import HessauditError
+from hessaudit.inputs.data import Dataset
 
 __all__ = ["apply_label_file"]
 

@@ -41,13 +41,13 @@ def read_audit(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read one audit file defensively; :class:`HessauditError` naming the file otherwise.
 
     The one reader ``correlate`` uses: the validating reader of ``compare`` and ``report``
-    (``hessaudit._audit_schema.read_audit_json``) when it is installed, else a minimal one:
+    (``hessaudit.audit.schema.read_audit_json``) when it is installed, else a minimal one:
     a regular UTF-8 file of at most 64 MiB, standard JSON (no NaN/Infinity, no repeated keys),
     an object whose ``schema`` is ``hessaudit.audit/1``. Every field is still read with type
     checks where it is used (numbers must be finite, objects must be objects).
     """
     try:
-        from hessaudit._audit_schema import read_audit_json  # type: ignore[import-not-found]
+        from hessaudit.audit.schema import read_audit_json  # type: ignore[import-not-found]
     except ImportError:
         return _read_audit_minimal(Path(path))
     return read_audit_json(path)

@@ -42,7 +42,7 @@ from hessaudit.errors import HessauditError
 if TYPE_CHECKING:
     import numpy as np
 
-    from hessaudit.data_config import InputConfig
+    from hessaudit.inputs.data_config import InputConfig
 
 __all__ = [
     "SCALINGS",
@@ -67,7 +67,7 @@ _OOM = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
 def _data_warning() -> type[Warning]:
-    from hessaudit.data import DataWarning
+    from hessaudit.inputs.data import DataWarning
 
     return DataWarning
 
@@ -296,7 +296,7 @@ def expected_input(model: nn.Module, cfg: InputConfig | None) -> str:
     pretrained_cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(pretrained_cfg, dict) and pretrained_cfg.get("input_size"):
         return f"timm's config for the model says input_size {tuple(pretrained_cfg['input_size'])}"
-    from hessaudit.data_config import first_layer
+    from hessaudit.inputs.data_config import first_layer
 
     first = first_layer(model)
     if first is None:
@@ -316,7 +316,7 @@ def expected_input(model: nn.Module, cfg: InputConfig | None) -> str:
 
 
 def _hint(model: nn.Module, shape: tuple[int, ...], cfg: InputConfig | None) -> str:
-    from hessaudit.data_config import first_layer
+    from hessaudit.inputs.data_config import first_layer
 
     first = first_layer(model)
     if first is not None and isinstance(first[1], nn.Linear) and len(shape) == 3:
@@ -380,7 +380,7 @@ def check_forward(
             raise
         if isinstance(exc, HessauditError) or not _looks_like_shape_error(exc):
             # Model code that fails for its own reasons (a KeyError in its forward, say) is
-            # reported as the model's error (hessaudit._user_code), not as a data mismatch.
+            # reported as the model's error (hessaudit.inputs._user_code), not as a data mismatch.
             raise
         text = " ".join(str(exc).split())
         text = text[:197] + "..." if len(text) > 200 else text

@@ -11,7 +11,7 @@
     summary            {bound, hessian_term, train_loss, eval_loss, gap, ratio_to_gap, C, n}:
                        each {base, new, abs_change, rel_change_pct}
     measures           {name: {base, new, abs_change, rel_change_pct}} for each measure of
-                       the audits' ``measures`` (hessaudit.measures.MEASURE_NAMES; the noise
+                       the audits' ``measures`` (hessaudit.audit.measures.MEASURE_NAMES; the noise
                        stability's mean) that either audit has; recomputed from the layers
                        for an audit written before ``measures`` existed
     layers             [{name, base, new, abs_change, rel_change_pct, base_share, new_share}]
@@ -34,13 +34,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hessaudit._audit_schema import AUDIT_SCHEMA as AUDIT_SCHEMA  # re-exported
-from hessaudit._audit_schema import read_audit_json
 from hessaudit._version import __version__
-from hessaudit.bound import ESTIMATE, estimate_label
+from hessaudit.audit.bound import ESTIMATE, estimate_label
+from hessaudit.audit.gates import Gate, layer_shares, matching, no_match_error, worst_of
+from hessaudit.audit.measures import document_measures
+from hessaudit.audit.schema import AUDIT_SCHEMA as AUDIT_SCHEMA  # re-exported
+from hessaudit.audit.schema import read_audit_json
 from hessaudit.errors import HessauditError
-from hessaudit.gates import Gate, layer_shares, matching, no_match_error, worst_of
-from hessaudit.measures import document_measures
 
 SCHEMA = "hessaudit.compare/1"
 # The summary quantities a comparison reports, with the labels people read.
@@ -78,7 +78,7 @@ SETTING_CHECKS: tuple[tuple[str, tuple[str, ...]], ...] = (
 def load_audit(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a ``hessaudit.audit/1`` file; :class:`HessauditError` otherwise.
 
-    See :mod:`hessaudit._audit_schema` for what is checked.
+    See :mod:`hessaudit.audit.schema` for what is checked.
     """
     return read_audit_json(path)
 

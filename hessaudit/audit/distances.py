@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hessaudit.checkpoints import FileRecord
+from hessaudit.inputs.checkpoints import FileRecord
 
 
 @dataclass(frozen=True)
@@ -71,14 +71,14 @@ def compare_weights(
     When ``model`` is given, the fine-tuned checkpoint must load into it (which catches a
     checkpoint of another architecture early) and only the model's parameters count as layers.
     """
-    from hessaudit.checkpoints import load_checkpoint
-    from hessaudit.layers import pair_layers
+    from hessaudit.audit.layers import pair_layers
+    from hessaudit.inputs.checkpoints import load_checkpoint
 
     pretrained = load_checkpoint(pretrained_path)
     finetuned = load_checkpoint(finetuned_path)
     parameter_names = order = None
     if model is not None:
-        from hessaudit.models import load_model
+        from hessaudit.inputs.models import load_model
 
         module = load_model(
             model,

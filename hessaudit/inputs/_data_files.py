@@ -1,4 +1,4 @@
-"""Read data files for :mod:`hessaudit.data` without letting a hostile file take over.
+"""Read data files for :mod:`hessaudit.inputs.data` without letting a hostile file take over.
 
 * ``.npz``: every member's declared (uncompressed) size and every ``.npy`` header's
   ``prod(shape) * itemsize`` are checked against the archive's size on disk before numpy
@@ -8,7 +8,7 @@
   :class:`Unreadable`; the bytes all images decode to are bounded by their size on disk
   (:class:`DecodeBudget`).
 
-The budgets are those of :mod:`hessaudit._inputs_guard`.
+The budgets are those of :mod:`hessaudit.inputs._inputs_guard`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hessaudit._inputs_guard import check_expansion, check_zip_members, walk_files
 from hessaudit._messages import few, oneline
 from hessaudit.errors import HessauditError
+from hessaudit.inputs._inputs_guard import check_expansion, check_zip_members, walk_files
 
 __all__ = [
     "DecodeBudget",

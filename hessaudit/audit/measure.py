@@ -43,10 +43,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from hessaudit._positive_forms import cache_fits as _cache_fits
-from hessaudit._positive_forms import positive_forms
-from hessaudit.data import Dataset
-from hessaudit.distributed import SINGLE, Context, ShardedOperator
+from hessaudit.audit._positive_forms import cache_fits as _cache_fits
+from hessaudit.audit._positive_forms import positive_forms
+from hessaudit.audit.distributed import SINGLE, Context, ShardedOperator
+from hessaudit.audit.layers import Layer
 from hessaudit.errors import HessauditError
 from hessaudit.hessian import (
     BlockGaussNewton,
@@ -61,7 +61,7 @@ from hessaudit.hessian import (
     per_example_gauss_newton_forms,
     trace_from_samples,
 )
-from hessaudit.layers import Layer
+from hessaudit.inputs.data import Dataset
 
 REDUCTIONS = ("example-max", "batch-max", "mean")
 FORMS = ("positive", "raw", "cross")
@@ -220,7 +220,7 @@ def measure_layers(
 
     ``model`` holds the fine-tuned weights and must be in eval mode; ``data`` are the audit
     examples, already on the model's device and dtype. ``generator`` drives every random probe.
-    ``dist`` (a :class:`hessaudit.distributed.Context`) shards the examples over the ranks of a
+    ``dist`` (a :class:`~.distributed.Context`) shards the examples over the ranks of a
     torchrun job and all-reduces the results, so every rank returns what one process would.
     """
 

@@ -2,16 +2,16 @@
 
 Input: audit JSONs (``hessaudit.audit/1``) of several fine-tuned checkpoints, each with an
 observed gap (``measure --eval-data``). For every measure of the audits' ``measures`` object
-(:data:`hessaudit.measures.MEASURE_NAMES`) and for the ``bound``, :func:`correlate_audits`
+(:data:`hessaudit.audit.measures.MEASURE_NAMES`) and for the ``bound``, :func:`correlate_audits`
 reports over the audits that have both the measure and a gap: n, the Spearman and Pearson
 correlation of the measure with the gap, their seeded percentile-bootstrap intervals
-(:mod:`hessaudit._stats`), and the median of measure / gap over the audits whose gap is
+(:mod:`hessaudit.correlate._stats`), and the median of measure / gap over the audits whose gap is
 positive (the paper's "same scale" claim: its Figure 1 shows G at about 1.3-1.5x the gap).
 With ``group_by`` the same rows are computed within each group. The result is a
 ``hessaudit.correlate/1`` document (docs/correlate.md lists its keys).
 
 An audit written before ``measures`` existed still counts: its layer-based measures are
-recomputed from its ``layers`` (:func:`hessaudit.measures.layer_measures`).
+recomputed from its ``layers`` (:func:`hessaudit.audit.measures.layer_measures`).
 
 Gate calibration (:func:`suggest_gates`): from audits the user accepts, each threshold is the
 largest accepted value times ``margin``, rounded **up** to 3 significant digits, so every
@@ -33,12 +33,12 @@ from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
-from hessaudit._audit_read import plain, read_audit
-from hessaudit._audit_read import show as _show
-from hessaudit._stats import MAX_BOOTSTRAP, correlate_pair, median_ratio
 from hessaudit._version import __version__
+from hessaudit.audit.measures import MEASURE_LABELS, MEASURE_NAMES, document_measures
+from hessaudit.correlate._stats import MAX_BOOTSTRAP, correlate_pair, median_ratio
+from hessaudit.correlate.read import plain, read_audit
+from hessaudit.correlate.read import show as _show
 from hessaudit.errors import HessauditError
-from hessaudit.measures import MEASURE_LABELS, MEASURE_NAMES, document_measures
 
 SCHEMA = "hessaudit.correlate/1"
 ROWS = (*MEASURE_NAMES, "bound")

@@ -67,7 +67,7 @@ FINETUNE_SETTINGS: dict[str, Any] = {
 MANIFEST = "manifest.json"
 PRETRAINED = "pretrained.safetensors"
 FINETUNED = "finetuned.safetensors"
-_MANIFEST_SCHEMA = "hessaudit.demo-cache/1"
+_MANIFEST_SCHEMA = "hessaudit.demo.run-cache/1"
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class DemoCheckpoints:
 @dataclass(frozen=True)
 class DemoResult:
     checkpoints: DemoCheckpoints
-    audit: Any  # hessaudit.audit.AuditResult
+    audit: Any  # hessaudit.audit.run.AuditResult
     audit_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +121,7 @@ def cache_key() -> str:
 
 
 def _sha256(path: Path) -> str:
-    from hessaudit.checkpoints import sha256_file
+    from hessaudit.inputs.checkpoints import sha256_file
 
     return sha256_file(path)
 
@@ -258,8 +258,8 @@ def _build(tmp: Path, say: Any) -> dict[str, Any]:
 
 
 def demo_request(checkpoints: DemoCheckpoints, **overrides: Any):
-    """The :class:`~hessaudit.audit.AuditRequest` of the demo's audit."""
-    from hessaudit.audit import AuditRequest
+    """The :class:`~hessaudit.audit.run.AuditRequest` of the demo's audit."""
+    from hessaudit.audit.run import AuditRequest
 
     fields: dict[str, Any] = {
         "pretrained": str(checkpoints.pretrained),
@@ -280,7 +280,7 @@ def run_demo(
     progress: Any = None,
 ) -> DemoResult:
     """Build (or reuse) the demo checkpoints and audit them."""
-    from hessaudit.audit import run_audit
+    from hessaudit.audit.run import run_audit
 
     checkpoints = build_checkpoints(cache_dir, rebuild=rebuild, log=log)
     if log is not None:

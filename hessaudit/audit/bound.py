@@ -14,7 +14,7 @@ A negative raw or cross-term value of Hcal_i counts as 0 (the layer is reported 
 Cross-entropy is unbounded, so by default C is the largest per-example loss seen on the data, an
 empirical plug-in labelled ``"empirical_max"``; a user-given bound is labelled ``"user"``;
 ``--loss-bound quantile:Q`` takes the Q-quantile of the losses, ``"empirical_quantile:Q"``
-(:mod:`hessaudit.loss_bound`).
+(:mod:`hessaudit.audit.loss_bound`).
 The ratio G / gap is reported only when the observed gap is positive.
 
 Bound or estimate (docs/measure.md, "Bound or estimate"). The theorem's Hcal_i is a maximum over
@@ -38,8 +38,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hessaudit.audit.loss_bound import quantile_of
 from hessaudit.errors import HessauditError
-from hessaudit.loss_bound import quantile_of
 
 REMAINDER_NOTE = "the O(n^-3/4) Taylor remainder xi of Theorem 2.1 is not included"
 # C / median per-example loss above which the summary notes that C is dominated by the

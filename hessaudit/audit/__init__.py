@@ -1,0 +1,1 @@
+"""One audit: request, run, measure, bound, layers, gates, comparison, distances."""

@@ -1,0 +1,1 @@
+"""Which measure tracks the generalization gap over many audits (``hessaudit correlate``)."""

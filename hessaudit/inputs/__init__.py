@@ -1,0 +1,1 @@
+"""What an audit or a training run reads: checkpoints, models, data, devices."""

@@ -1,0 +1,1 @@
+"""Automatic choice of the finetuner's options (``hessaudit tune``)."""
