@@ -25,7 +25,7 @@ from typing import Annotated
 import typer
 
 from hessaudit._version import __version__
-from hessaudit.commands import _common, _help
+from hessaudit.commands import common, help_pages
 from hessaudit.commands.compare import compare_command
 from hessaudit.commands.correlate import correlate_command
 from hessaudit.commands.demo import demo_command
@@ -51,7 +51,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
-    cls=_help.Group,
+    cls=help_pages.Group,
 )
 
 
@@ -73,14 +73,14 @@ def _root(
     """Audit fine-tuned networks with Hessian-based generalization bounds."""
 
 
-app.command("inspect", epilog=EXIT_CODES_HELP, cls=_help.Command)(inspect_command)
-app.command("measure", epilog=EXIT_CODES_HELP, cls=_help.Command)(measure_command)
-app.command("compare", epilog=EXIT_CODES_HELP, cls=_help.Command)(compare_command)
-app.command("report", epilog=EXIT_CODES_HELP, cls=_help.Command)(report_command)
-app.command("correlate", epilog=EXIT_CODES_HELP, cls=_help.Command)(correlate_command)
-app.command("finetune", epilog=EXIT_CODES_HELP, cls=_help.Command)(finetune_command)
-app.command("tune", epilog=EXIT_CODES_HELP, cls=_help.Command)(tune_command)
-app.command("demo", epilog=EXIT_CODES_HELP, cls=_help.Command)(demo_command)
+app.command("inspect", epilog=EXIT_CODES_HELP, cls=help_pages.Command)(inspect_command)
+app.command("measure", epilog=EXIT_CODES_HELP, cls=help_pages.Command)(measure_command)
+app.command("compare", epilog=EXIT_CODES_HELP, cls=help_pages.Command)(compare_command)
+app.command("report", epilog=EXIT_CODES_HELP, cls=help_pages.Command)(report_command)
+app.command("correlate", epilog=EXIT_CODES_HELP, cls=help_pages.Command)(correlate_command)
+app.command("finetune", epilog=EXIT_CODES_HELP, cls=help_pages.Command)(finetune_command)
+app.command("tune", epilog=EXIT_CODES_HELP, cls=help_pages.Command)(tune_command)
+app.command("demo", epilog=EXIT_CODES_HELP, cls=help_pages.Command)(demo_command)
 
 
 #: Caches that libraries write outside the paths the user named: matplotlib's font list
@@ -116,5 +116,5 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and map every outcome to an exit code."""
     args = sys.argv[1:] if argv is None else argv
     with private_caches():
-        code = _common.run_app(typer.main.get_command(app), args, prog_name="hessaudit")
+        code = common.run_app(typer.main.get_command(app), args, prog_name="hessaudit")
     sys.exit(code)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hessaudit.cli import app, main
-from hessaudit.commands._common import run_app
+from hessaudit.commands.common import run_app
 
 
 def _layer(name: str, hcal: float, *, head: bool = False) -> dict[str, Any]:

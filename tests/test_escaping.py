@@ -20,8 +20,8 @@ import pytest
 from test_gates import audit_doc
 
 from hessaudit.cli import main
-from hessaudit.report._escape import ZERO_WIDTH_SPACE, console_text, md_text, visible
 from hessaudit.report._format import fmt_number, fmt_pair, fmt_percent
+from hessaudit.report.escape import ZERO_WIDTH_SPACE, console_text, md_text, visible
 
 #: Layer (module) names: torch forbids only '.' and ''.
 HOSTILE_LAYERS = [

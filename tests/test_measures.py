@@ -206,7 +206,7 @@ def test_bad_noise_and_label_flags(tiny_checkpoints, tmp_path, capsys, extra, fl
 
 
 def test_measure_labels_round_trip_through_the_library():
-    from hessaudit.audit._tags import check_labels, parse_labels
+    from hessaudit.audit.tags import check_labels, parse_labels
 
     assert parse_labels(["sweep=size", "value=a=b", "x_1-2= spaced "]) == (
         ("sweep", "size"), ("value", "a=b"), ("x_1-2", " spaced "))

@@ -11,9 +11,9 @@ import re
 
 import pytest
 
-import hessaudit.report._plain_progress as plain
+import hessaudit.report.plain_progress as plain
 from hessaudit.cli import main
-from hessaudit.report._plain_progress import PlainProgress, StepTracker, duration, printable
+from hessaudit.report.plain_progress import PlainProgress, StepTracker, duration, printable
 
 LINE = re.compile(
     r"^progress: auditing layers (\d+)/(\d+) \((\S+)\) [\d.]+ s elapsed(, ~[\d.]+ s left)?$"

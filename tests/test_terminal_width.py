@@ -231,7 +231,7 @@ def test_clamped_and_not_converged_notes_stay_readable(tiny) -> None:
 
 def test_piped_stdout_is_as_wide_as_the_table(tiny, monkeypatch, capsys) -> None:
     """Not a terminal (a CI log): every column, every name whole, however long."""
-    from hessaudit.report import _console
+    from hessaudit.report import console as _console
     from hessaudit.report.audit import print_audit
 
     document = json.loads(json.dumps(tiny.audit))

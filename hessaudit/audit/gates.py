@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from hessaudit.errors import HessauditError
-from hessaudit.inputs._inputs_guard import refuse_special_file
+from hessaudit.inputs.guard import refuse_special_file
 
 # Order here is the order gates appear in the output.
 MEASURE_KEYS = (

@@ -28,7 +28,6 @@ import torch
 
 from hessaudit._atomic import write_text
 from hessaudit._version import __version__
-from hessaudit.audit._tags import check_labels
 from hessaudit.audit.bound import BoundKind, BoundResult, classify_bound, compute_bound
 from hessaudit.audit.gates import Gate
 from hessaudit.audit.loss_bound import parse_loss_bound, resolve_loss_bound
@@ -39,6 +38,7 @@ from hessaudit.audit.measures import (
     check_noise_options,
     noise_stability,
 )
+from hessaudit.audit.tags import check_labels
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.data import Dataset
 from hessaudit.inputs.devices import resolve_device, resolve_dtype

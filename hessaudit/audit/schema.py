@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from hessaudit.errors import HessauditError
-from hessaudit.inputs._inputs_guard import refuse_special_file
+from hessaudit.inputs.guard import refuse_special_file
 
 AUDIT_SCHEMA = "hessaudit.audit/1"
 #: Largest audit file read: about 25 000 layers. Larger is not an audit written by hessaudit.

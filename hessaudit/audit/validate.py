@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hessaudit.audit._limits import MAX_LANCZOS_STEPS, check_measure_flags
+from hessaudit._limits import MAX_LANCZOS_STEPS, check_measure_flags
 from hessaudit.audit.loss_bound import parse_loss_bound
 from hessaudit.errors import HessauditError
 

@@ -10,7 +10,7 @@ set on the command line first, and the phase the progress display last reported:
     (defaults); lower them, or use a --device with more memory
 
 (on one line). The option values come from parsing the arguments again, only once memory has
-run out; the phase comes from :func:`hessaudit.report._plain_progress.note_phase`, called when
+run out; the phase comes from :func:`hessaudit.report.plain_progress.note_phase`, called when
 an exception leaves a progress display.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hessaudit.report._plain_progress import phase_of
+from hessaudit.report.plain_progress import phase_of
 
 #: Options whose values scale memory use (parameter names, as click knows them).
 MEMORY_OPTIONS = (

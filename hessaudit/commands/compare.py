@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hessaudit.commands._common import DebugOption, QuietOption
+from hessaudit.commands.common import DebugOption, QuietOption
 
 _GATES = "Gates"
 _OUTPUT = "Outputs"

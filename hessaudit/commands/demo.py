@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hessaudit.commands._common import DebugOption, QuietOption
+from hessaudit.commands.common import DebugOption, QuietOption
 
 
 def demo_command(
@@ -42,8 +42,8 @@ def demo_command(
     cache = cache_dir.expanduser() if cache_dir is not None else default_cache_dir()
     outputs = _paths.check_outputs({"--json": json_path}, folders={"the demo cache": cache})
     to_stdout = outputs.to_stdout
-    from hessaudit.report._console import info
     from hessaudit.report.audit import print_audit
+    from hessaudit.report.console import info
     from hessaudit.report.progress import step_progress
 
     log = None if quiet else info

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hessaudit.commands._common import DebugOption, QuietOption
 from hessaudit.commands._data_options import (
     crop_pct_option,
     input_size_option,
@@ -18,6 +17,7 @@ from hessaudit.commands._data_options import (
     mean_option,
     std_option,
 )
+from hessaudit.commands.common import DebugOption, QuietOption
 from hessaudit.errors import HessauditError
 
 if TYPE_CHECKING:

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from hessaudit.commands._common import DebugOption, QuietOption
 from hessaudit.commands._data_options import (
     crop_pct_option,
     input_size_option,
@@ -16,6 +15,7 @@ from hessaudit.commands._data_options import (
     mean_option,
     std_option,
 )
+from hessaudit.commands.common import DebugOption, QuietOption
 
 _DATA = "Inputs"
 _MEASURE = "Measure"
@@ -291,12 +291,12 @@ def measure_command(
     """Per-layer Hessian distances between two checkpoints and the generalization bound."""
     from hessaudit import _paths
     from hessaudit.audit import gates
-    from hessaudit.audit._tags import parse_labels
     from hessaudit.audit.distributed import env_world_size
     from hessaudit.audit.loss_bound import parse_loss_bound
     from hessaudit.audit.measures import check_noise_options
     from hessaudit.audit.recipes import resolve_request
     from hessaudit.audit.run import AuditRequest, audit_to_json, layers_frame, run_audit
+    from hessaudit.audit.tags import parse_labels
     from hessaudit.report.audit import print_audit, warn_if_estimate
     from hessaudit.report.progress import step_progress
 

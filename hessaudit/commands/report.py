@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hessaudit.commands._common import DebugOption, QuietOption
+from hessaudit.commands.common import DebugOption, QuietOption
 
 
 def report_command(
@@ -41,7 +41,7 @@ def report_command(
     page, plotted = audit_html(document, title=title, plots=plots)
     _paths.write_output("--out", out, page)
     if not quiet:
-        from hessaudit.report._console import info, warn
+        from hessaudit.report.console import info, warn
 
         if plots and not plotted and document["layers"]:
             warn("matplotlib is not installed: the page shows HTML bars instead of plots")

@@ -13,7 +13,7 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
-from hessaudit.commands._common import DebugOption, QuietOption
+from hessaudit.commands.common import DebugOption, QuietOption
 from hessaudit.commands.finetune import _from_command_line, finetune_command
 from hessaudit.errors import HessauditError
 

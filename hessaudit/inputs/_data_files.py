@@ -8,7 +8,7 @@
   :class:`Unreadable`; the bytes all images decode to are bounded by their size on disk
   (:class:`DecodeBudget`).
 
-The budgets are those of :mod:`hessaudit.inputs._inputs_guard`.
+The budgets are those of :mod:`hessaudit.inputs.guard`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from hessaudit._messages import few, oneline
 from hessaudit.errors import HessauditError
-from hessaudit.inputs._inputs_guard import check_expansion, check_zip_members, walk_files
+from hessaudit.inputs.guard import check_expansion, check_zip_members, walk_files
 
 __all__ = [
     "DecodeBudget",

@@ -44,7 +44,7 @@ import torch
 from hessaudit._atomic import atomic_path
 from hessaudit._messages import oneline
 from hessaudit.errors import HessauditError
-from hessaudit.inputs._inputs_guard import check_tensor_views, check_zip_archive, open_regular
+from hessaudit.inputs.guard import check_tensor_views, check_zip_archive, open_regular
 
 __all__ = [
     "CONTAINER_KEYS",

@@ -69,7 +69,7 @@ from hessaudit.inputs._data_files import (
     open_image,
     read_npz,
 )
-from hessaudit.inputs._inputs_guard import open_regular, refuse_special_file
+from hessaudit.inputs.guard import open_regular, refuse_special_file
 from hessaudit.inputs.preprocess import adapt_images, array_to_tensor, prepare_images, resize_images
 
 if TYPE_CHECKING:

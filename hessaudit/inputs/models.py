@@ -13,7 +13,7 @@ A model spec (``--model``) is one of:
 A factory is called with ``num_classes=`` when its signature accepts it (or ``**kwargs``).
 Whatever its code does while imported, called or running the model's forward (``sys.exit``,
 ``argparse``, an exception) ends as one :class:`HessauditError` naming it
-(:mod:`hessaudit.inputs._user_code`), never as an exit code of its own.
+(:mod:`hessaudit.inputs.user_code`), never as an exit code of its own.
 
 timm is imported inside the functions that need it, never at module import.
 """
@@ -37,9 +37,9 @@ from torch import nn
 
 from hessaudit._messages import few, oneline
 from hessaudit.errors import HessauditError
-from hessaudit.inputs._user_code import guard_forward, user_code
 from hessaudit.inputs.checkpoints import strip_prefixes
 from hessaudit.inputs.data_config import InputConfig, input_config
+from hessaudit.inputs.user_code import guard_forward, user_code
 
 __all__ = [
     "InputConfig",

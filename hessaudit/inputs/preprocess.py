@@ -380,7 +380,7 @@ def check_forward(
             raise
         if isinstance(exc, HessauditError) or not _looks_like_shape_error(exc):
             # Model code that fails for its own reasons (a KeyError in its forward, say) is
-            # reported as the model's error (hessaudit.inputs._user_code), not as a data mismatch.
+            # reported as the model's error (hessaudit.inputs.user_code), not as a data mismatch.
             raise
         text = " ".join(str(exc).split())
         text = text[:197] + "..." if len(text) > 200 else text

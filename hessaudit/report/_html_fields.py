@@ -16,8 +16,8 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hessaudit.report._escape import visible
 from hessaudit.report._format import fmt_number
+from hessaudit.report.escape import visible
 
 #: Nesting shown in full; deeper values are shown as "…".
 MAX_DEPTH = 6

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hessaudit.audit.gates import layer_shares
-from hessaudit.report._escape import visible
+from hessaudit.report.escape import visible
 
 
 def plot_png(document: Mapping[str, Any], *, highlight: set[str] | None = None) -> bytes | None:

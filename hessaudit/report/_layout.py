@@ -16,7 +16,7 @@ The rules (the same for ``measure``, ``inspect``, ``compare``, ``finetune`` and 
 
 :func:`plan` decides from widths alone (it is what the tests reason about); :func:`fit_table`
 measures the cells, calls it and builds the rich table. ``width=None`` means no limit: the
-piped stdout of a CI log (see :func:`hessaudit.report._console.table_width`).
+piped stdout of a CI log (see :func:`hessaudit.report.console.table_width`).
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ from rich.text import Text
 
 from hessaudit.audit.bound import C_DOMINANCE_RATIO, estimate_label
 from hessaudit.audit.loss_bound import c_source_label
-from hessaudit.report._console import print_table, stdout, table_width
-from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair
 from hessaudit.report._layout import Column, fit_table, merge_identical
+from hessaudit.report.console import print_table, stdout, table_width
+from hessaudit.report.escape import console_text, visible
 
 _BAR_WIDTH = 12
 #: Ranks of the per-layer table's steps (lowest first; see hessaudit.report._layout).

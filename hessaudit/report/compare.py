@@ -11,11 +11,11 @@ from rich.text import Text
 
 from hessaudit.audit.compare import SUMMARY_LABELS
 from hessaudit.audit.measures import MEASURE_LABELS
-from hessaudit.report._console import print_table, stdout, table_width, warn
-from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair, fmt_percent, fmt_signed
 from hessaudit.report._layout import Column, fit_table
+from hessaudit.report.console import print_table, stdout, table_width, warn
+from hessaudit.report.escape import console_text, visible
 
 
 def _pct(value: float | None, *, worse_if_up: bool = True) -> Text:

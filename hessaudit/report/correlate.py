@@ -25,9 +25,9 @@ from rich.text import Text
 from hessaudit.audit.measures import MEASURE_LABELS
 from hessaudit.correlate.core import CSV_COLUMNS
 from hessaudit.correlate.read import plain
-from hessaudit.report._console import print_table, stdout, table_width
 from hessaudit.report._layout import Column, fit_table
 from hessaudit.report.audit import fmt
+from hessaudit.report.console import print_table, stdout, table_width
 
 _MAX_LEGEND_GROUPS = 12
 

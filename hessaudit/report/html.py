@@ -16,12 +16,12 @@ from typing import Any
 from hessaudit.audit.bound import estimate_label
 from hessaudit.audit.gates import layer_shares
 from hessaudit.audit.loss_bound import c_source_label
-from hessaudit.report._escape import visible
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair
 from hessaudit.report._html_fields import fields_section, measures_section
 from hessaudit.report._html_plot import plot_png
 from hessaudit.report._html_style import CSS
+from hessaudit.report.escape import visible
 
 #: Top-level keys the page's own sections show; "Every field of the audit file" shows the rest
 #: (with all of ``inputs``, ``settings`` and ``layers``).

@@ -8,10 +8,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hessaudit.report._console import print_table, stdout, table_width
-from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._layout import Column, fit_table
+from hessaudit.report.console import print_table, stdout, table_width
+from hessaudit.report.escape import console_text, visible
 
 
 def distances_table(document: dict[str, Any], width: int | None = None) -> Table:

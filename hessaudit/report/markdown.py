@@ -18,9 +18,9 @@ from hessaudit.audit.bound import estimate_label
 from hessaudit.audit.compare import SUMMARY_LABELS
 from hessaudit.audit.gates import layer_shares
 from hessaudit.audit.loss_bound import c_source_label
-from hessaudit.report._escape import md_code, md_text
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_pair, fmt_percent, fmt_signed
+from hessaudit.report.escape import md_code, md_text
 
 # Tables with more rows than this are folded into <details>.
 FOLD_ROWS = 15

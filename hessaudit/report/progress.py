@@ -1,5 +1,5 @@
 """Progress on stderr that library code drives through a plain callback: a rich bar on a
-terminal, plain rate-limited lines in a log (see :mod:`hessaudit.report._plain_progress`)."""
+terminal, plain rate-limited lines in a log (see :mod:`hessaudit.report.plain_progress`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column
 
-from hessaudit.report._console import stderr
-from hessaudit.report._escape import visible
-from hessaudit.report._plain_progress import PlainProgress, StepTracker, note_phase
+from hessaudit.report.console import stderr
+from hessaudit.report.escape import visible
+from hessaudit.report.plain_progress import PlainProgress, StepTracker, note_phase
 
 
 def live_bar() -> BarColumn:

@@ -25,10 +25,10 @@ from rich.progress import (
 from rich.table import Table
 
 from hessaudit.report import _layout
-from hessaudit.report._console import print_table, stderr, stdout, table_width
-from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number
-from hessaudit.report._plain_progress import PlainProgress
+from hessaudit.report.console import print_table, stderr, stdout, table_width
+from hessaudit.report.escape import console_text, visible
+from hessaudit.report.plain_progress import PlainProgress
 from hessaudit.report.progress import live_bar
 from hessaudit.robust.trainer import FinetuneResult, TrainingDisplay
 
@@ -190,7 +190,7 @@ class RichTrainingDisplay(TrainingDisplay):
         self._phase = ""
         self._steps = 0
         # stderr is not a terminal (a CI log): the bars draw nothing there, so long epochs
-        # get rate-limited plain step lines (hessaudit.report._plain_progress).
+        # get rate-limited plain step lines (hessaudit.report.plain_progress).
         self._plain: PlainProgress | None = None
 
     def _print(self, message: str, style: str | None = None) -> None:

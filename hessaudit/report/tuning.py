@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hessaudit.report._console import print_table, stderr, stdout, table_width
-from hessaudit.report._escape import console_text, visible
 from hessaudit.report._format import fmt_number
 from hessaudit.report._layout import Column, fit_table, merge_identical
+from hessaudit.report.console import print_table, stderr, stdout, table_width
+from hessaudit.report.escape import console_text, visible
 from hessaudit.report.progress import live_bar
 from hessaudit.robust.tune.core import TrialRecord, TuneDisplay, TuneResult
 

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from hessaudit.audit._limits import check_seed
+from hessaudit._limits import check_seed
 from hessaudit.errors import HessauditError
 
 __all__ = [

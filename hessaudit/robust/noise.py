@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from hessaudit.errors import HessauditError
-from hessaudit.inputs._inputs_guard import refuse_special_file
+from hessaudit.inputs.guard import refuse_special_file
 from hessaudit.robust.noise_matrix import (
     load_matrix_file,
     parse_rate,

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from hessaudit.errors import HessauditError
-from hessaudit.inputs._inputs_guard import refuse_special_file
+from hessaudit.inputs.guard import refuse_special_file
 
 __all__ = [
     "MAX_CONDITION_NUMBER",

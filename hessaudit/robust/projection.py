@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from hessaudit.errors import HessauditError
-from hessaudit.inputs._inputs_guard import refuse_special_file
+from hessaudit.inputs.guard import refuse_special_file
 
 __all__ = [
     "constrainable_names",

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from hessaudit.errors import HessauditError
-from hessaudit.inputs._inputs_guard import refuse_special_file
+from hessaudit.inputs.guard import refuse_special_file
 from hessaudit.robust.config import FinetuneConfig
 
 __all__ = [

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from rich.console import Console
 
-from hessaudit.report._escape import console_text, visible
+from hessaudit.report.escape import console_text, visible
 
 # Logs and CI job output are not terminals; rich would assume 80 columns there and truncate
 # layer names, so give them room.

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from hessaudit.errors import HessauditError
-from hessaudit.inputs._user_code import describe, raised_in_forward
+from hessaudit.inputs.user_code import describe, raised_in_forward
 
 _Classes = tuple[type[BaseException], ...]
 
@@ -61,10 +61,10 @@ def debug_requested(args: Sequence[str]) -> bool:
 
 def _visible(text: str) -> str:
     # Control and format characters of a file or layer name (newline, ESC, bidi overrides)
-    # shown as escapes: one line, no terminal escape sequences (see hessaudit.report._escape).
+    # shown as escapes: one line, no terminal escape sequences (see hessaudit.report.escape).
     if text.isprintable():
         return text
-    from hessaudit.report._escape import visible
+    from hessaudit.report.escape import visible
 
     return visible(text)
 
