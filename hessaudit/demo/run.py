@@ -67,7 +67,7 @@ FINETUNE_SETTINGS: dict[str, Any] = {
 MANIFEST = "manifest.json"
 PRETRAINED = "pretrained.safetensors"
 FINETUNED = "finetuned.safetensors"
-_MANIFEST_SCHEMA = "hessaudit.demo.run-cache/1"
+_MANIFEST_SCHEMA = "hessaudit.demo-cache/1"
 
 
 @dataclass(frozen=True)
