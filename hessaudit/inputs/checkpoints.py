@@ -17,13 +17,13 @@ tensor must be dense and real, every floating-point tensor finite, and the file'
 :class:`~hessaudit.inputs.file_record.FileRecord` (path, SHA-256, size) is kept.
 
 **Adding a layout** (a Hugging Face model folder, sharded safetensors with an index, a PEFT
-adapter) is one new module and one line here. The module defines ``claims(path) -> bool``
-(reading at most the first bytes) and ``read(path, map_location) -> (tensors, container,
-metadata)``, and the line adds ``CheckpointFormat("name", module.claims, module.read)`` to
-:data:`FORMATS`, before any format that would also claim its files. A layout stored as a folder
+adapter) is one new module and one entry in :data:`FORMATS` (and its import). The module defines
+``claims(path) -> bool`` (reading at most the first bytes) and ``read(path, map_location) ->
+(tensors, container, metadata)``; the entry is ``CheckpointFormat("name", module.claims,
+module.read)``, before any format that would also claim its files. A layout stored as a folder
 sets ``folder=True`` (folders are otherwise refused) and gives ``record``, the
-:class:`~hessaudit.inputs.file_record.FileRecord` of what it reads. Unwrapping, prefix
-stripping and the tensor checks above apply to every format.
+:class:`~hessaudit.inputs.file_record.FileRecord` of what it reads. Unwrapping, prefix stripping
+and the tensor checks above apply to every format.
 """
 
 from __future__ import annotations

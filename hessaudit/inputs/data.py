@@ -22,13 +22,13 @@ that is set and different, normalized with its mean/std when set), and the datas
 data is held in memory as float32; the audit works on hundreds to a few thousand examples.
 
 **Adding a source** (say text files: ``.csv``, ``.tsv``, ``.jsonl``, ``.parquet``) is one new
-module and one line here. The module defines ``matches(request) -> bool`` and
-``load(request) -> Dataset`` on a :class:`~hessaudit.inputs.dataset.SourceRequest` and exports
-them as ``SOURCE = DataSource(name=..., matches=..., load=..., offer="a .csv file", ...)``
-(:class:`~hessaudit.inputs.dataset.DataSource` says what each field does); the line adds
-``SOURCE`` to :data:`SOURCES`, before any source that would also match its paths. Nothing else
-changes: argument checks, the subset, the adaptation to the model, the label check and the hints
-for a missing or unknown path are the dispatcher's.
+module and one entry in :data:`SOURCES` (and its import). The module defines ``matches(request)
+-> bool`` and ``load(request) -> Dataset`` on a :class:`~hessaudit.inputs.dataset.SourceRequest`
+and exports them as ``SOURCE = DataSource(name=..., matches=..., load=..., offer="a .csv file",
+...)`` (:class:`~hessaudit.inputs.dataset.DataSource` says what each field does); its entry goes
+before any source that would also match its paths. Nothing else changes: argument checks, the
+subset, the adaptation to the model, the label check and the hints for a missing or unknown path
+are the dispatcher's.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ __all__ = [
     "Dataset",
     "choose_subset",
     "digits_split",
+    "find_source",
     "load_data",
     "prepare_images",
 ]

@@ -14,12 +14,12 @@ loads the weights (:func:`load_weights`), whatever the kind. The head is found b
 :mod:`hessaudit.inputs.heads`; what the model expects as input by
 :mod:`hessaudit.inputs.data_config` (both re-exported here).
 
-**Adding a kind** (say Hugging Face model folders) is one new module and one line here: the
-module defines ``matches(spec) -> bool`` and a builder with the keywords of
-:func:`~hessaudit.inputs.timm_models.build_timm` (``num_classes``, ``allow_hub``,
-``check_classes``; a builder ignores those it has no use for), and the line adds
-``ModelKind("name", module.matches, module.build)`` to :data:`MODEL_KINDS`, before any kind
-that would also match its specs (timm, last, takes everything).
+**Adding a kind** (say Hugging Face model folders) is one new module and one entry in
+:data:`MODEL_KINDS` (and its import): the module defines ``matches(spec) -> bool`` and a builder
+with the keywords of :func:`~hessaudit.inputs.timm_models.build_timm` (``num_classes``,
+``allow_hub``, ``check_classes``; a builder ignores those it has no use for), and the entry is
+``ModelKind("name", module.matches, module.build)``, before any kind that would also match its
+specs (timm, last, takes everything).
 
 timm is imported inside the functions that need it, never at module import.
 """
