@@ -48,12 +48,12 @@ def _measure(pair, run: Path, out_json: Path, *extra) -> list:
 
 
 def test_noise_json_holds_the_labels_trained_on(noisy_run) -> None:
-    from hessaudit.inputs.data import _choose, load_data
+    from hessaudit.inputs.data import choose_subset, load_data
 
     noise = json.loads((noisy_run / "noise.json").read_text())
     record = noise["training_labels"]
     digits = load_data("digits", role="train")
-    chosen = [int(i) for i in _choose(len(digits), 48, 3, "digits")]  # the --samples subset
+    chosen = [int(i) for i in choose_subset(len(digits), 48, 3, "digits")]  # the --samples subset
     assert record["source_size"] == len(digits) == 1201
     assert len(record["indices"]) == len(record["labels"]) == 36  # 48 minus the validation 12
     assert set(record["indices"]) <= set(chosen)

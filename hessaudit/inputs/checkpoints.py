@@ -1,57 +1,69 @@
-"""Read and write checkpoints: safetensors and PyTorch files, containers, prefixes, hashes.
+"""Read checkpoints into a flat ``{name: tensor}`` dict, the way timm's
+``timm.models.load_state_dict`` does it, whatever the format.
 
-A checkpoint is read into a flat ``{name: tensor}`` dict, the way timm's
-``timm.models.load_state_dict`` does it:
+* ``.safetensors`` files (:mod:`hessaudit.inputs.checkpoint_safetensors`): the header's
+  ``__metadata__`` becomes :attr:`Checkpoint.metadata`, with values that are JSON decoded;
+  :func:`save_checkpoint` writes them.
+* ``.pt``, ``.pth``, ``.bin`` and ``.ckpt`` files (:mod:`hessaudit.inputs.checkpoint_torch`):
+  ``torch.load(weights_only=True)`` and nothing else; hessaudit never unpickles arbitrary Python
+  objects.
+* Any other extension is sniffed: a torch zip archive or pickle, else a safetensors header.
 
-* ``.safetensors`` files are read with safetensors; the header's ``__metadata__`` becomes
-  :attr:`Checkpoint.metadata`, with values that are JSON decoded.
-* ``.pt``, ``.pth``, ``.bin`` and ``.ckpt`` files are read with ``torch.load(weights_only=True)``
-  and nothing else: hessaudit never unpickles arbitrary Python objects. A file that needs them
-  (a pickled ``nn.Module``, a custom class) is refused. The one class allowed beyond torch's own
-  list is :class:`argparse.Namespace`, which timm's training scripts store under ``args``.
-* Any other extension is sniffed: a safetensors header, else a torch zip archive or pickle.
+Containers (``state_dict_ema``, ``model_ema``, ``state_dict``, ``model``) are unwrapped and
+wrapper prefixes (``module.``, ``_orig_mod.``, ``_fsdp_wrapped_module.``, and ``model.`` when
+every name has it) stripped (:mod:`hessaudit.inputs.checkpoint_names`); the key used is
+recorded in :attr:`Checkpoint.container`, the prefixes in :attr:`Checkpoint.stripped`. Every
+tensor must be dense and real, every floating-point tensor finite, and the file's
+:class:`~hessaudit.inputs.file_record.FileRecord` (path, SHA-256, size) is kept.
 
-Containers are unwrapped in timm's order of preference: ``state_dict_ema``, ``model_ema``
-(the EMA weights), then ``state_dict``, then ``model``; the key used is recorded in
-:attr:`Checkpoint.container`. Scalars stored beside it (``epoch``, ``arch``, ``metric``...) go to
-:attr:`Checkpoint.metadata`. Wrapper prefixes are then stripped from every name:
-``module.`` (DataParallel / DDP), ``_orig_mod.`` (``torch.compile``) and
-``_fsdp_wrapped_module.`` (FSDP), in any order, and ``model.`` when *every* name has it (PyTorch
-Lightning). Every floating-point tensor must be finite.
-
-safetensors files have no tensor order of their own (names are stored sorted); files written by
-:func:`save_checkpoint` keep the order they were given in, through a metadata entry that
-:func:`load_checkpoint` reads and removes.
+**Adding a layout** (a Hugging Face model folder, sharded safetensors with an index, a PEFT
+adapter) is one new module and one entry in :data:`FORMATS` (and its import). The module defines
+``claims(path) -> bool`` (reading at most the first bytes) and ``read(path, map_location) ->
+(tensors, container, metadata)``; the entry is ``CheckpointFormat("name", module.claims,
+module.read)``, before any format that would also claim its files. A layout stored as a folder
+sets ``folder=True`` (folders are otherwise refused) and gives ``record``, the
+:class:`~hessaudit.inputs.file_record.FileRecord` of what it reads. Unwrapping, prefix stripping
+and the tensor checks above apply to every format.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import os
-import pickle
-import struct
-import warnings
-import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hessaudit._atomic import atomic_path
 from hessaudit._messages import oneline
 from hessaudit.errors import HessauditError
-from hessaudit.inputs.guard import check_tensor_views, check_zip_archive, open_regular
+from hessaudit.inputs.checkpoint_names import (
+    CONTAINER_KEYS,
+    WRAPPER_PREFIXES,
+    strip_prefixes,
+    strip_with_check,
+)
+from hessaudit.inputs.checkpoint_safetensors import (
+    SAFETENSORS_SUFFIXES,
+    has_safetensors_suffix,
+    looks_like_safetensors,
+    read_safetensors,
+    save_checkpoint,
+)
+from hessaudit.inputs.checkpoint_torch import TORCH_SUFFIXES, looks_like_torch, read_torch
+from hessaudit.inputs.file_record import FileRecord, file_record, sha256_file
+from hessaudit.inputs.guard import check_tensor_views, open_regular
 
 __all__ = [
     "CONTAINER_KEYS",
+    "FORMATS",
     "SAFETENSORS_SUFFIXES",
     "TORCH_SUFFIXES",
     "WRAPPER_PREFIXES",
     "Checkpoint",
+    "CheckpointFormat",
     "FileRecord",
     "load_checkpoint",
     "save_checkpoint",
@@ -59,29 +71,32 @@ __all__ = [
     "strip_prefixes",
 ]
 
-SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
-#: Container keys, in order of preference (timm's ``load_state_dict`` with ``use_ema=True``).
-CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
-#: Prefixes added by wrappers, stripped from the start of every name wherever present.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.")
-#: Prefix stripped only when every name has it (PyTorch Lightning's ``self.model``).
-COMMON_PREFIXES = ("model.",)
-_ORDER_KEY = "hessaudit.tensor_order"
-_CHUNK = 1 << 20
-_MAX_HEADER = 100 * 1024 * 1024
+#: What a format's reader returns: the tensors by name, the container key they were found under
+#: (None for none), and the metadata stored beside them.
+Unpacked = tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]
 
 
 @dataclass(frozen=True)
-class FileRecord:
-    """Where a file is and what exactly it held: path, SHA-256 and size in bytes."""
+class CheckpointFormat:
+    """One way checkpoints are stored: ``claims(path)`` says whether a file (a folder, for a
+    ``folder`` layout) is in it; ``read(path, map_location)`` unpacks it; ``record(path)`` says
+    what exactly was read (for a file: its path, SHA-256 and size)."""
 
-    path: str
-    sha256: str
-    size: int
+    name: str
+    claims: Callable[[Path], bool]
+    read: Callable[[Path, str | torch.device], Unpacked]
+    folder: bool = False
+    record: Callable[[Path], FileRecord] = field(default=file_record)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "size": self.size}
+
+#: The formats, tried in order; the first that claims the path reads it. A ``.safetensors``
+#: extension decides; otherwise the file's first bytes (torch's zip or pickle, then a
+#: safetensors header). Register a new layout here.
+FORMATS: tuple[CheckpointFormat, ...] = (
+    CheckpointFormat("safetensors", has_safetensors_suffix, read_safetensors),
+    CheckpointFormat("torch", looks_like_torch, read_torch),
+    CheckpointFormat("safetensors", looks_like_safetensors, read_safetensors),
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,18 +130,6 @@ class Checkpoint:
         }
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Return the hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    try:
-        with open_regular(path) as fh:
-            for chunk in iter(lambda: fh.read(_CHUNK), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise HessauditError(f"cannot read {path}: {oneline(exc)}") from None
-    return digest.hexdigest()
-
-
 def load_checkpoint(
     path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
 ) -> Checkpoint:
@@ -141,108 +144,18 @@ def load_checkpoint(
         HessauditError: the file is missing, empty, unreadable, corrupt, holds non-tensor
             Python objects, holds no tensors, or holds NaN/Inf values.
     """
-    p = _check_file(path)
-    fmt = _detect_format(p)
-    record = FileRecord(path=str(p), sha256=sha256_file(p), size=p.stat().st_size)
-    if fmt == "safetensors":
-        tensors, metadata = _read_safetensors(p, map_location)
-        container = None
-    else:
-        tensors, container, metadata = _read_torch(p, map_location)
+    p = Path(path)
+    fmt = _find_format(p)
+    record = fmt.record(p)
+    tensors, container, metadata = fmt.read(p, map_location)
     if not tensors:
         raise HessauditError(f"{p}: no tensors found in the checkpoint")
     check_tensor_views(tensors, record.size, f"checkpoint {p}")
-    tensors, stripped = _strip_with_check(tensors, p)
+    tensors, stripped = strip_with_check(tensors, p)
     _check_finite(tensors, p)
     return Checkpoint(
         tensors=tensors, record=record, container=container, metadata=metadata, stripped=stripped
     )
-
-
-def save_checkpoint(
-    path: str | os.PathLike[str],
-    tensors: Mapping[str, torch.Tensor],
-    *,
-    metadata: Mapping[str, Any] | None = None,
-) -> FileRecord:
-    """Write tensors to a safetensors file atomically and return its record.
-
-    Tensors are detached, moved to the CPU and made contiguous; tensors that share memory are
-    cloned (safetensors refuses shared storage). ``metadata`` values are JSON-encoded into the
-    header's string-to-string ``__metadata__``; :func:`load_checkpoint` decodes them. The order
-    of ``tensors`` is kept in the header and restored on load.
-    """
-    import safetensors.torch
-
-    if not tensors:
-        raise HessauditError(f"cannot write {path}: no tensors to save")
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, tensor in tensors.items():
-        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise HessauditError(
-                f"cannot write {path}: entry {name!r} is a {type(tensor).__name__}, not a tensor"
-            )
-        t = tensor.detach().to("cpu").contiguous()
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        owns_storage = storage.nbytes() == t.numel() * t.element_size()
-        if t.numel() and (ptr in seen or not owns_storage):
-            t = t.clone()
-            ptr = t.untyped_storage().data_ptr()
-        if t.numel():
-            seen.add(ptr)
-        out[name] = t
-    header: dict[str, str] = {}
-    for key, value in (metadata or {}).items():
-        if not isinstance(key, str):
-            raise HessauditError(f"cannot write {path}: metadata key {key!r} is not a string")
-        try:
-            header[key] = json.dumps(value, sort_keys=True)
-        except (TypeError, ValueError) as exc:
-            raise HessauditError(
-                f"cannot write {path}: metadata {key!r} is not JSON-serializable ({exc})"
-            ) from None
-    if list(out) != sorted(out):
-        header[_ORDER_KEY] = json.dumps(list(out))
-    with atomic_path(path) as tmp:
-        try:
-            safetensors.torch.save_file(out, str(tmp), metadata=header)
-        except Exception as exc:
-            raise HessauditError(f"cannot write {path}: {oneline(exc)}") from None
-    p = Path(path)
-    return FileRecord(path=str(p), sha256=sha256_file(p), size=p.stat().st_size)
-
-
-def strip_prefixes(names: list[str]) -> tuple[dict[str, str], tuple[str, ...]]:
-    """Map each name to its name without wrapper prefixes; also return the prefixes removed.
-
-    ``module.``, ``_orig_mod.`` and ``_fsdp_wrapped_module.`` are removed from the start of
-    each name, repeatedly and in any order; ``model.`` only when every (cleaned) name has it.
-    """
-    mapping: dict[str, str] = {}
-    removed: list[str] = []
-    for name in names:
-        clean = name
-        changed = True
-        while changed:
-            changed = False
-            for prefix in WRAPPER_PREFIXES:
-                if clean.startswith(prefix) and len(clean) > len(prefix):
-                    clean = clean[len(prefix) :]
-                    changed = True
-                    if prefix not in removed:
-                        removed.append(prefix)
-        mapping[name] = clean
-    for prefix in COMMON_PREFIXES:
-        values = list(mapping.values())
-        if values and all(v.startswith(prefix) and len(v) > len(prefix) for v in values):
-            mapping = {k: v[len(prefix) :] for k, v in mapping.items()}
-            removed.append(prefix)
-    return mapping, tuple(removed)
-
-
-# --------------------------------------------------------------------------- internals
 
 
 def _jsonable(value: Any) -> Any:
@@ -253,11 +166,20 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
-def _check_file(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
+def _find_format(p: Path) -> CheckpointFormat:
+    """The first format of :data:`FORMATS` that claims ``p``: a folder that a ``folder`` layout
+    claims, else a readable, non-empty regular file.
+
+    Raises:
+        HessauditError: ``p`` is missing, a folder no layout claims, a FIFO or device,
+            unreadable, empty, or in no known format.
+    """
     if not p.exists():
         raise HessauditError(f"checkpoint {p} does not exist")
     if p.is_dir():
+        for fmt in FORMATS:
+            if fmt.folder and fmt.claims(p):
+                return fmt
         raise HessauditError(
             f"checkpoint {p} is a directory, not a file",
             hint="give the .safetensors / .pt file inside it",
@@ -269,38 +191,10 @@ def _check_file(path: str | os.PathLike[str]) -> Path:
         raise HessauditError(f"checkpoint {p} cannot be read: {oneline(exc)}") from None
     if p.stat().st_size == 0:
         raise HessauditError(f"checkpoint {p} is empty (0 bytes)")
-    return p
-
-
-def _read_head(p: Path, n: int) -> bytes:
-    with open(p, "rb") as fh:
-        return fh.read(n)
-
-
-def _looks_like_safetensors(p: Path) -> bool:
-    head = _read_head(p, 9)
-    if len(head) < 9:
-        return False
-    (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= _MAX_HEADER and head[8:9] == b"{"
-
-
-def _looks_like_torch(p: Path) -> bool:
-    head = _read_head(p, 4)
-    if head == b"PK\x03\x04" or zipfile.is_zipfile(p):  # a zip, perhaps a truncated one
-        return True
-    # Legacy (pre-1.6) torch.save output is a pickle stream: PROTO opcode then a version.
-    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
-
-
-def _detect_format(p: Path) -> str:
+    for fmt in FORMATS:
+        if not fmt.folder and fmt.claims(p):
+            return fmt
     suffix = p.suffix.lower()
-    if suffix in SAFETENSORS_SUFFIXES:
-        return "safetensors"
-    if _looks_like_torch(p):
-        return "torch"
-    if _looks_like_safetensors(p):
-        return "safetensors"
     if suffix in TORCH_SUFFIXES:
         raise HessauditError(
             f"checkpoint {p} is not a PyTorch checkpoint (neither a zip archive nor a pickle); "
@@ -311,134 +205,6 @@ def _detect_format(p: Path) -> str:
         "safetensors header nor a PyTorch zip/pickle)",
         hint="use a .safetensors, .pt, .pth, .bin or .ckpt file",
     )
-
-
-def _decode_metadata(raw: Mapping[str, str] | None) -> dict[str, Any]:
-    metadata: dict[str, Any] = {}
-    for key, value in (raw or {}).items():
-        try:
-            metadata[key] = json.loads(value)
-        except (TypeError, ValueError):
-            metadata[key] = value
-    return metadata
-
-
-def _read_safetensors(
-    p: Path, map_location: str | torch.device
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import safe_open
-
-    device = str(map_location)
-    try:
-        with safe_open(str(p), framework="pt", device=device) as fh:
-            raw_meta = fh.metadata()
-            names = list(fh.keys())
-            tensors = {name: fh.get_tensor(name) for name in names}
-    except Exception as exc:
-        raise HessauditError(
-            f"checkpoint {p} is not a valid safetensors file (truncated or corrupt?): "
-            f"{oneline(exc)}"
-        ) from None
-    metadata = _decode_metadata(raw_meta)
-    order = metadata.pop(_ORDER_KEY, None)
-    if isinstance(order, list) and sorted(order) == sorted(tensors):
-        tensors = {name: tensors[name] for name in order}
-    return tensors, metadata
-
-
-def _read_torch(
-    p: Path, map_location: str | torch.device
-) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
-    # torch's reader inflates deflated members too: a re-zipped file of zeros would expand
-    # a thousandfold while it is read
-    check_zip_archive(p, f"checkpoint {p}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
-            # a legacy pickle of another protocol: torch warns, then loads it or refuses it
-            warnings.filterwarnings("ignore", message=r".*pickle protocol", category=UserWarning)
-            obj = torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weightsunpickler" in str(exc).lower():
-            raise HessauditError(
-                f"checkpoint {p} contains non-tensor Python objects and was not loaded "
-                "(hessaudit reads torch files with weights_only=True and never unpickles "
-                "arbitrary objects)",
-                hint="save model.state_dict() instead of the model, or convert to .safetensors",
-            ) from None
-        raise HessauditError(
-            f"checkpoint {p} could not be read (truncated or corrupt?): {oneline(exc)}"
-        ) from None
-    except Exception as exc:
-        raise HessauditError(
-            f"checkpoint {p} could not be read as a PyTorch checkpoint (truncated or corrupt?): "
-            f"{oneline(exc)}"
-        ) from None
-    return _unwrap(obj, p)
-
-
-def _unwrap(obj: Any, p: Path) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
-    if isinstance(obj, torch.Tensor):
-        raise HessauditError(
-            f"checkpoint {p} holds a single tensor, not a state dict",
-            hint="save a {name: tensor} dict such as model.state_dict()",
-        )
-    if not isinstance(obj, Mapping):
-        raise HessauditError(
-            f"checkpoint {p} holds a {type(obj).__name__}, not a state dict "
-            "(a dict of name -> tensor)"
-        )
-    container = None
-    for key in CONTAINER_KEYS:
-        if isinstance(obj.get(key), Mapping):
-            container = key
-            break
-    metadata: dict[str, Any] = {}
-    if container is None:
-        state: dict[str, torch.Tensor] = {}
-        for key, value in obj.items():
-            if isinstance(value, torch.Tensor):
-                state[str(key)] = value
-            elif value is None or isinstance(value, (bool, int, float, str)):
-                if value is not None:
-                    metadata[str(key)] = value  # epoch, step, arch... beside a state dict
-            else:
-                raise HessauditError(
-                    f"checkpoint {p}: entry {key!r} is a {type(value).__name__}, not a tensor "
-                    f"(no container key {', '.join(CONTAINER_KEYS)} was found)"
-                )
-        return state, None, metadata
-    for key, value in obj.items():
-        if key != container and isinstance(value, (bool, int, float, str)):
-            metadata[str(key)] = value
-    state = {}
-    for key, value in obj[container].items():
-        if not isinstance(value, torch.Tensor):
-            raise HessauditError(
-                f"checkpoint {p}: entry {key!r} of {container!r} is a {type(value).__name__}, "
-                "not a tensor"
-            )
-        state[str(key)] = value
-    return state, container, metadata
-
-
-def _strip_with_check(
-    tensors: dict[str, torch.Tensor], p: Path
-) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
-    mapping, removed = strip_prefixes(list(tensors))
-    if not removed:
-        return tensors, ()
-    out: dict[str, torch.Tensor] = {}
-    origin: dict[str, str] = {}
-    for name, tensor in tensors.items():
-        clean = mapping[name]
-        if clean in out:
-            raise HessauditError(
-                f"checkpoint {p}: {origin[clean]!r} and {name!r} both become {clean!r} once "
-                f"the wrapper prefixes {', '.join(removed)} are removed"
-            )
-        out[clean] = tensor
-        origin[clean] = name
-    return out, removed
 
 
 def _check_supported(name: str, tensor: torch.Tensor, p: Path) -> None:

@@ -3,8 +3,10 @@
 :func:`input_config` resolves it for a built model: for timm models with
 ``timm.data.resolve_model_data_config`` and the flags ``--input-size``, ``--mean``, ``--std``,
 ``--interpolation``, ``--crop-pct`` as overrides, as timm's own scripts do; for other models
-from their first layer and the flags alone. :mod:`hessaudit.inputs.preprocess` applies it to data.
-Re-exported by :mod:`hessaudit.inputs.models`. timm is imported inside the functions that need it.
+from their first layer and the flags alone; the flags are checked by
+:func:`hessaudit.inputs.data_flags.data_config_flags`. :mod:`hessaudit.inputs.preprocess` applies
+it to data. Re-exported by :mod:`hessaudit.inputs.models`. timm is imported inside the functions
+that need it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from hessaudit.audit.validate import INTERPOLATIONS
 from hessaudit.errors import HessauditError
+from hessaudit.inputs.data_flags import INTERPOLATIONS, data_config_flags
 
 __all__ = ["InputConfig", "first_layer", "input_config"]
 
@@ -97,8 +99,6 @@ def input_config(
     and a plain resize (bilinear, crop_pct 1) unless ``interpolation``/``crop_pct``; a given
     ``crop_pct`` crops the centre as timm does.
     """
-    from hessaudit.audit.validate import data_config_flags
-
     flags = data_config_flags(
         input_size=input_size, mean=mean, std=std, interpolation=interpolation,
         crop_pct=crop_pct,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from hessaudit.errors import HessauditError
-from hessaudit.inputs.data import Dataset
+from hessaudit.inputs.dataset import Dataset
 
 __all__ = ["apply_label_file"]
 
