@@ -71,12 +71,14 @@ def compare_weights(
     When ``model`` is given, the fine-tuned checkpoint must load into it (which catches a
     checkpoint of another architecture early) and only the model's parameters count as layers.
     """
+    from hessaudit.audit.groups import default_layers
     from hessaudit.audit.layers import pair_layers
     from hessaudit.inputs.checkpoints import load_checkpoint
+    from hessaudit.inputs.lora import load_finetuned
 
     pretrained = load_checkpoint(pretrained_path)
-    finetuned = load_checkpoint(finetuned_path)
-    parameter_names = order = None
+    finetuned = load_finetuned(finetuned_path, pretrained)  # a PEFT adapter: merged
+    parameter_names = order = module = None
     if model is not None:
         from hessaudit.inputs.models import load_model
 
@@ -99,6 +101,9 @@ def compare_weights(
         new_heads="exclude" if exclude_new_head else "from-zero",
         parameter_names=parameter_names,
         order=order,
+    )
+    pairing = default_layers(  # transformers and adapters: default layers
+        pairing, module, include=include, adapter=finetuned.metadata.get("adapter")
     )
     layers = [
         LayerDistance(

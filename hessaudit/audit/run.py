@@ -30,6 +30,7 @@ from hessaudit._atomic import write_text
 from hessaudit._version import __version__
 from hessaudit.audit.bound import BoundKind, BoundResult, classify_bound, compute_bound
 from hessaudit.audit.gates import Gate
+from hessaudit.audit.groups import hessian_term_by_group
 from hessaudit.audit.loss_bound import parse_loss_bound, resolve_loss_bound
 from hessaudit.audit.measure import LayerMeasure, MeasureSettings, ProgressCallback, measure_layers
 from hessaudit.audit.measures import (
@@ -170,6 +171,9 @@ class AuditResult:
             "C_source": bound["C_source"],
             "epsilon": bound["epsilon"],
             "hessian_term": bound["hessian_term"],
+            "hessian_term_by_group": hessian_term_by_group(
+                layers, self.inputs.get("layer_groups"), loss_bound=bound["C"], n=bound["n"]
+            ),
             "bound": bound["bound"],
             "bound_note": bound["note"],
             **self.kind.to_dict(),
@@ -205,12 +209,19 @@ def run_audit(
     on the result; a pattern matching no measured layer is refused before any Hessian work.
     """
     from hessaudit.audit import distributed
+    from hessaudit.audit.groups import default_layers, layer_groups
     from hessaudit.audit.layers import pair_layers
     from hessaudit.audit.recipes import audit_examples, get_recipe, resolve_request, select_layers
     from hessaudit.audit.validate import check_finite_document, check_layer_gates
     from hessaudit.inputs.checkpoints import load_checkpoint
     from hessaudit.inputs.data import load_data
-    from hessaudit.inputs.models import disable_fused_attention, input_config, load_model
+    from hessaudit.inputs.lora import load_finetuned
+    from hessaudit.inputs.models import (
+        classifier_names,
+        disable_fused_attention,
+        input_config,
+        load_model,
+    )
     from hessaudit.inputs.preprocess import check_forward
 
     request = resolve_request(request)  # the recipe's settings (a no-op for "theorem")
@@ -232,7 +243,7 @@ def run_audit(
     torch.backends.cudnn.allow_tf32 = False
 
     pretrained = load_checkpoint(request.pretrained)
-    finetuned = load_checkpoint(request.finetuned)
+    finetuned = load_finetuned(request.finetuned, pretrained)  # a PEFT adapter: merged
     model = load_model(
         request.model,
         finetuned.tensors,
@@ -253,6 +264,8 @@ def run_audit(
         parameter_names={name for name, _ in model.named_parameters()},
         order=list(model.state_dict()),
     )
+    adapter = finetuned.metadata.get("adapter")  # transformers and adapters: default layers
+    pairing = default_layers(pairing, model, include=request.include, adapter=adapter)
     measured = select_layers(recipe, model, pairing.layers)
     check_layer_gates(layer_gates, [layer.name for layer in measured])
     num_classes = _model_num_classes(model, finetuned.tensors)
@@ -369,6 +382,10 @@ def run_audit(
             "new_heads": "exclude" if request.exclude_new_head else "from-zero",
         },
         "tags": tags,
+        "adapter": adapter,
+        "layer_groups": layer_groups(
+            model, [layer.name for layer in measured], heads=classifier_names(model)
+        ),
     }
     unpaired = {
         "only_in_pretrained": list(pairing.only_in_pretrained),

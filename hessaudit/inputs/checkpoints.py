@@ -137,13 +137,16 @@ def load_checkpoint(
 
     Args:
         path: A ``.safetensors``, ``.pt``, ``.pth``, ``.bin`` or ``.ckpt`` file (other
-            extensions are sniffed).
+            extensions are sniffed), or a Hugging Face model directory
+            (:mod:`hessaudit.inputs.hf_checkpoints`).
         map_location: Device the tensors are loaded to.
 
     Raises:
         HessauditError: the file is missing, empty, unreadable, corrupt, holds non-tensor
             Python objects, holds no tensors, or holds NaN/Inf values.
     """
+    if Path(path).is_dir():  # a Hugging Face model directory: hessaudit.inputs.hf_checkpoints
+        return _load_model_dir(Path(path), map_location)
     p = Path(path)
     fmt = _find_format(p)
     record = fmt.record(p)
@@ -247,3 +250,13 @@ def _all_finite(tensor: torch.Tensor) -> bool:
         return bool(torch.isfinite(tensor).all())
     except (RuntimeError, NotImplementedError):  # float8 and other dtypes without the kernel
         return bool(torch.isfinite(tensor.to(torch.float32)).all())
+
+
+def _load_model_dir(p: Path, map_location: str | torch.device) -> Checkpoint:
+    from hessaudit.inputs.hf_checkpoints import read_model_dir
+
+    read = read_model_dir(p, map_location=map_location)
+    tensors, stripped = strip_with_check(read.tensors, p)
+    _check_finite(tensors, p)
+    record = FileRecord(path=read.path, sha256=read.sha256, size=read.size)
+    return Checkpoint(tensors, record, None, read.metadata, stripped)

@@ -112,6 +112,10 @@ def build_model(
     if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
         raise HessauditError(f"--num-classes {num_classes}: must be a positive integer")
     spec = spec.strip()
+    from hessaudit.inputs import hf_models  # a Hugging Face model directory (config.json)
+
+    if hf_models.is_hf_model_dir(spec):
+        return hf_models.build_hf_model(spec, num_classes=num_classes)
     return model_kind(spec).build(
         spec, num_classes=num_classes, allow_hub=allow_hub, check_classes=True
     )

@@ -1,0 +1,206 @@
+"""``--model DIR``: a Hugging Face classifier built from the directory's ``config.json``.
+
+A directory holding ``config.json`` is a transformers model:
+
+* The architecture comes from the config alone (``from_config``); the weights always come from
+  the checkpoint files (PRETRAINED / FINETUNED), never from the directory's own weight files.
+  ``AutoModelForImageClassification`` is used when the config's ``architectures`` name an
+  ``...ForImageClassification`` (or the ``model_type`` has only an image classifier), else
+  ``AutoModelForSequenceClassification``. ``num_classes`` sets ``num_labels``.
+* Offline and without foreign code: ``HF_HUB_OFFLINE=1`` is set before transformers is
+  imported, nothing is fetched, and ``trust_remote_code`` is never set. A config that asks for
+  custom code (``auto_map``), names a ``model_type`` transformers does not know, or describes a
+  quantized, regression or multi-label model is refused with one line.
+* Eager attention (``attn_implementation="eager"``): the fused scaled-dot-product attention
+  has no double backward on CPU, and the audit differentiates twice.
+* The model returns its logits tensor (a forward hook unwraps ``output.logits``), and a text
+  model takes one tensor ``x``, as every hessaudit model does (:func:`text_model_inputs`):
+  ``(N, L)`` token ids, or ``(N, R, L)`` with rows ``input_ids``, ``attention_mask`` and
+  optionally ``token_type_ids`` (:data:`TEXT_ROWS`). Ids may arrive as floats (the audit casts
+  inputs to its dtype); they are rounded to integers. The attention mask is passed to the model
+  as the additive 4-D mask (0 where attended, the dtype's minimum where padded) that
+  transformers builds itself, computed here so that no data-dependent branch runs under
+  ``torch.func.vmap``. Padded positions then change no logit.
+
+transformers is imported only inside :func:`build_hf_model`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hessaudit._messages import oneline
+from hessaudit.errors import HessauditError
+from hessaudit.inputs.hf_checkpoints import (
+    ADAPTER_CONFIG,
+    MODEL_CONFIG,
+    dir_member,
+    read_json,
+)
+
+__all__ = [
+    "TEXT_ROWS",
+    "build_hf_model",
+    "is_hf_model",
+    "is_hf_model_dir",
+    "read_model_config",
+    "text_model_inputs",
+]
+
+#: Rows of a text input tensor ``(N, R, L)``, in order (R = 2 or 3).
+TEXT_ROWS = ("input_ids", "attention_mask", "token_type_ids")
+_REFUSED_PROBLEMS = ("regression", "multi_label_classification")
+
+
+def is_hf_model_dir(spec: str) -> bool:
+    """True when ``spec`` is a directory holding ``config.json`` or ``adapter_config.json``
+    (the latter only to refuse it with a clear line)."""
+    path = Path(spec).expanduser()
+    return path.is_dir() and any(
+        os.path.lexists(path / name) for name in (MODEL_CONFIG, ADAPTER_CONFIG)
+    )
+
+
+def is_hf_model(model: nn.Module) -> bool:
+    """True for a transformers model (a ``PreTrainedModel`` subclass), without importing
+    transformers."""
+    return any(
+        cls.__module__.startswith("transformers.") and cls.__name__ == "PreTrainedModel"
+        for cls in type(model).__mro__
+    )
+
+
+def read_model_config(spec: str) -> dict[str, Any]:
+    """The directory's ``config.json``, checked: a transformers model type, no custom code."""
+    folder = Path(spec).expanduser()
+    if not os.path.lexists(folder / MODEL_CONFIG):
+        raise HessauditError(
+            f"--model {spec} is a PEFT adapter directory, not a model",
+            hint="give the base model's directory (with config.json) as --model and the "
+            "adapter as FINETUNED",
+        )
+    config = read_json(dir_member(folder, MODEL_CONFIG, f"--model {spec}"), "model config")
+    if config.get("auto_map"):
+        raise HessauditError(
+            f"--model {spec}: config.json asks for custom model code (auto_map); hessaudit "
+            "never runs code from a model directory (trust_remote_code is off)",
+            hint="use a model whose architecture ships with transformers",
+        )
+    if config.get("quantization_config"):
+        raise HessauditError(
+            f"--model {spec}: config.json describes a quantized model; hessaudit audits "
+            "floating-point weights only"
+        )
+    problem = config.get("problem_type")
+    if problem in _REFUSED_PROBLEMS:
+        raise HessauditError(
+            f"--model {spec}: config.json has problem_type {problem!r}; hessaudit audits "
+            "single-label classifiers (cross-entropy on the logits)"
+        )
+    if not isinstance(config.get("model_type"), str):
+        raise HessauditError(f"--model {spec}: config.json has no \"model_type\" string")
+    return config
+
+
+def _auto_class(spec: str, config: dict[str, Any]) -> Any:
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    model_type = config["model_type"]
+    if model_type not in transformers.CONFIG_MAPPING:
+        raise HessauditError(
+            f"--model {spec}: model_type {model_type!r} is not one transformers "
+            f"{transformers.__version__} knows (custom code is never run)"
+        )
+    seq = model_type in modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    image = model_type in modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    names = config.get("architectures") or []
+    wants_image = any(str(n).endswith("ForImageClassification") for n in names)
+    if image and (wants_image or not seq):
+        return transformers.AutoModelForImageClassification
+    if seq:
+        return transformers.AutoModelForSequenceClassification
+    raise HessauditError(
+        f"--model {spec}: transformers has no sequence or image classifier for model_type "
+        f"{model_type!r}"
+    )
+
+
+def build_hf_model(spec: str, *, num_classes: int | None = None) -> nn.Module:
+    """Build the classifier of ``spec``'s ``config.json`` (module docstring), in eval mode,
+    with random weights that the checkpoint then replaces."""
+    config_dict = read_model_config(spec)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        import transformers
+    except ImportError:
+        raise HessauditError(
+            f"--model {spec} is a Hugging Face model directory and transformers is not "
+            "installed",
+            hint="pip install 'hessaudit[text]'",
+        ) from None
+    auto = _auto_class(spec, config_dict)
+    try:
+        config_class = transformers.CONFIG_MAPPING[config_dict["model_type"]]
+        config = config_class.from_dict(dict(config_dict))
+        if num_classes is not None and num_classes != config.num_labels:
+            config.num_labels = num_classes
+        model = auto.from_config(
+            config, attn_implementation="eager", dtype=torch.float32, trust_remote_code=False
+        )
+    except HessauditError:
+        raise
+    except Exception as exc:
+        raise HessauditError(
+            f"--model {spec}: transformers could not build the model from config.json: "
+            f"{oneline(exc)}"
+        ) from None
+    model.register_forward_hook(_logits_only)
+    if auto is transformers.AutoModelForSequenceClassification:
+        model.register_forward_pre_hook(_text_inputs_hook, with_kwargs=True)
+    return model.eval()
+
+
+def text_model_inputs(x: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
+    """Keyword inputs of a transformers text model from one tensor (module docstring)."""
+    if x.ndim == 2:
+        rows = [x]
+    elif x.ndim == 3 and x.shape[1] in (2, 3):
+        rows = list(x.unbind(1))
+    else:
+        raise HessauditError(
+            f"a text model takes token ids of shape (N, L) or (N, R, L) with R = 2 or 3 rows "
+            f"({', '.join(TEXT_ROWS)}); got shape {tuple(x.shape)}"
+        )
+    inputs = {"input_ids": _as_ids(rows[0])}
+    if len(rows) > 1:
+        keep = rows[1].to(dtype)
+        # (N, 1, 1, L): added to every query's scores; the 2-D mask transformers would expand
+        inputs["attention_mask"] = (1.0 - keep)[:, None, None, :] * torch.finfo(dtype).min
+    if len(rows) > 2:
+        inputs["token_type_ids"] = _as_ids(rows[2])
+    return inputs
+
+
+def _as_ids(t: Tensor) -> Tensor:
+    return t if not t.is_floating_point() else t.round().long()
+
+
+def _text_inputs_hook(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    if len(args) != 1 or not isinstance(args[0], Tensor) or "input_ids" in kwargs:
+        return None  # called the transformers way: leave it alone
+    dtype = module.get_input_embeddings().weight.dtype
+    return (), {**kwargs, **text_model_inputs(args[0], dtype)}
+
+
+def _logits_only(module: nn.Module, args: Any, output: Any) -> Any:
+    logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, Tensor) else output
