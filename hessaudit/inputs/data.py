@@ -74,6 +74,7 @@ from hessaudit.inputs.preprocess import adapt_images, array_to_tensor, prepare_i
 
 if TYPE_CHECKING:
     from hessaudit.inputs.data_config import InputConfig
+    from hessaudit.inputs.text_tokens import TextSource
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -203,6 +204,7 @@ def load_data(
     num_classes: int | None = None,
     samples: int | None = None,
     seed: int = 0,
+    text_source: TextSource | None = None,
 ) -> Dataset:
     """Load ``source`` (a built-in name, an ImageFolder directory or a ``.npz``) as a Dataset.
 
@@ -215,6 +217,8 @@ def load_data(
             count for ImageFolder, the task's for built-ins).
         samples: Keep a seeded random subset of this many examples, in the data's order.
         seed: Seed of that subset.
+        text_source: For text tables (.csv, .tsv, .jsonl, .parquet): the tokenizer and text options
+            (:func:`hessaudit.inputs.text_model.text_source`); see :mod:`.text_data`.
 
     Raises:
         HessauditError: missing or unknown source, unreadable or malformed data, labels out of
@@ -240,6 +244,12 @@ def load_data(
                 + ", ".join(BUILTIN_SOURCES[:4]),
             )
         refuse_special_file(path, "data")  # a FIFO would block the first read forever
+        from hessaudit.inputs import text_data, text_options  # text tables: inputs/text_data.py
+        if text_options.is_text_file(path) and not path.is_dir():
+            fields = text_data.read_text_data(
+                path, text=text_source, num_classes=num_classes, samples=samples, seed=seed
+            )
+            return _with_num_classes(Dataset(**fields), num_classes)
         if path.is_dir():
             ds = _load_image_folder(path, input_config, samples, seed)
         elif path.suffix.lower() == ".npz":
@@ -247,7 +257,8 @@ def load_data(
         else:
             raise HessauditError(
                 f"data {text}: unknown kind of file (extension {path.suffix or '(none)'!r})",
-                hint="give an ImageFolder directory, a .npz file with x and y, or 'digits'",
+                hint="give an ImageFolder directory, a .npz file with x and y, 'digits', or a "
+                "text table (.csv, .tsv, .jsonl, .parquet)",
             )
     if input_config is not None:
         ds = _replace_x(ds, *adapt_images(ds.x, input_config, source=ds.source))
