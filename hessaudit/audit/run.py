@@ -43,6 +43,7 @@ from hessaudit.audit.tags import check_labels
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.data import Dataset
 from hessaudit.inputs.devices import resolve_device, resolve_dtype
+from hessaudit.inputs.text_options import TextOptions
 
 SCHEMA = "hessaudit.audit/1"
 
@@ -90,6 +91,8 @@ class AuditRequest:
     noise_stability: float | None = None  # EPS of the noise-stability measure (None: off)
     noise_draws: int | None = None  # None: hessaudit.audit.measures.DEFAULT_NOISE_DRAWS
     tags: tuple[tuple[str, str], ...] = ()  # --label KEY=VALUE, stored in inputs.tags
+    # --text-column, --label-column, --tokenizer, --max-length (hessaudit.inputs.text_options)
+    text: TextOptions = field(default_factory=TextOptions)
 
     def __post_init__(self) -> None:
         # Every flag is checked here, before any file is read (hessaudit/audit/validate.py).
@@ -223,6 +226,7 @@ def run_audit(
         load_model,
     )
     from hessaudit.inputs.preprocess import check_forward
+    from hessaudit.inputs.text_model import text_source
 
     request = resolve_request(request)  # the recipe's settings (a no-op for "theorem")
     recipe = get_recipe(request.recipe)
@@ -273,9 +277,13 @@ def run_audit(
         model, input_size=request.input_size, mean=request.mean, std=request.std,
         interpolation=request.interpolation, crop_pct=request.crop_pct,
     )
+    text = text_source(
+        request.text, model, (request.data, request.eval_data), model_spec=request.model
+    )
     if train_data is None:
         train_data = load_data(
-            request.data, role="train", input_config=config, num_classes=num_classes
+            request.data, role="train", input_config=config, num_classes=num_classes,
+            text_source=text,
         )
     labels_record = None
     if request.labels is not None:
@@ -297,7 +305,8 @@ def run_audit(
     held_out = None
     if request.eval_data is not None:
         held_out = load_data(
-            request.eval_data, role="eval", input_config=config, num_classes=num_classes
+            request.eval_data, role="eval", input_config=config, num_classes=num_classes,
+            text_source=text,
         )
         eval_record = held_out.to_dict()
         held_out = _to(held_out, device, dtype)
@@ -485,9 +494,9 @@ def _data_sha256(source: str | None) -> str | None:
 
 
 def _to(dataset, device: torch.device, dtype: torch.dtype):
-    return dataclasses.replace(
-        dataset, x=dataset.x.to(device=device, dtype=dtype), y=dataset.y.to(device)
-    )
+    floating = dataset.x.is_floating_point()  # text data: int64 token ids stay integers
+    x = dataset.x.to(device=device, dtype=dtype if floating else dataset.x.dtype)
+    return dataclasses.replace(dataset, x=x, y=dataset.y.to(device))
 
 
 def _take_samples(dataset, request: AuditRequest):

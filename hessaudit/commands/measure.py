@@ -15,6 +15,12 @@ from hessaudit.commands._data_options import (
     mean_option,
     std_option,
 )
+from hessaudit.commands._text_options import (
+    label_column_option,
+    max_length_option,
+    text_column_option,
+    tokenizer_option,
+)
 from hessaudit.commands.common import DebugOption, QuietOption
 
 _DATA = "Inputs"
@@ -75,6 +81,10 @@ def measure_command(
     std: Annotated[list[str] | None, std_option(_DATA)] = None,
     interpolation: Annotated[str | None, interpolation_option(_DATA)] = None,
     crop_pct: Annotated[float | None, crop_pct_option(_DATA)] = None,
+    text_column: Annotated[str | None, text_column_option(_DATA)] = None,
+    label_column: Annotated[str, label_column_option(_DATA)] = "label",
+    tokenizer: Annotated[str | None, tokenizer_option(_DATA)] = None,
+    max_length: Annotated[int, max_length_option(_DATA)] = 128,
     n_train: Annotated[
         int | None,
         typer.Option(
@@ -297,6 +307,7 @@ def measure_command(
     from hessaudit.audit.recipes import resolve_request
     from hessaudit.audit.run import AuditRequest, audit_to_json, layers_frame, run_audit
     from hessaudit.audit.tags import parse_labels
+    from hessaudit.inputs.text_options import TextOptions
     from hessaudit.report.audit import print_audit, warn_if_estimate
     from hessaudit.report.progress import step_progress
 
@@ -325,6 +336,7 @@ def measure_command(
     tags = parse_labels(label)
     parse_loss_bound(loss_bound)  # fail on a bad --loss-bound before any work
     check_noise_options(noise_stability, noise_draws)
+    text = TextOptions(text_column, label_column, tokenizer, max_length)  # checks them
     request = AuditRequest(
         pretrained=str(pretrained),
         finetuned=str(finetuned),
@@ -364,6 +376,7 @@ def measure_command(
         noise_draws=noise_draws,
         labels=labels,
         tags=tags,
+        text=text,
     )
     request = resolve_request(request, explicit=_given_on_command_line(ctx))
     main_rank = env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0

@@ -57,6 +57,7 @@ from hessaudit.inputs.preprocess import adapt_images, prepare_images
 
 if TYPE_CHECKING:
     from hessaudit.inputs.data_config import InputConfig
+    from hessaudit.inputs.text_tokens import TextSource
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -89,6 +90,7 @@ def load_data(
     num_classes: int | None = None,
     samples: int | None = None,
     seed: int = 0,
+    text_source: TextSource | None = None,
 ) -> Dataset:
     """Load ``source`` (a built-in name, an ImageFolder directory or a ``.npz``) as a Dataset.
 
@@ -102,6 +104,8 @@ def load_data(
             count for ImageFolder, the task's for built-ins).
         samples: Keep a seeded random subset of this many examples, in the data's order.
         seed: Seed of that subset.
+        text_source: For text tables (.csv, .tsv, .jsonl, .parquet): the tokenizer and text options
+            (:func:`hessaudit.inputs.text_model.text_source`); see :mod:`.text_data`.
 
     Raises:
         HessauditError: missing or unknown source, unreadable or malformed data, labels out of
@@ -113,6 +117,18 @@ def load_data(
         raise HessauditError(f"--num-classes {num_classes}: must be a positive integer")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)):
         raise HessauditError(f"--samples {samples!r}: must be an integer")
+    text = str(source)
+    from pathlib import Path
+
+    from hessaudit.inputs import text_data, text_options  # text tables: inputs/text_data.py
+
+    path = Path(text).expanduser()
+    if path.is_file() and text_options.is_text_file(path):
+        refuse_special_file(path, "data")
+        fields = text_data.read_text_data(
+            path, text=text_source, num_classes=num_classes, samples=samples, seed=seed
+        )
+        return _with_num_classes(Dataset(**fields), num_classes)
     request = SourceRequest(
         text=str(source), role=role, input_config=input_config, samples=samples, seed=seed
     )
