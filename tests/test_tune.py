@@ -14,14 +14,9 @@ pytest.importorskip("optuna")
 from hessaudit.cli import main
 from hessaudit.errors import HessauditError
 from hessaudit.robust.config import FinetuneConfig
-from hessaudit.robust.tune.core import (
-    DEFAULT_SPACE,
-    ParamSpec,
-    TuneSettings,
-    build_space,
-    load_space_file,
-    run_tune,
-)
+from hessaudit.robust.tune.run import run_tune
+from hessaudit.robust.tune.settings import TuneSettings
+from hessaudit.robust.tune.space import DEFAULT_SPACE, ParamSpec, build_space, load_space_file
 
 MODEL = "hessaudit.zoo:digits_cnn"
 
