@@ -93,6 +93,10 @@ def test_cli_search_end_to_end_and_best_reloads(pretrained, tmp_path) -> None:
     with torch.no_grad():
         acc = float((model(held.x).argmax(1) == held.y).double().mean())
     assert acc == pytest.approx(best["final"]["heldout_acc"], abs=1e-9)
+    # every trial (whatever its parameters) and the final run trained on one validation split
+    splits = [json.loads((run / "config.json").read_text())["resolved"]["val_indices"]
+              for run in (out / "trials" / "0000", out / "trials" / "0001", out / "best")]
+    assert splits[0] and splits[0] == splits[1] == splits[2]
     # a second search into the same folder is refused without --resume / --overwrite
     assert _run(_cli(pretrained, out, "--trials", "3")) == 1
 
@@ -186,6 +190,11 @@ def test_settings_errors(pretrained, tmp_path) -> None:
         TuneSettings(base=base, space=build_space(base), objective="acc").validate()
     with pytest.raises(HessauditError, match="nothing to search"):
         TuneSettings(base=base, space={}).validate()
+    # an option that fixes the data, labels or split cannot be searched: every trial shares them
+    for name in ("seed", "val_fraction", "noise_seed", "samples"):
+        space = {name: ParamSpec(name, kind="categorical", choices=(1,))}
+        with pytest.raises(HessauditError, match=f"search space: {name} cannot be searched"):
+            TuneSettings(base=base, space=space).validate()
     with pytest.raises(HessauditError, match="no search to resume"):
         run_tune(TuneSettings(base=base, space=build_space(base)), resume=True)
 

@@ -85,7 +85,7 @@ def _run_tune(
     scorer = Scorer(settings.base, data.val)
     folder.create(settings, resume=resume)
     if settings.objective == "bound" and not folder.audit_data.is_file():
-        write_audit_data(settings.base, folder.audit_data, data.train_x, data.train_y)
+        write_audit_data(folder.audit_data, data)
     storage, storage_path = folder.storage(optuna)
     study = open_study(optuna, settings, storage, resume=resume)
     done = finished_trials(study)

@@ -2,7 +2,7 @@
 
 * :class:`ValData` / :func:`study_data`: the validation split carved from ``--data``, with
   labels **as noisy as the training labels** (the clean labels the finetuner knows for injected
-  noise are never used to choose), built as the finetuner builds it from the same config;
+  noise are never used to choose), built by the finetuner's own data preparation;
 * :class:`Scorer`: a checkpoint's accuracy, cross-entropy and noise-corrected loss on it;
 * :func:`audit_bound` / :func:`write_audit_data`: the ``bound`` objective, the Hessian
   generalization bound of a trial's final weights over the trials' training split.
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hessaudit.errors import HessauditError
 from hessaudit.robust.config import FinetuneConfig
 
 __all__ = ["Scorer", "StudyData", "ValData", "audit_bound", "study_data", "write_audit_data"]
@@ -33,57 +32,40 @@ class ValData:
 
 @dataclass
 class StudyData:
-    """The validation split, and the training split's inputs and noisy labels (for ``bound``)."""
+    """The validation split, the training split's inputs and noisy labels (for ``bound``),
+    and the model's input config."""
 
     val: ValData
     train_x: Any
     train_y: Any
+    input_config: Any
 
 
 def study_data(base: FinetuneConfig) -> StudyData:
-    """The validation split and its noisy labels, built as the finetuner builds them from
-    ``base`` (checked against the first trial's ``config.json``), and the training split, on
-    the CPU."""
+    """The data every trial sees, on the CPU: :func:`~hessaudit.robust.data_setup.prepare_data`
+    of ``base``, the finetuner's own, with the validation split's **noisy** labels.
+
+    Each trial's config differs from ``base`` only by searched options, and
+    :meth:`~hessaudit.robust.tune.settings.TuneSettings.validate` refuses to search any of
+    :data:`~hessaudit.robust.tune.space.NOT_TUNABLE` (every option ``prepare_data`` reads), so
+    every trial trains and is scored on exactly this split."""
     import torch
 
-    from hessaudit.inputs.data import load_data
-    from hessaudit.inputs.models import build_model, input_config
-    from hessaudit.robust.noise import inject_noise
-    from hessaudit.robust.trainer import derive_seed
+    from hessaudit.robust.data_setup import prepare_data
 
-    with torch.random.fork_rng(devices=[]):
-        probe = build_model(base.model, num_classes=base.num_classes, allow_hub=base.allow_hub)
-    in_cfg = input_config(
-        probe, input_size=base.input_size, mean=base.mean, std=base.std,
-        interpolation=base.interpolation, crop_pct=base.crop_pct,
-    )
-    del probe
-    train = load_data(
-        base.data, role="train", input_config=in_cfg, num_classes=base.num_classes,
-        samples=base.samples, seed=base.seed,
-    )
-    k = int(base.num_classes or train.num_classes)
-    noisy = train.y.to(torch.int64)
-    if base.inject_noise is not None:
-        noisy = inject_noise(
-            noisy, num_classes=k, spec=base.inject_noise, seed=int(base.noise_seed or 0)
-        ).noisy_labels
-    n = int(noisy.shape[0])
-    if n < 2:
-        raise HessauditError(f"--data {base.data} has fewer than 2 examples")
-    n_val = min(max(round(n * float(base.val_fraction)), 1), n - 1)
-    gen = torch.Generator(device="cpu").manual_seed(derive_seed(base.seed, "split"))
-    perm = torch.randperm(n, generator=gen)
-    val_idx = torch.sort(perm[:n_val]).values
-    train_idx = torch.sort(perm[n_val:]).values
+    with torch.random.fork_rng(devices=[]):  # the probe model draws from the global RNG
+        setup = prepare_data(base, torch.device("cpu"))
+    labels = setup.labels
+    assert setup.val is not None  # validate() requires --val-fraction
     val = ValData(
-        x=train.x[val_idx],
-        y_noisy=noisy[val_idx],
-        val_indices=[int(i) for i in val_idx],
-        train_indices=[int(i) for i in train_idx],
-        num_classes=k,
+        x=setup.val.x,
+        y_noisy=labels.noisy[torch.tensor(labels.val_indices, dtype=torch.long)],
+        val_indices=list(labels.val_indices),
+        train_indices=[int(i) for i in labels.train_indices],
+        num_classes=setup.num_classes,
     )
-    return StudyData(val=val, train_x=train.x[train_idx], train_y=noisy[train_idx])
+    return StudyData(val=val, train_x=setup.train.x, train_y=setup.train.y,
+                     input_config=setup.input_config)
 
 
 class Scorer:
@@ -160,21 +142,15 @@ def audit_bound(base: FinetuneConfig, trial_out: Path, audit_data: Path, n_train
     return float(run_audit(request).bound.bound)
 
 
-def write_audit_data(base: FinetuneConfig, path: Path, x: Any, y: Any) -> None:
+def write_audit_data(path: Path, data: StudyData) -> None:
     """The trials' training split with its noisy labels, for the audit. The audit re-applies
     the model's normalization, so the inputs are stored before it."""
     import numpy as np
     import torch
 
     from hessaudit._atomic import atomic_path
-    from hessaudit.inputs.models import build_model, input_config
 
-    with torch.random.fork_rng(devices=[]):
-        probe = build_model(base.model, num_classes=base.num_classes, allow_hub=base.allow_hub)
-    cfg = input_config(
-        probe, input_size=base.input_size, mean=base.mean, std=base.std,
-        interpolation=base.interpolation, crop_pct=base.crop_pct,
-    )
+    x, y, cfg = data.train_x, data.train_y, data.input_config
     if cfg.mean is not None or cfg.std is not None:
         mean = torch.tensor(cfg.mean or (0.0,), dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(cfg.std or (1.0,), dtype=x.dtype).view(1, -1, 1, 1)

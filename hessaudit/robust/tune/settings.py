@@ -16,7 +16,7 @@ from typing import Any
 
 from hessaudit.errors import HessauditError
 from hessaudit.robust.config import FinetuneConfig
-from hessaudit.robust.tune.space import ParamSpec
+from hessaudit.robust.tune.space import NOT_TUNABLE, ParamSpec
 
 __all__ = ["DIRECTIONS", "OBJECTIVES", "RESUMABLE", "TuneSettings"]
 
@@ -85,6 +85,8 @@ class TuneSettings:
                 hint="drop a fixed option from the command line, or add parameters in --space",
             )
         for name, spec in self.space.items():
+            if name in NOT_TUNABLE:  # every trial must see the same data, labels and split
+                raise HessauditError(f"search space: {name} cannot be searched")
             probe = {name: spec.choices[0] if spec.kind == "categorical" else spec.low}
             if spec.kind == "int":
                 probe = {name: int(spec.low)}

@@ -18,6 +18,7 @@ import hashlib
 import math
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hessaudit.errors import HessauditError
@@ -25,6 +26,7 @@ from hessaudit.robust.tune.folder import TuneFolder
 from hessaudit.robust.tune.results import METRIC_KEYS, TrialRecord, TuneDisplay, best_of
 from hessaudit.robust.tune.scoring import Scorer, StudyData, audit_bound
 from hessaudit.robust.tune.settings import DIRECTIONS, TuneSettings
+from hessaudit.robust.types import TrainingDisplay
 
 __all__ = [
     "STUDY_NAME", "TrialWatcher", "finished_trials", "import_optuna", "open_study", "record",
@@ -105,14 +107,15 @@ def record(trial: Any) -> TrialRecord:
     )
 
 
-class TrialWatcher:
+class TrialWatcher(TrainingDisplay):
     """The finetune display of one trial: scores every fine-tuning epoch's checkpoint on the
-    noisy validation split, reports it to Optuna and prunes. Everything else is passed to a
-    silent ``trainer_display_cls()``."""
+    noisy validation split, reports it to Optuna and prunes; shows nothing else."""
 
-    def __init__(self, trainer_display_cls, *, trial, scorer, settings, display, out) -> None:
+    def __init__(
+        self, *, trial: Any, scorer: Scorer, settings: TuneSettings, display: TuneDisplay,
+        out: Path,
+    ) -> None:
         self._phase = ""
-        self._inner = trainer_display_cls()
         self.trial = trial
         self.scorer = scorer
         self.settings = settings
@@ -121,14 +124,8 @@ class TrialWatcher:
         self.last: dict[str, float] = {}
         self.last_row: dict[str, Any] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
     def start_phase(self, name: str, **kwargs: Any) -> None:
         self._phase = name
-
-    def warn(self, message: str) -> None:
-        pass
 
     def end_epoch(self, row: Mapping[str, Any]) -> None:
         if self._phase != "fine-tune":
@@ -170,7 +167,6 @@ def run_trials(
     after each."""
     names = list(settings.space)
     direction = DIRECTIONS[settings.objective]
-    check_split = True
     while done < settings.trials:
         if settings.timeout is not None and time.perf_counter() - started >= settings.timeout:
             display.log(f"timeout: {settings.timeout:g} s spent, no new trial started")
@@ -180,9 +176,8 @@ def run_trials(
             seed=trial_seed(settings.base.seed, number), n_startup_trials=settings.n_startup
         )
         trial = study.ask()
-        if run_trial(study, trial, optuna, settings, folder=folder, data=data, scorer=scorer,
-                     display=display, check_split=check_split):
-            check_split = False
+        run_trial(study, trial, optuna, settings, folder=folder, data=data, scorer=scorer,
+                  display=display)
         done += 1
         records = [record(t) for t in study.get_trials(deepcopy=False)]
         folder.write_trials(records, names)
@@ -199,15 +194,13 @@ def run_trial(
     data: StudyData,
     scorer: Scorer,
     display: TuneDisplay,
-    check_split: bool,
-) -> bool:
+) -> None:
     """Draw ``trial``'s parameters, fine-tune with them for ``settings.epochs_per_trial``
     epochs in ``DIR/trials/NNNN``, score it and tell the study. A trial that diverges, fails
-    or scores NaN is failed, not fatal. Returns whether the fine-tuning ran to its end (its
-    validation split, checked when ``check_split``, is the study's)."""
+    or scores NaN is failed, not fatal."""
     from optuna.trial import TrialState
 
-    from hessaudit.robust.trainer import TrainingDisplay, run_finetune
+    from hessaudit.robust.trainer import run_finetune
 
     params = {name: spec.suggest(trial) for name, spec in settings.space.items()}
     display.start_trial(trial.number, params)
@@ -217,17 +210,11 @@ def run_trial(
         early_stop=None,
     )
     watcher = TrialWatcher(
-        TrainingDisplay, trial=trial, scorer=scorer, settings=settings, display=display,
-        out=trial_out,
+        trial=trial, scorer=scorer, settings=settings, display=display, out=trial_out,
     )
-    state, value, ran = TrialState.COMPLETE, None, False
+    state, value = TrialState.COMPLETE, None
     try:
-        result = run_finetune(config, display=watcher, overwrite=True)  # type: ignore[arg-type]
-        if check_split and list(result.info.get("val_indices", [])) != data.val.val_indices:
-            raise RuntimeError(
-                "the validation split differs from the finetuner's; please report it"
-            )
-        ran = True
+        result = run_finetune(config, display=watcher, overwrite=True)
         metrics = dict(watcher.last)
         if settings.objective == "bound":
             metrics["bound"] = audit_bound(
@@ -244,8 +231,6 @@ def run_trial(
         metrics = dict(watcher.last)
         trial.set_user_attr("epochs_run", int(watcher.last_row.get("epoch", 0)))
     except RuntimeError as exc:
-        if "validation split differs" in str(exc):
-            raise
         state, metrics = TrialState.FAIL, dict(watcher.last)
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
     except (HessauditError, ValueError, ArithmeticError) as exc:
@@ -257,7 +242,6 @@ def run_trial(
         study.tell(trial, float(value))
     else:
         study.tell(trial, state=state)
-    return ran
 
 
 def _keep_metrics(trial: Any, metrics: Mapping[str, Any], row: Mapping[str, Any]) -> None:
