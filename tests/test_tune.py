@@ -199,6 +199,18 @@ def test_settings_errors(pretrained, tmp_path) -> None:
         run_tune(TuneSettings(base=base, space=build_space(base)), resume=True)
 
 
+def test_bad_pretrained_stops_before_any_trial(pretrained, tmp_path, capsys) -> None:
+    # the search prepares its data as the finetuner does, so a checkpoint the finetuner would
+    # refuse stops the search at once (not one failed trial after another), leaving no folder
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    out = tmp_path / "search"
+    assert _run(_cli(str(bad), out, "--trials", "2")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: checkpoint") and str(bad) in err[0]
+    assert "Traceback" not in err[0] and not out.exists()
+
+
 def test_missing_optuna_is_a_clear_error(pretrained, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "optuna", None)
     assert _run(_cli(pretrained, tmp_path / "x", "--trials", "1")) == 1
