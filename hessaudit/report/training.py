@@ -30,7 +30,7 @@ from hessaudit.report.console import print_table, stderr, stdout, table_width
 from hessaudit.report.escape import console_text, visible
 from hessaudit.report.plain_progress import PlainProgress
 from hessaudit.report.progress import live_bar
-from hessaudit.robust.trainer import FinetuneResult, TrainingDisplay
+from hessaudit.robust.types import FinetuneResult, TrainingDisplay
 
 __all__ = ["LogTrainingDisplay", "RichTrainingDisplay", "summary_rows", "training_display"]
 

@@ -6,21 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from hessaudit.audit import distributed as _dist
-from hessaudit.robust._data_setup import _Setup
 from hessaudit.robust._model_setup import _ModelBuild
 from hessaudit.robust.config import FinetuneConfig
-
-if TYPE_CHECKING:
-    from hessaudit.robust.trainer import TrainingDisplay
+from hessaudit.robust.types import DataSetup, TrainingDisplay
 
 
 def _run_info(
-    setup: _Setup,
+    setup: DataSetup,
     build: _ModelBuild,
     radii: Mapping[str, float],
     layer_names: list[str],
@@ -66,7 +63,7 @@ def _run_info(
 
 
 def _run_audit(
-    config: FinetuneConfig, setup: _Setup, out: Path, display: TrainingDisplay
+    config: FinetuneConfig, setup: DataSetup, out: Path, display: TrainingDisplay
 ) -> dict[str, Any]:
     from hessaudit.audit.bound import estimate_label
     from hessaudit.audit.run import AuditRequest, run_audit, write_audit_json

@@ -49,11 +49,10 @@ from torch import nn
 from hessaudit._version import __version__
 from hessaudit.audit import distributed as _dist
 from hessaudit.errors import HessauditError
-from hessaudit.robust._data_setup import _Setup
 from hessaudit.robust._lock import LOCK_NAME
 from hessaudit.robust.config import RESUMABLE_FIELDS, FinetuneConfig
+from hessaudit.robust.types import METRIC_COLUMNS, SCHEMA, DataSetup
 
-SCHEMA = "hessaudit.finetune/1"
 STATE_FORMAT = "hessaudit.finetune-state/1"
 #: Files a run writes; ``overwrite=True`` removes exactly these (never anything else).
 OUTPUT_NAMES = (
@@ -66,23 +65,6 @@ OUTPUT_NAMES = (
     "state.pt",
     "audit.json",
     "finished.json",
-)
-METRIC_COLUMNS = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_penalty",
-    "train_acc",
-    "train_acc_clean",
-    "val_loss",
-    "val_acc",
-    "heldout_loss",
-    "heldout_acc",
-    "max_distance",
-    "max_distance_layer",
-    "head_distance",
-    "max_radius_ratio",
-    "seconds",
 )
 
 
@@ -260,7 +242,7 @@ def _save_weights(
     path: Path,
     model: nn.Module,
     config: FinetuneConfig,
-    setup: _Setup,
+    setup: DataSetup,
     *,
     epoch: int,
     F: np.ndarray | None,
@@ -284,7 +266,7 @@ def _save_weights(
 
 def _metadata(
     config: FinetuneConfig,
-    setup: _Setup,
+    setup: DataSetup,
     *,
     epoch: int,
     F: np.ndarray | None,

@@ -38,15 +38,6 @@ from torch import nn
 from hessaudit.audit import distributed as _dist
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.devices import resolve_device
-from hessaudit.robust._data_setup import (
-    _check_resume_inputs,
-    _prepare_data,
-    _resolve_noise_matrix,
-    _Setup,
-    _Split,
-    noise_document,
-    training_labels,
-)
 from hessaudit.robust._finish import (
     FINISHED_NAME,
     ResumePlan,
@@ -64,9 +55,7 @@ from hessaudit.robust._model_setup import (
 )
 from hessaudit.robust._records import _run_audit, _run_info
 from hessaudit.robust._run_folder import (
-    METRIC_COLUMNS,
     OUTPUT_NAMES,
-    SCHEMA,
     STATE_FORMAT,
     _check_out,
     _config_document,
@@ -83,8 +72,14 @@ from hessaudit.robust._run_folder import (
 from hessaudit.robust._seeds import _generator, derive_seed
 from hessaudit.robust._trust import factory_record, verify_factory
 from hessaudit.robust.config import RESUMABLE_FIELDS, FinetuneConfig, parse_penalty
+from hessaudit.robust.data_setup import (
+    _check_resume_inputs,
+    _resolve_noise_matrix,
+    noise_document,
+    prepare_data,
+    training_labels,
+)
 from hessaudit.robust.losses import l2sp_penalty, make_loss
-from hessaudit.robust.noise import NoiseInjection
 from hessaudit.robust.noise_matrix import estimate_noise_matrix, validate_noise_matrix
 from hessaudit.robust.projection import (
     constrainable_names,
@@ -92,6 +87,13 @@ from hessaudit.robust.projection import (
     layer_radii,
     load_radius_table,
     project_to_balls_,
+)
+from hessaudit.robust.types import (
+    METRIC_COLUMNS,
+    DataSetup,
+    FinetuneResult,
+    Split,
+    TrainingDisplay,
 )
 
 __all__ = [
@@ -108,114 +110,7 @@ __all__ = [
 _NAN = float("nan")
 
 
-# --------------------------------------------------------------------------- display protocol
-
-
-class TrainingDisplay:
-    """What :func:`run_finetune` reports while it runs. This base class ignores everything;
-    ``hessaudit.report.training`` has the rich live display and the plain-log one."""
-
-    def start(self, info: Mapping[str, Any]) -> None:
-        """The run is set up (``info``: sizes, classes, loss, constraint, noise...)."""
-
-    def log(self, message: str) -> None:
-        """A progress message."""
-
-    def warn(self, message: str) -> None:
-        """Something the user should know."""
-
-    def start_phase(self, name: str, *, epochs: int, first_epoch: int, steps: int) -> None:
-        """A training phase begins: ``name`` is ``"fine-tune"`` or ``"estimate F (fold i/2)"``;
-        epochs ``first_epoch..epochs`` remain, ``steps`` optimizer steps each."""
-
-    def start_epoch(self, epoch: int) -> None:
-        """An epoch begins."""
-
-    def step(self, step: int, *, loss: float, acc: float) -> None:
-        """Optimizer step ``step`` (1-based) of the epoch is done: running mean loss and
-        accuracy on the training labels so far."""
-
-    def end_epoch(self, row: Mapping[str, Any]) -> None:
-        """An epoch is done and saved; ``row`` is its ``metrics.csv`` row."""
-
-    def end_phase(self) -> None:
-        """The phase is over."""
-
-    def finish(self, result: FinetuneResult) -> None:
-        """The run is over; show the summary."""
-
-
-# --------------------------------------------------------------------------- result
-
-
-@dataclass(frozen=True)
-class FinetuneResult:
-    """What a run produced. ``metrics`` are the ``metrics.csv`` rows."""
-
-    config: FinetuneConfig
-    out: Path
-    files: dict[str, str]
-    metrics: list[dict[str, Any]]
-    num_classes: int
-    epochs_run: int
-    best_epoch: int | None
-    best_val_acc: float | None
-    stopped_early: bool
-    resumed_from: int | None
-    new_tensors: list[str]
-    unused_pretrained: list[str]
-    noise_matrix: np.ndarray | None
-    noise_matrix_source: str | None
-    noise: NoiseInjection | None
-    audit: dict[str, Any] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.metrics[-1] if self.metrics else {}
-
-    @property
-    def initial(self) -> dict[str, Any]:
-        return self.metrics[0] if self.metrics else {}
-
-    def metrics_frame(self):
-        """The metrics as a pandas DataFrame (columns :data:`METRIC_COLUMNS`)."""
-        import pandas as pd
-
-        return pd.DataFrame(self.metrics, columns=list(METRIC_COLUMNS))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "config": self.config.to_dict(),
-            "out": str(self.out),
-            "files": dict(self.files),
-            "num_classes": self.num_classes,
-            "epochs_run": self.epochs_run,
-            "best_epoch": self.best_epoch,
-            "best_val_acc": self.best_val_acc,
-            "stopped_early": self.stopped_early,
-            "resumed_from": self.resumed_from,
-            "new_tensors": list(self.new_tensors),
-            "unused_pretrained": list(self.unused_pretrained),
-            "noise_matrix": None if self.noise_matrix is None else self.noise_matrix.tolist(),
-            "noise_matrix_source": self.noise_matrix_source,
-            "noise": None if self.noise is None else self.noise.to_dict(),
-            "metrics": [_jsonable_row(r) for r in self.metrics],
-        }
-
-
 # --------------------------------------------------------------------------- small helpers
-
-
-def _jsonable_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            out[key] = None
-        else:
-            out[key] = value
-    return out
 
 
 def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -233,7 +128,7 @@ def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 def _train_epoch(
     model: nn.Module,
-    data: _Split,
+    data: Split,
     *,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
@@ -297,7 +192,7 @@ def _train_epoch(
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, data: _Split | None, batch_size: int) -> tuple[float, float]:
+def _evaluate(model: nn.Module, data: Split | None, batch_size: int) -> tuple[float, float]:
     """Cross-entropy and accuracy in eval mode, against ``data.y`` (clean labels)."""
     if data is None or len(data) == 0:
         return _NAN, _NAN
@@ -328,7 +223,7 @@ def _predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.
 # --------------------------------------------------------------------------- the run
 
 
-def _estimate_F(setup: _Setup, display: TrainingDisplay) -> tuple[np.ndarray, dict[str, Any]]:
+def _estimate_F(setup: DataSetup, display: TrainingDisplay) -> tuple[np.ndarray, dict[str, Any]]:
     """Fit first models on the noisy training labels (two-fold cross-fitting: each half is
     predicted by a model trained on the other half, so the probabilities are out-of-sample),
     then estimate ``F`` from their predictions."""
@@ -354,7 +249,7 @@ def _estimate_F(setup: _Setup, display: TrainingDisplay) -> tuple[np.ndarray, di
         optimizer = _make_optimizer(config, model)
         scheduler = _make_scheduler(config, optimizer, epochs)
         fit_dev = fit.to(setup.device)
-        part = _Split(x=data.x[fit_dev], y=data.y[fit_dev], clean=None)
+        part = Split(x=data.x[fit_dev], y=data.y[fit_dev], clean=None)
         gen = _generator(config.seed, f"estimate-shuffle-{f}")
         display.start_phase(
             f"estimate F (fold {f}/2)",
@@ -443,7 +338,7 @@ class _Training:
 
     config: FinetuneConfig
     out: Path
-    setup: _Setup
+    setup: DataSetup
     build: _ModelBuild
     F: np.ndarray | None
     F_source: str | None
@@ -603,7 +498,7 @@ def _run(
     factory = factory_record(config.model)  # hashed before its first import
 
     with _seeded_global_rng(config.seed, device):
-        setup = _prepare_data(config, device, display)
+        setup = prepare_data(config, device, log=display.log)
         if resume:
             _check_resume_inputs(out, setup)
         saved_F = None if state is None else state.get("noise_matrix")
@@ -701,7 +596,7 @@ def _restore_or_start(
 def _set_up_training(
     config: FinetuneConfig,
     out: Path,
-    setup: _Setup,
+    setup: DataSetup,
     F: np.ndarray | None,
     F_source: str | None,
     penalty_spec: tuple[str, float, float] | None,
@@ -859,7 +754,7 @@ def _row(
     optimizer: torch.optim.Optimizer,
     stats: Mapping[str, float],
     model: nn.Module,
-    setup: _Setup,
+    setup: DataSetup,
     anchors: Mapping[str, torch.Tensor],
     radii: Mapping[str, float],
     layer_names: list[str],
