@@ -137,11 +137,11 @@ def test_finetune_config_normalizes_the_data_flags() -> None:
     assert config.crop_pct == 1.0 and config.interpolation == "bicubic"
     again = FinetuneConfig.from_dict(config.to_dict()).resolved()
     assert again == config
-    from hessaudit.robust.tune.core import (
-        _command,  # the command line tune prints for the best trial
-    )
+    from hessaudit.robust.tune.best import command_line  # what tune prints for the best trial
 
-    assert "--mean 0.5,0.25,0.1 --std 1 --interpolation bicubic --crop-pct 1" in _command(config)
+    assert "--mean 0.5,0.25,0.1 --std 1 --interpolation bicubic --crop-pct 1" in command_line(
+        config
+    )
 
 
 # --------------------------------------------------------------------------- layer gates

@@ -400,7 +400,9 @@ def test_finetune_display(width) -> None:
 
 def _tune_result(out: Path) -> Any:
     from hessaudit.robust.config import FinetuneConfig
-    from hessaudit.robust.tune.core import TrialRecord, TuneResult, TuneSettings, build_space
+    from hessaudit.robust.tune.results import TrialRecord, TuneResult
+    from hessaudit.robust.tune.settings import TuneSettings
+    from hessaudit.robust.tune.space import build_space
 
     base = FinetuneConfig(model="m.py:f", pretrained="p.safetensors", data="digits",
                           out=str(out), epochs=6, noise_matrix="symmetric:0.2")

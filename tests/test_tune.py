@@ -14,14 +14,9 @@ pytest.importorskip("optuna")
 from hessaudit.cli import main
 from hessaudit.errors import HessauditError
 from hessaudit.robust.config import FinetuneConfig
-from hessaudit.robust.tune.core import (
-    DEFAULT_SPACE,
-    ParamSpec,
-    TuneSettings,
-    build_space,
-    load_space_file,
-    run_tune,
-)
+from hessaudit.robust.tune.run import run_tune
+from hessaudit.robust.tune.settings import TuneSettings
+from hessaudit.robust.tune.space import DEFAULT_SPACE, ParamSpec, build_space, load_space_file
 
 MODEL = "hessaudit.zoo:digits_cnn"
 
@@ -98,6 +93,10 @@ def test_cli_search_end_to_end_and_best_reloads(pretrained, tmp_path) -> None:
     with torch.no_grad():
         acc = float((model(held.x).argmax(1) == held.y).double().mean())
     assert acc == pytest.approx(best["final"]["heldout_acc"], abs=1e-9)
+    # every trial (whatever its parameters) and the final run trained on one validation split
+    splits = [json.loads((run / "config.json").read_text())["resolved"]["val_indices"]
+              for run in (out / "trials" / "0000", out / "trials" / "0001", out / "best")]
+    assert splits[0] and splits[0] == splits[1] == splits[2]
     # a second search into the same folder is refused without --resume / --overwrite
     assert _run(_cli(pretrained, out, "--trials", "3")) == 1
 
@@ -191,8 +190,25 @@ def test_settings_errors(pretrained, tmp_path) -> None:
         TuneSettings(base=base, space=build_space(base), objective="acc").validate()
     with pytest.raises(HessauditError, match="nothing to search"):
         TuneSettings(base=base, space={}).validate()
+    # an option that fixes the data, labels or split cannot be searched: every trial shares them
+    for name in ("seed", "val_fraction", "noise_seed", "samples"):
+        space = {name: ParamSpec(name, kind="categorical", choices=(1,))}
+        with pytest.raises(HessauditError, match=f"search space: {name} cannot be searched"):
+            TuneSettings(base=base, space=space).validate()
     with pytest.raises(HessauditError, match="no search to resume"):
         run_tune(TuneSettings(base=base, space=build_space(base)), resume=True)
+
+
+def test_bad_pretrained_stops_before_any_trial(pretrained, tmp_path, capsys) -> None:
+    # the search prepares its data as the finetuner does, so a checkpoint the finetuner would
+    # refuse stops the search at once (not one failed trial after another), leaving no folder
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    out = tmp_path / "search"
+    assert _run(_cli(str(bad), out, "--trials", "2")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: checkpoint") and str(bad) in err[0]
+    assert "Traceback" not in err[0] and not out.exists()
 
 
 def test_missing_optuna_is_a_clear_error(pretrained, tmp_path, monkeypatch, capsys) -> None:

@@ -1,6 +1,6 @@
 """``hessaudit tune``: search the finetuner's radii, learning rate and loss options.
 
-Only option parsing is here; the work is :func:`~hessaudit.robust.tune.core.run_tune`. The finetune
+Only option parsing is here; the work is :func:`~hessaudit.robust.tune.run.run_tune`. The finetune
 options are the ones of ``hessaudit finetune`` (same names, defaults and help, taken from
 :func:`hessaudit.commands.finetune.finetune_command`); a searched option given explicitly on
 the command line is fixed to that value instead of searched.
@@ -8,8 +8,9 @@ the command line is fixed to that value instead of searched.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from typing import Annotated, Any, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
 import typer
 
@@ -17,15 +18,13 @@ from hessaudit.commands.common import DebugOption, QuietOption
 from hessaudit.commands.finetune import _from_command_line, finetune_command
 from hessaudit.errors import HessauditError
 
+if TYPE_CHECKING:
+    from hessaudit.robust.config import FinetuneConfig
+
 _TUNE = "Search"
 
 #: finetune parameters that tune does not take (or replaces with its own).
 _DROPPED = ("ctx", "resume", "overwrite", "quiet", "debug", "val_fraction", "early_stop")
-#: tune's own parameters (not FinetuneConfig fields).
-_OWN = (
-    "ctx", "trials", "timeout", "objective", "space", "trial_epochs", "startup_trials",
-    "prune", "final", "val_fraction", "resume", "overwrite", "quiet", "debug",
-)
 
 
 def _tune_command(
@@ -99,11 +98,20 @@ def _tune_command(
     debug: DebugOption = False,
     **finetune_options: Any,
 ) -> int:
-    from hessaudit.report.tuning import tune_display
-    from hessaudit.robust.config import FinetuneConfig
-    from hessaudit.robust.tune.core import DEFAULT_SPACE, TuneSettings, build_space, load_space_file
+    return _tune(
+        ctx, trials=trials, timeout=timeout, objective=objective, space=space,
+        trial_epochs=trial_epochs, startup_trials=startup_trials, prune=prune, final=final,
+        val_fraction=val_fraction, resume=resume, overwrite=overwrite, quiet=quiet,
+    )
 
-    values = {name: value for name, value in ctx.params.items() if name not in _OWN}
+
+def _base_config(ctx: typer.Context, val_fraction: float) -> FinetuneConfig:
+    """The config every trial starts from: the command's parameters that are finetune options
+    (the FinetuneConfig fields), with tune's ``--val-fraction``."""
+    from hessaudit.robust.config import FinetuneConfig
+
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"val_fraction"}
+    values = {name: value for name, value in ctx.params.items() if name in fields}
     for name in ("mean", "std"):  # a repeatable flag not given comes as an empty list
         values[name] = tuple(values[name]) if values.get(name) else None
     missing = [f"--{n}" for n in ("model", "pretrained", "data", "out") if not values.get(n)]
@@ -113,10 +121,35 @@ def _tune_command(
             hint="hessaudit tune --model NAME --pretrained CKPT --data SOURCE --out DIR "
             "--trials N",
         )
-    base = FinetuneConfig(**values, val_fraction=val_fraction)
+    return FinetuneConfig(**values, val_fraction=val_fraction)
+
+
+def _tune(
+    ctx: typer.Context,
+    *,
+    trials: int,
+    timeout: float | None,
+    objective: str,
+    space: str | None,
+    trial_epochs: int | None,
+    startup_trials: int | None,
+    prune: bool,
+    final: bool,
+    val_fraction: float,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+) -> int:
+    """The command's work, whatever declares its options: the finetune options are read from
+    ``ctx.params`` (see :func:`_base_config`), tune's own come as arguments."""
     from hessaudit import _paths
     from hessaudit.commands.finetune import run_inputs
+    from hessaudit.report.tuning import tune_display
+    from hessaudit.robust.tune.run import run_tune
+    from hessaudit.robust.tune.settings import TuneSettings
+    from hessaudit.robust.tune.space import DEFAULT_SPACE, build_space, load_space_file
 
+    base = _base_config(ctx, val_fraction)
     _paths.check_run_folder("--out", base.out, {**run_inputs(base), "the --space file": space})
     fixed = {name for name in DEFAULT_SPACE if _from_command_line(ctx, name)}
     overrides, use_defaults = ({}, True) if space is None else load_space_file(space)
@@ -131,8 +164,6 @@ def _tune_command(
         startup_trials=startup_trials,
         final=final,
     )
-    from hessaudit.robust.tune.core import run_tune
-
     run_tune(settings, display=tune_display(quiet=quiet), resume=resume, overwrite=overwrite)
     return 0
 

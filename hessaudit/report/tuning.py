@@ -17,7 +17,7 @@ from hessaudit.report._layout import Column, fit_table, merge_identical
 from hessaudit.report.console import print_table, stderr, stdout, table_width
 from hessaudit.report.escape import console_text, visible
 from hessaudit.report.progress import live_bar
-from hessaudit.robust.tune.core import TrialRecord, TuneDisplay, TuneResult
+from hessaudit.robust.tune.results import TrialRecord, TuneDisplay, TuneResult
 
 __all__ = ["LogTuneDisplay", "RichTuneDisplay", "trial_line", "tune_display"]
 
