@@ -161,9 +161,14 @@ def build_hf_model(spec: str, *, num_classes: int | None = None) -> nn.Module:
             f"--model {spec}: transformers could not build the model from config.json: "
             f"{oneline(exc)}"
         ) from None
-    model.register_forward_hook(_logits_only)
     if auto is transformers.AutoModelForSequenceClassification:
-        model.register_forward_pre_hook(_text_inputs_hook, with_kwargs=True)
+        # glue (t-finetune): a text classifier reads the packed (N, 3, L) tokens of text data
+        # through hessaudit.inputs.text_model.TextClassifier, which knows the model's folder
+        # (its tokenizer) and computes LayerNorm with exact higher derivatives
+        from hessaudit.inputs.text_model import TextClassifier
+
+        return TextClassifier(model, directory=str(Path(spec).expanduser())).eval()
+    model.register_forward_hook(_logits_only)
     return model.eval()
 
 
