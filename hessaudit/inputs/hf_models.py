@@ -67,8 +67,10 @@ def is_hf_model_dir(spec: str) -> bool:
 
 
 def is_hf_model(model: nn.Module) -> bool:
-    """True for a transformers model (a ``PreTrainedModel`` subclass), without importing
+    """True for a transformers model (a ``PreTrainedModel`` subclass), or a
+    :class:`~hessaudit.inputs.text_model.TextClassifier` around one, without importing
     transformers."""
+    model = getattr(model, "hf_model", model)  # glue (t-finetune): the wrapped model
     return any(
         cls.__module__.startswith("transformers.") and cls.__name__ == "PreTrainedModel"
         for cls in type(model).__mro__
