@@ -17,6 +17,12 @@ from hessaudit.commands._data_options import (
     mean_option,
     std_option,
 )
+from hessaudit.commands._text_options import (
+    label_column_option,
+    max_length_option,
+    text_column_option,
+    tokenizer_option,
+)
 from hessaudit.commands.common import DebugOption, QuietOption
 from hessaudit.errors import HessauditError
 
@@ -45,23 +51,24 @@ def finetune_command(
     model: Annotated[
         str | None,
         typer.Option(
-            help="timm model name, or a factory 'file.py:function' / 'pkg.mod:function' "
-            "(required to start a run).",
+            help="timm model name, a Hugging Face model folder (config.json), or a factory "
+            "'file.py:function' / 'pkg.mod:function' (required to start a run).",
             rich_help_panel=_DATA,
         ),
     ] = None,
     pretrained: Annotated[
         str | None,
         typer.Option(
-            help="Pretrained checkpoint, .safetensors/.pt (required to start a run).",
+            help="Pretrained checkpoint, .safetensors/.pt or a Hugging Face model folder "
+            "(required to start a run).",
             rich_help_panel=_DATA,
         ),
     ] = None,
     data: Annotated[
         str | None,
         typer.Option(
-            help="Training data: ImageFolder dir, .npz (x, y[, clean_y]), or 'digits' (required "
-            "to start a run).",
+            help="Training data: ImageFolder dir, .npz (x, y[, clean_y]), 'digits', or a text "
+            "table .csv/.tsv/.jsonl/.parquet (required to start a run).",
             rich_help_panel=_DATA,
         ),
     ] = None,
@@ -101,6 +108,10 @@ def finetune_command(
     std: Annotated[list[str] | None, std_option(_DATA)] = None,
     interpolation: Annotated[str | None, interpolation_option(_DATA)] = None,
     crop_pct: Annotated[float | None, crop_pct_option(_DATA)] = None,
+    text_column: Annotated[str | None, text_column_option(_DATA)] = None,
+    label_column: Annotated[str, label_column_option(_DATA)] = "label",
+    tokenizer: Annotated[str | None, tokenizer_option(_DATA)] = None,
+    max_length: Annotated[int, max_length_option(_DATA)] = 128,
     device: Annotated[
         str, typer.Option(help="cpu | cuda | cuda:N.", rich_help_panel=_DATA)
     ] = "cpu",
@@ -115,29 +126,43 @@ def finetune_command(
                      rich_help_panel=_DATA),
     ] = False,
     epochs: Annotated[int, typer.Option(help="Training epochs.", rich_help_panel=_OPT)] = 30,
-    lr: Annotated[float, typer.Option(help="Learning rate.", rich_help_panel=_OPT)] = 1e-4,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Learning rate (default: 1e-4; 2e-5 for text data).",
+                     rich_help_panel=_OPT),
+    ] = None,
     optimizer: Annotated[
-        str, typer.Option(help="adam | adamw | sgd.", rich_help_panel=_OPT)
-    ] = "adam",
+        str | None,
+        typer.Option(help="adam | adamw (no decay on biases and norm weights) | sgd (default: "
+                     "adam; adamw for text data).", rich_help_panel=_OPT),
+    ] = None,
     momentum: Annotated[
         float, typer.Option(help="SGD momentum.", rich_help_panel=_OPT)
     ] = 0.9,
     weight_decay: Annotated[
-        float, typer.Option(help="Weight decay of the optimizer.", rich_help_panel=_OPT)
-    ] = 0.0,
+        float | None,
+        typer.Option(help="Weight decay of the optimizer (default: 0; 0.01 for text data).",
+                     rich_help_panel=_OPT),
+    ] = None,
     schedule: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="step (x --lr-decay every --lr-step epochs) | cosine | none.",
+            help="step (x --lr-decay every --lr-step epochs) | cosine | linear (warm-up, then "
+            "down to 0 at the end, per step) | none (default: step; linear for text data).",
             rich_help_panel=_OPT,
         ),
-    ] = "step",
+    ] = None,
     lr_step: Annotated[
         int, typer.Option(help="Epochs between step decays.", rich_help_panel=_OPT)
     ] = 10,
     lr_decay: Annotated[
         float, typer.Option(help="Factor of each step decay.", rich_help_panel=_OPT)
     ] = 0.1,
+    warmup_epochs: Annotated[
+        float | None,
+        typer.Option(metavar="K", help="--schedule linear: warm up over the first K epochs' "
+                     "steps (default: the first 10% of all steps).", rich_help_panel=_OPT),
+    ] = None,
     early_stop: Annotated[
         int | None,
         typer.Option(
@@ -228,10 +253,20 @@ def finetune_command(
         typer.Option(help="Keep the new head in a ball of this radius (Frobenius norm) around zero "
                      "(default: unconstrained).", rich_help_panel=_CONS),
     ] = None,
+    radius_attention: Annotated[
+        float | None,
+        typer.Option(help="Radius of the attention layers (query, key, value, output; "
+                     "default: --radius).", rich_help_panel=_CONS),
+    ] = None,
+    radius_linear: Annotated[
+        float | None,
+        typer.Option(help="Radius of the other linear layers (feed-forward, pooler; "
+                     "default: --radius).", rich_help_panel=_CONS),
+    ] = None,
     radius_table: Annotated[
         str | None,
-        typer.Option(help="Per-layer radii by name pattern, .json or .csv (default: none).",
-                     rich_help_panel=_CONS),
+        typer.Option(help="Per-layer radii by name pattern, .json or .csv; a pattern wins "
+                     "over every other radius flag (default: none).", rich_help_panel=_CONS),
     ] = None,
     penalty: Annotated[
         str | None,
@@ -337,6 +372,13 @@ def _spec_file(spec: str | None) -> str | None:
     return next((path for path in candidates if os.path.exists(path)), None)
 
 
+def _folder(spec: str | None) -> str | None:
+    """``spec`` when it names an existing folder (a Hugging Face model folder), else None."""
+    import os
+
+    return spec if spec and os.path.isdir(os.path.expanduser(spec)) else None
+
+
 def run_inputs(config: Any) -> dict[str, str | None]:
     """The files and folders a fine-tuning run reads, for the run-folder guard."""
     from hessaudit._paths import factory_file
@@ -346,6 +388,8 @@ def run_inputs(config: Any) -> dict[str, str | None]:
         "the --data input": config.data,
         "the --eval-data input": config.eval_data,
         "the --model factory file": factory_file(config.model),
+        "the --model folder": _folder(config.model),
+        "the --tokenizer folder": getattr(config, "tokenizer", None),
         "the --radius-table file": config.radius_table,
         "the --noise-matrix file": _spec_file(config.noise_matrix),
         "the --inject-noise file": _spec_file(config.inject_noise),

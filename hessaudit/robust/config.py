@@ -1,9 +1,9 @@
 """The finetuner's options: one frozen dataclass, validated in one place (no torch import).
 
 Defaults follow the paper's released code where it has one (Adam, lr 1e-4, step decay x0.1
-every 10 epochs, 30 epochs, the reweighted loss with the Frobenius-ball constraint), and the
-usual published values for the baselines (label smoothing 0.1, GCE q = 0.7, SCE alpha = 0.1 /
-beta = 1.0, L2-SP head weight 0.01). Choices of our own:
+every 10 epochs, 30 epochs, the reweighted loss with the Frobenius-ball constraint; for text
+data the Hugging Face recipe, :mod:`hessaudit.robust.text_recipe`), and the usual published
+values for the baselines (smoothing 0.1, GCE q = 0.7, SCE 0.1 / 1.0, L2-SP head 0.01). Ours:
 
 * ``radius = 1.0``, ``radius_growth = 1.0``, no head radius (the new head is free unless
   ``head_radius`` is given): a neutral starting point; tune the radii on validation data.
@@ -19,7 +19,7 @@ beta = 1.0, L2-SP head weight 0.01). Choices of our own:
 * ``nonneg_correction = False``: the paper's loss is the plain backward correction.
 * ``noise_seed`` defaults to ``seed``; pass it explicitly to vary training seeds over one fixed
   noisy label set.
-* ``weight_decay = 0``: the constraint (or ``--penalty``) is the regularizer.
+* ``weight_decay = 0`` (images): the constraint (or ``--penalty``) is the regularizer.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 
 from hessaudit._limits import check_seed
 from hessaudit.errors import HessauditError
+from hessaudit.robust import text_recipe
 from hessaudit.robust.noise_matrix import ESTIMATE_METHODS, parse_rate
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("step", "cosine", "none")
+SCHEDULES = ("step", "cosine", "linear", "none")
 CONSTRAINTS = ("frobenius", "none")
 #: Other spellings accepted by ``--estimate-method`` and ``--noise-matrix estimate:METHOD``.
 ESTIMATE_ALIASES = {"confident-joint": "confident"}
@@ -110,7 +111,6 @@ class FinetuneConfig:
     ``noise_seed``). ``to_dict`` / ``from_dict`` round-trip through ``config.json``.
     """
 
-    # what to train, on what
     model: str
     pretrained: str
     data: str
@@ -128,15 +128,20 @@ class FinetuneConfig:
     device: str = "cpu"
     seed: int = 0
     allow_hub: bool = False
-    # optimization
+    text_column: str | None = None  # text data: hessaudit.inputs.text_options
+    label_column: str = "label"
+    tokenizer: str | None = None
+    max_length: int = 128  # its DEFAULT_MAX_LENGTH
+    # optimization (None: the data's recipe, hessaudit.robust.text_recipe)
     epochs: int = 30
-    lr: float = 1e-4
-    optimizer: str = "adam"
+    lr: float | None = None
+    optimizer: str | None = None
     momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "step"
+    weight_decay: float | None = None
+    schedule: str | None = None
     lr_step: int = 10
     lr_decay: float = 0.1
+    warmup_epochs: float | None = None
     early_stop: int | None = None
     # loss
     loss: str = "reweight"
@@ -155,6 +160,8 @@ class FinetuneConfig:
     radius: float = 1.0
     radius_growth: float = 1.0
     head_radius: float | None = None
+    radius_attention: float | None = None
+    radius_linear: float | None = None
     radius_table: str | None = None
     penalty: str | None = None
     # synthetic noise
@@ -163,6 +170,9 @@ class FinetuneConfig:
     # audit
     audit: bool = False
     audit_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        text_recipe.fill_defaults(self)  # unset optimizer, lr...: the data's recipe
 
     # ------------------------------------------------------------------ dict round trip
 
@@ -207,6 +217,7 @@ class FinetuneConfig:
             interpolation=self.interpolation, crop_pct=self.crop_pct,
         )
         _check_loss_choice(self)
+        text_recipe.check_options(self)  # warm-up, group radii, text flags
         estimate_method = _estimate_method(self.estimate_method, flag="--estimate-method")
         constraint = _resolve_constraint(self)
         matrix, estimate_method = _resolve_noise_matrix(self, estimate_method)

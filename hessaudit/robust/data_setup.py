@@ -67,7 +67,7 @@ def prepare_data(
     from hessaudit.inputs.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(config.pretrained)
-    probe, in_cfg, train = _load_training_data(config)
+    probe, in_cfg, train, text = _load_training_data(config)
     k = int(config.num_classes or train.num_classes)
     if k < 2:
         raise HessauditError(f"--data {config.data} has {k} class; fine-tuning needs 2 or more")
@@ -75,11 +75,11 @@ def prepare_data(
     labels = label_split(config, train, k)
     fingerprint = _fingerprint(train.x, labels.noisy)
     tr, val = _device_splits(train.x, labels, device)
-    heldout, heldout_summary = _load_heldout(config, probe, in_cfg, k, device)
+    heldout, heldout_summary = _load_heldout(config, probe, in_cfg, k, device, text)
     del probe
     if labels.clean is None and config.inject_noise is None and log is not None:
         log("training labels are used as given (no clean labels known)")
-    positions, source_size = _source_positions(config, train)
+    positions, source_size = _source_positions(config, train, text)
     train_source = (
         None if positions is None else [positions[int(i)] for i in labels.train_indices]
     )
@@ -159,17 +159,23 @@ def split_validation(config: FinetuneConfig, n: int) -> tuple[list[int], torch.T
     return val_idx, train_idx
 
 
-def _load_training_data(config: FinetuneConfig) -> tuple[Any, Any, Dataset]:
-    """The probe model, its input config, and ``--data`` loaded with it (shapes checked)."""
+def _load_training_data(config: FinetuneConfig) -> tuple[Any, Any, Dataset, Any]:
+    """The probe model, its input config, ``--data`` loaded with it (shapes checked), and the
+    tokenizer and text options of text data (:func:`hessaudit.inputs.text_model.text_source`;
+    None for other data)."""
     from hessaudit.inputs.data import load_data
     from hessaudit.inputs.models import build_model, input_config
     from hessaudit.inputs.preprocess import check_forward
+    from hessaudit.inputs.text_model import text_source
+    from hessaudit.robust.text_recipe import text_options
 
     probe = build_model(config.model, num_classes=config.num_classes, allow_hub=config.allow_hub)
     in_cfg = input_config(
         probe, input_size=config.input_size, mean=config.mean, std=config.std,
         interpolation=config.interpolation, crop_pct=config.crop_pct,
     )
+    text = text_source(text_options(config), probe, (config.data, config.eval_data),
+                       model_spec=config.model)
     train = load_data(
         config.data,
         role="train",
@@ -177,10 +183,11 @@ def _load_training_data(config: FinetuneConfig) -> tuple[Any, Any, Dataset]:
         num_classes=config.num_classes,
         samples=config.samples,
         seed=config.seed,
+        text_source=text,
     )
     # the input shape does not depend on the weights: the fresh model tells whether it fits
     check_forward(probe, train.x, data=config.data, model_spec=config.model, cfg=in_cfg)
-    return probe, in_cfg, train
+    return probe, in_cfg, train, text
 
 
 def _device_splits(
@@ -204,7 +211,8 @@ def _device_splits(
 
 
 def _load_heldout(
-    config: FinetuneConfig, probe: Any, in_cfg: Any, num_classes: int, device: torch.device
+    config: FinetuneConfig, probe: Any, in_cfg: Any, num_classes: int, device: torch.device,
+    text: Any = None,
 ) -> tuple[Split | None, dict[str, Any] | None]:
     """``--eval-data`` (evaluated against its clean labels when known) and its summary."""
     from hessaudit.inputs.data import load_data
@@ -212,7 +220,8 @@ def _load_heldout(
 
     if config.eval_data is None:
         return None, None
-    ev = load_data(config.eval_data, role="eval", input_config=in_cfg, num_classes=num_classes)
+    ev = load_data(config.eval_data, role="eval", input_config=in_cfg, num_classes=num_classes,
+                   text_source=text)
     check_forward(probe, ev.x, data=config.eval_data, model_spec=config.model, cfg=in_cfg)
     labels = ev.clean_y if ev.clean_y is not None else ev.y
     heldout = Split(x=ev.x.to(device), y=labels.to(torch.int64).to(device), clean=None)
@@ -227,7 +236,9 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _source_positions(config: FinetuneConfig, loaded: Any) -> tuple[list[int] | None, int | None]:
+def _source_positions(
+    config: FinetuneConfig, loaded: Any, text: Any = None
+) -> tuple[list[int] | None, int | None]:
     """Positions in ``config.data`` (all of it) of the examples loaded with ``--samples``, and
     the source's size, so that ``noise.json``'s labels can be applied by ``measure --labels``
     to ``--data`` as it loads it. Without ``--samples`` they are ``0..n-1``. With it, the
@@ -242,7 +253,8 @@ def _source_positions(config: FinetuneConfig, loaded: Any) -> tuple[list[int] | 
     builtin = str(config.data).partition(":")[0] in ("digits", "digits-pretrain")
     if not builtin and Path(str(config.data)).expanduser().is_dir():
         return None, None
-    full = load_data(config.data, role="train", num_classes=config.num_classes)
+    full = load_data(config.data, role="train", num_classes=config.num_classes,
+                     text_source=text)
     chosen = choose_subset(len(full), config.samples, config.seed, full.source)
     if chosen is None or len(chosen) != n or not torch.equal(
         full.y[chosen].to(torch.int64).cpu(), loaded.y.to(torch.int64).cpu()

@@ -3,10 +3,12 @@
 :func:`fine_tune` trains the remaining epochs of a
 :class:`~hessaudit.robust.training_run.TrainingRun` (Algorithm 1: a pass of the loss, each
 optimizer step followed by the projection onto the per-layer Frobenius balls, the schedule
-stepped once per epoch). After each epoch it writes, in this order and each atomically:
+stepped once per epoch, or after every step for ``linear``). After each epoch it writes, in this order and each atomically:
 ``metrics.csv``, ``best.safetensors`` (on a strictly better validation accuracy), ``state.pt``,
 ``last.safetensors``; a run killed anywhere resumes from the last ``state.pt``.
-:func:`write_final` then writes ``final.safetensors`` (and ``best`` without a validation split).
+:func:`write_final` then writes ``final.safetensors`` (and ``best`` without a validation split),
+and for a transformers model the ``final/`` and ``best/`` model folders
+(:mod:`hessaudit.robust.hf_outputs`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 
 from hessaudit.audit import distributed as _dist
 from hessaudit.robust.epoch import batch_bounds, train_epoch
+from hessaudit.robust.hf_outputs import write_hf_folders
 from hessaudit.robust.run_folder import RunFolder
 from hessaudit.robust.training_run import TrainingRun
 from hessaudit.robust.types import TrainingDisplay
@@ -29,7 +32,10 @@ def fine_tune(run: TrainingRun, folder: RunFolder, display: TrainingDisplay) -> 
     params = dict(run.model.named_parameters())
 
     def after_step() -> None:
-        run.project_(params)
+        if run.radii:
+            run.project_(params)
+        if run.schedule_per_step:  # the linear schedule: after every optimizer step
+            run.scheduler.step()
 
     steps = len(batch_bounds(len(setup.train), config.batch_size))
     display.start_phase("fine-tune", epochs=config.epochs, first_epoch=run.epoch + 1,
@@ -48,11 +54,11 @@ def fine_tune(run: TrainingRun, folder: RunFolder, display: TrainingDisplay) -> 
             batch_size=config.batch_size,
             generator=run.shuffle,
             penalty=run.penalty_fn,
-            after_step=after_step if run.radii else None,
+            after_step=after_step if run.radii or run.schedule_per_step else None,
             display=display,
             epoch=run.epoch,
         )
-        if run.scheduler is not None:
+        if run.scheduler is not None and not run.schedule_per_step:
             run.scheduler.step()
         row = run.row(stats, seconds=time.perf_counter() - started, lr=lr)
         if run.record_epoch(row):
@@ -89,3 +95,5 @@ def write_final(
     elif not (out / "best.safetensors").is_file() and _dist.is_main():
         display.warn(f"{out / 'best.safetensors'} is missing and cannot be rebuilt (the best "
                      f"epoch was {run.best_epoch}; state.pt holds epoch {run.epoch})")
+    if _dist.is_main():  # a transformers model: final/ and best/ model folders too
+        write_hf_folders(run, out)

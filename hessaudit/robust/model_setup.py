@@ -16,6 +16,8 @@ from torch import nn
 
 from hessaudit.errors import HessauditError
 from hessaudit.robust.config import FinetuneConfig
+from hessaudit.robust.optim import decay_parameter_groups, linear_schedule
+from hessaudit.robust.text_recipe import warmup_steps
 
 
 def _init_new_parameters_(model: nn.Module, names: list[str], generator: torch.Generator) -> None:
@@ -95,11 +97,14 @@ def build_run_model(
 
 
 def make_optimizer(config: FinetuneConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``config.optimizer`` (Adam, AdamW or SGD with momentum) over the trainable parameters."""
+    """``config.optimizer`` (Adam, AdamW or SGD with momentum) over the trainable parameters;
+    AdamW does not decay biases and normalization weights (:mod:`hessaudit.robust.optim`)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
+        if config.weight_decay:
+            params = decay_parameter_groups(model, float(config.weight_decay))
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -107,9 +112,20 @@ def make_optimizer(config: FinetuneConfig, model: nn.Module) -> torch.optim.Opti
 
 
 def make_scheduler(
-    config: FinetuneConfig, optimizer: torch.optim.Optimizer, epochs: int
+    config: FinetuneConfig,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    steps_per_epoch: int | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """``config.schedule`` over ``epochs`` epochs (stepped once per epoch); None for ``none``."""
+    """``config.schedule`` over ``epochs`` epochs; None for ``none``. ``linear`` (which needs
+    ``steps_per_epoch``) is stepped after every optimizer step
+    (:data:`~hessaudit.robust.text_recipe.PER_STEP_SCHEDULES`), the others once per epoch."""
+    if config.schedule == "linear":
+        if steps_per_epoch is None:
+            raise ValueError("the linear schedule needs steps_per_epoch")
+        total = epochs * steps_per_epoch
+        warmup = warmup_steps(config.warmup_epochs, steps_per_epoch, total)
+        return linear_schedule(optimizer, warmup=warmup, total=total)
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=config.lr_step, gamma=config.lr_decay

@@ -37,6 +37,7 @@ from hessaudit.robust.noise_matrix import (
     load_noise_matrix,
     validate_noise_matrix,
 )
+from hessaudit.robust.text_recipe import PER_STEP_SCHEDULES
 from hessaudit.robust.types import DataSetup, NoiseMatrixChoice, Split, TrainingDisplay
 
 __all__ = ["estimate_by_cross_fitting", "resolve_noise_matrix"]
@@ -143,9 +144,11 @@ def _fit_first_model(
     )
     model = build.model
     optimizer = make_optimizer(config, model)
-    scheduler = make_scheduler(config, optimizer, epochs)
     fit_dev = fit.to(setup.device)
     part = Split(x=data.x[fit_dev], y=data.y[fit_dev], clean=None)
+    steps = len(batch_bounds(len(part), config.batch_size))
+    scheduler = make_scheduler(config, optimizer, epochs, steps)
+    per_step = scheduler is not None and config.schedule in PER_STEP_SCHEDULES
     gen = _generator(config.seed, f"estimate-shuffle-{fold}")
     display.start_phase(
         f"estimate F (fold {fold}/2)",
@@ -164,11 +167,11 @@ def _fit_first_model(
             batch_size=config.batch_size,
             generator=gen,
             penalty=None,
-            after_step=None,
+            after_step=scheduler.step if per_step else None,
             display=display,
             epoch=epoch,
         )
-        if scheduler is not None:
+        if scheduler is not None and not per_step:
             scheduler.step()
         display.end_epoch({"epoch": epoch, **stats})
     display.end_phase()

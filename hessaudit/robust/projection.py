@@ -25,6 +25,8 @@ normalization parameters are free. The radii (:func:`layer_radii`):
   MobileNetV2's 52 tensors); a model with fewer than 4 constrained tensors has one per stage.
 * **the new head** (tensors not in the pretrained checkpoint): ``D_head`` around zero, or
   unconstrained when no head radius is given.
+* **module groups** (``--radius-attention``, ``--radius-linear``): the pretrained tensors of
+  those groups get that radius instead (:mod:`hessaudit.robust.group_radii`).
 * **a radius table** (``--radius-table FILE``) overrides all of the above by name pattern;
   see :func:`load_radius_table`.
 """
@@ -147,13 +149,15 @@ def layer_radii(
     head_names: Iterable[str] = (),
     table: Sequence[tuple[str, float | None]] | None = None,
     model_name: str | None = None,
+    overrides: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """The radius of every constrained tensor; tensors left unconstrained are absent.
 
     ``names`` are the candidate tensors in model order (usually :func:`constrainable_names`);
     ``head_names`` those without a pretrained value (the new head). See the module docstring for
     the rules: ``growth`` compounds over at most 4 stages, so no radius exceeds
-    ``radius * growth**3`` (without a table). ``model_name`` is informational (ResNet staging
+    ``radius * growth**3`` (without a table). ``overrides`` (the group radii) replace the
+    radius of the tensors they name; a ``table`` pattern still wins over them. ``model_name`` is informational (ResNet staging
     is detected from ``layerN.`` names, which covers timm and torchvision ResNets).
     """
     del model_name  # staging is decided from the names themselves
@@ -170,6 +174,7 @@ def layer_radii(
     for name in names:
         if name in heads:
             radii[name] = head_radius
+    radii.update(overrides or {})
 
     if table:
         used = [False] * len(table)

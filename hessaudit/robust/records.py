@@ -15,6 +15,7 @@ import torch
 from hessaudit.audit import distributed as _dist
 from hessaudit.robust.config import FinetuneConfig
 from hessaudit.robust.noise import NoiseInjection
+from hessaudit.robust.text_recipe import text_options
 from hessaudit.robust.training_run import TrainingRun
 from hessaudit.robust.types import DataSetup, TrainingDisplay
 
@@ -101,6 +102,7 @@ def audit_final_checkpoint(
         seed=config.seed,
         device=config.device,
         allow_hub=config.allow_hub,
+        text=text_options(config),
     )
     from hessaudit.inputs.data import Dataset
 

@@ -115,7 +115,8 @@ def _differs(saved_value: Any, value: Any, name: str, saved: FinetuneConfig) -> 
 def check_resume_options(config: FinetuneConfig, folder: RunFolder) -> None:
     """Refuse to resume the run in ``folder`` with ``config`` (resolved) when an option other
     than :data:`RESUMABLE_FIELDS` differs, when a cosine schedule would be extended, or when
-    the factory file changed (checked before anything is imported)."""
+    the factory file changed (checked before anything is imported). A linear schedule, planned
+    for the run's epochs like a cosine one, cannot be extended either."""
     out = folder.path
     saved = load_run_config(out)
     for f in dataclasses.fields(FinetuneConfig):
@@ -127,9 +128,9 @@ def check_resume_options(config: FinetuneConfig, folder: RunFolder) -> None:
                 hint="use resume_config() / pass only --epochs, --early-stop, --device, "
                 "--audit with --resume",
             )
-    if config.schedule == "cosine" and config.epochs != saved.epochs:
+    if config.schedule in ("cosine", "linear") and config.epochs != saved.epochs:
         raise HessauditError(
-            f"--epochs {config.epochs}: a cosine schedule is planned for the run's "
+            f"--epochs {config.epochs}: a {config.schedule} schedule is planned for the run's "
             f"{saved.epochs} epochs and cannot be extended",
             hint="start a new run, or use --schedule step",
         )

@@ -47,6 +47,7 @@ import torch
 from hessaudit._version import __version__
 from hessaudit.audit import distributed as _dist
 from hessaudit.errors import HessauditError
+from hessaudit.robust import hf_outputs
 from hessaudit.robust._lock import LOCK_NAME, run_folder_lock
 from hessaudit.robust.config import FinetuneConfig
 from hessaudit.robust.types import METRIC_COLUMNS, SCHEMA, STATE_FORMAT
@@ -80,7 +81,7 @@ OUTPUT_NAMES = (
 
 def _is_transient(name: str) -> bool:
     """The lock file, and temporary files of our atomic writes that a kill left behind."""
-    if name == LOCK_NAME:
+    if name == LOCK_NAME or hf_outputs.is_temporary(name):
         return True
     return name.startswith(".") and name.endswith(".tmp") and any(
         name.startswith(f".{output}.") for output in OUTPUT_NAMES
@@ -145,6 +146,8 @@ class RunFolder:
             for name in OUTPUT_NAMES:
                 with contextlib.suppress(FileNotFoundError):
                     (out / name).unlink()
+            hf_outputs.remove_hf_folders(out)  # final/ and best/, when ours
+        hf_outputs.remove_temporary(out)
         if out.is_dir():  # under the folder's lock: no other writer owns these
             for stale in out.iterdir():
                 if stale.name != LOCK_NAME and _is_transient(stale.name) and stale.is_file():
@@ -159,11 +162,12 @@ class RunFolder:
 
     def files(self) -> dict[str, str]:
         """The run's output files that exist, by short name (``final``, ``metrics``...)."""
-        return {
+        files = {
             name.split(".")[0]: str(self.path / name)
             for name in OUTPUT_NAMES
             if (self.path / name).is_file()
         }
+        return {**files, **hf_outputs.hf_folder_files(self.path)}
 
     # ------------------------------------------------------------------ documents
 

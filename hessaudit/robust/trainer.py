@@ -47,6 +47,7 @@ from hessaudit.robust._seeds import derive_seed
 from hessaudit.robust.config import FinetuneConfig, parse_penalty
 from hessaudit.robust.data_setup import prepare_data
 from hessaudit.robust.epoch_loop import fine_tune, write_final
+from hessaudit.robust.hf_outputs import check_hf_folders, hf_model_of
 from hessaudit.robust.noise_estimate import resolve_noise_matrix
 from hessaudit.robust.projection import load_radius_table
 from hessaudit.robust.records import (
@@ -189,6 +190,8 @@ def _start_folder(
     unfinished, write ``config.json`` and, for a new run with injected or estimated noise,
     ``noise.json``."""
     setup, noise = run.setup, run.noise
+    if hf_model_of(run.model) is not None:  # never over a final/ or best/ of the user's
+        check_hf_folders(folder.path)
     folder.prepare(resume=resume, overwrite=overwrite)
     folder.remove_finished()  # not finished until the marker is written again, last
     folder.write_config(run.config, info, state, resume=resume)

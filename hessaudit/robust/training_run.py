@@ -24,7 +24,8 @@ from torch import nn
 from hessaudit._version import __version__
 from hessaudit.robust._seeds import _generator, derive_seed
 from hessaudit.robust.config import FinetuneConfig
-from hessaudit.robust.epoch import evaluate
+from hessaudit.robust.epoch import batch_bounds, evaluate
+from hessaudit.robust.group_radii import group_radii
 from hessaudit.robust.losses import LossFunction, l2sp_penalty, make_loss
 from hessaudit.robust.model_setup import (
     ModelBuild,
@@ -38,6 +39,7 @@ from hessaudit.robust.projection import (
     layer_radii,
     project_to_balls_,
 )
+from hessaudit.robust.text_recipe import PER_STEP_SCHEDULES
 from hessaudit.robust.types import NAN, SCHEMA, STATE_FORMAT, DataSetup, NoiseMatrixChoice
 
 __all__ = ["TrainingRun"]
@@ -109,6 +111,10 @@ class TrainingRun:
                 head_names=new_layers,
                 table=radius_table,
                 model_name=config.model,
+                overrides=group_radii(
+                    build.model, layer_names, new=new_layers,
+                    attention=config.radius_attention, linear=config.radius_linear,
+                ),
             )
         penalty_fn = None
         if penalty_spec is not None:
@@ -118,10 +124,11 @@ class TrainingRun:
                 return l2sp_penalty(params, anchors, alpha=alpha, beta=beta, new_names=new_params)
 
         optimizer = make_optimizer(config, build.model)
+        steps = len(batch_bounds(len(setup.train), config.batch_size))
         return cls(
             config=config, setup=setup, build=build, noise=noise, loss_fn=loss_fn,
             penalty_fn=penalty_fn, optimizer=optimizer,
-            scheduler=make_scheduler(config, optimizer, config.epochs),
+            scheduler=make_scheduler(config, optimizer, config.epochs, steps),
             shuffle=_generator(config.seed, "shuffle"), anchors=anchors, radii=radii,
             layer_names=layer_names, new_layers=new_layers, device=device,
         )
@@ -135,6 +142,11 @@ class TrainingRun:
     @property
     def stopped_early(self) -> bool:
         return self.config.early_stop is not None and self.bad_epochs >= self.config.early_stop
+
+    @property
+    def schedule_per_step(self) -> bool:
+        """The schedule is stepped after every optimizer step (``linear``), not per epoch."""
+        return self.scheduler is not None and self.config.schedule in PER_STEP_SCHEDULES
 
     @property
     def finished_training(self) -> bool:
