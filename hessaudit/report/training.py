@@ -64,13 +64,25 @@ def start_lines(info: Mapping[str, Any]) -> list[str]:
     detail = (
         f"{constraint} ({info.get('constrained_layers')} tensors, radius "
         f"{config.get('radius')}, growth {config.get('radius_growth')}, head radius "
-        f"{config.get('head_radius') if config.get('head_radius') is not None else 'none'})"
+        f"{config.get('head_radius') if config.get('head_radius') is not None else 'none'}"
+        + "".join(
+            f", {group} radius {config.get(f'radius_{group}')}"
+            for group in ("attention", "linear") if config.get(f"radius_{group}") is not None
+        )
+        + ")"
         if constraint == "frobenius"
         else "none"
     )
     lines.append(
         f"loss {config.get('loss')}, noise matrix {info.get('noise_matrix_source') or 'none'}, "
         f"constraint {detail}, penalty {config.get('penalty') or 'none'}"
+    )
+    schedule = info.get("schedule") or {}
+    lines.append(
+        f"optimizer {config.get('optimizer')}, lr {config.get('lr')}, weight decay "
+        f"{config.get('weight_decay')}, schedule {config.get('schedule')}"
+        + (f" (warm-up {schedule['warmup_steps']} of {schedule['total_steps']} steps)"
+           if "warmup_steps" in schedule else "")
     )
     new = info.get("new_tensors") or []
     lines.append(

@@ -3,7 +3,8 @@
 :func:`fine_tune` trains the remaining epochs of a
 :class:`~hessaudit.robust.training_run.TrainingRun` (Algorithm 1: a pass of the loss, each
 optimizer step followed by the projection onto the per-layer Frobenius balls, the schedule
-stepped once per epoch, or after every step for ``linear``). After each epoch it writes, in this order and each atomically:
+stepped once per epoch, or after every step for ``linear``). After each epoch it writes, in
+this order and each atomically:
 ``metrics.csv``, ``best.safetensors`` (on a strictly better validation accuracy), ``state.pt``,
 ``last.safetensors``; a run killed anywhere resumes from the last ``state.pt``.
 :func:`write_final` then writes ``final.safetensors`` (and ``best`` without a validation split),

@@ -17,7 +17,7 @@ from torch import nn
 from hessaudit.errors import HessauditError
 from hessaudit.robust.config import FinetuneConfig
 from hessaudit.robust.optim import decay_parameter_groups, linear_schedule
-from hessaudit.robust.text_recipe import warmup_steps
+from hessaudit.robust.text_recipe import linear_plan
 
 
 def _init_new_parameters_(model: nn.Module, names: list[str], generator: torch.Generator) -> None:
@@ -123,8 +123,7 @@ def make_scheduler(
     if config.schedule == "linear":
         if steps_per_epoch is None:
             raise ValueError("the linear schedule needs steps_per_epoch")
-        total = epochs * steps_per_epoch
-        warmup = warmup_steps(config.warmup_epochs, steps_per_epoch, total)
+        warmup, total = linear_plan(config.warmup_epochs, epochs, steps_per_epoch)
         return linear_schedule(optimizer, warmup=warmup, total=total)
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(

@@ -157,8 +157,9 @@ def layer_radii(
     ``head_names`` those without a pretrained value (the new head). See the module docstring for
     the rules: ``growth`` compounds over at most 4 stages, so no radius exceeds
     ``radius * growth**3`` (without a table). ``overrides`` (the group radii) replace the
-    radius of the tensors they name; a ``table`` pattern still wins over them. ``model_name`` is informational (ResNet staging
-    is detected from ``layerN.`` names, which covers timm and torchvision ResNets).
+    radius of the tensors they name; a ``table`` pattern still wins over them. ``model_name``
+    is informational (ResNet staging is detected from ``layerN.`` names, which covers timm
+    and torchvision ResNets).
     """
     del model_name  # staging is decided from the names themselves
     radius = _check_positive(radius, "--radius")

@@ -14,8 +14,9 @@ import torch
 
 from hessaudit.audit import distributed as _dist
 from hessaudit.robust.config import FinetuneConfig
+from hessaudit.robust.group_radii import tensor_groups
 from hessaudit.robust.noise import NoiseInjection
-from hessaudit.robust.text_recipe import text_options
+from hessaudit.robust.text_recipe import GROUP_RADII, linear_plan, text_options
 from hessaudit.robust.training_run import TrainingRun
 from hessaudit.robust.types import DataSetup, TrainingDisplay
 
@@ -38,7 +39,7 @@ def run_info(
     and their radii, the penalty, the noise, the seeds)."""
     setup, build, radii = run.setup, run.build, run.radii
     config = setup.config
-    return {
+    info = {
         "num_classes": setup.num_classes,
         "device": str(run.device),
         "torch_version": torch.__version__,
@@ -72,6 +73,20 @@ def run_info(
         },
         "seeds": {"seed": config.seed, "noise_seed": config.noise_seed},
     }
+    return {**info, **_recipe_info(run)}
+
+
+def _recipe_info(run: TrainingRun) -> dict[str, Any]:
+    """What only some runs record: the module group of each constrained tensor (with
+    ``--radius-attention`` / ``--radius-linear``) and the linear schedule's steps."""
+    config, info = run.config, {}
+    if any(getattr(config, name) is not None for name in GROUP_RADII) and run.radii:
+        info["radius_groups"] = tensor_groups(run.model, list(run.radii))
+    if config.schedule == "linear":
+        warmup, total = linear_plan(config.warmup_epochs, config.epochs, run.steps_per_epoch)
+        info["schedule"] = {"kind": "linear", "warmup_steps": warmup, "total_steps": total,
+                            "steps_per_epoch": run.steps_per_epoch}
+    return info
 
 
 def audit_final_checkpoint(

@@ -43,6 +43,7 @@ __all__ = [
     "TEXT_RECIPE",
     "check_options",
     "fill_defaults",
+    "linear_plan",
     "linear_warmup_factor",
     "recipe_defaults",
     "text_options",
@@ -107,8 +108,15 @@ def warmup_steps(warmup_epochs: float | None, steps_per_epoch: int, total_steps:
     if warmup_epochs is None:
         steps = -(-total_steps // WARMUP_DIVISOR)
     else:
-        steps = int(round(warmup_epochs * steps_per_epoch))
+        steps = round(float(warmup_epochs) * steps_per_epoch)
     return max(0, min(steps, total_steps))
+
+
+def linear_plan(warmup_epochs: float | None, epochs: int, steps_per_epoch: int) -> tuple[int, int]:
+    """``(W, T)``: the warm-up steps and all steps of a linear schedule over ``epochs`` epochs
+    of ``steps_per_epoch`` optimizer steps (module docstring)."""
+    total = epochs * steps_per_epoch
+    return warmup_steps(warmup_epochs, steps_per_epoch, total), total
 
 
 def linear_warmup_factor(step: int, warmup: int, total: int) -> float:

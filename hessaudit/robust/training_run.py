@@ -64,6 +64,7 @@ class TrainingRun:
     layer_names: list[str]
     new_layers: list[str]
     device: torch.device
+    steps_per_epoch: int = 0  # optimizer steps per epoch (the linear schedule's unit)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     best_val_acc: float | None = None
@@ -131,6 +132,7 @@ class TrainingRun:
             scheduler=make_scheduler(config, optimizer, config.epochs, steps),
             shuffle=_generator(config.seed, "shuffle"), anchors=anchors, radii=radii,
             layer_names=layer_names, new_layers=new_layers, device=device,
+            steps_per_epoch=steps,
         )
 
     # ------------------------------------------------------------------ views
