@@ -43,6 +43,7 @@ import torch
 
 from hessaudit.audit import distributed as _dist
 from hessaudit.inputs.devices import resolve_device
+from hessaudit.inputs.hf_models import is_hf_model_dir
 from hessaudit.robust._seeds import derive_seed
 from hessaudit.robust.config import FinetuneConfig, parse_penalty
 from hessaudit.robust.data_setup import prepare_data
@@ -112,6 +113,8 @@ def run_finetune(
         return _run(config, TrainingDisplay(), ctx, resume=resume, overwrite=overwrite)
     folder = RunFolder(config.out)
     folder.check(resume=resume, overwrite=overwrite)  # fail before creating anything
+    if is_hf_model_dir(str(config.model)):  # it writes final/ and best/: never over a user's
+        check_hf_folders(folder.path)
     with folder.lock(flag="--resume" if resume else "--out"):
         folder.check(resume=resume, overwrite=overwrite)  # again, now that we own it
         return _run(config, display, ctx, resume=resume, overwrite=overwrite)
