@@ -296,7 +296,7 @@ def test_same_seed_same_run_and_global_rng_untouched(pretrained, tmp_path) -> No
         ({"noise_matrix": None}, "--noise-matrix"),
         ({"noise_matrix": "injected", "inject_noise": None}, "--inject-noise"),
         ({"optimizer": "lbfgs"}, "--optimizer"),
-        ({"schedule": "linear"}, "--schedule"),
+        ({"schedule": "exponential"}, "--schedule"),
         ({"loss": "focal"}, "--loss"),
         ({"constraint": "spectral"}, "--constraint"),
         ({"early_stop": 3}, "--early-stop"),

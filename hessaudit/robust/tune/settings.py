@@ -16,6 +16,7 @@ from typing import Any
 
 from hessaudit.errors import HessauditError
 from hessaudit.robust.config import FinetuneConfig
+from hessaudit.inputs.text_options import is_text_file
 from hessaudit.robust.tune.space import NOT_TUNABLE, ParamSpec
 
 __all__ = ["DIRECTIONS", "OBJECTIVES", "RESUMABLE", "TuneSettings"]
@@ -78,6 +79,11 @@ class TuneSettings:
                 "--objective val-loss needs the noise matrix F for the corrected loss",
                 hint="pass --noise-matrix (symmetric:RATE, a file, 'estimate' or 'injected'); "
                 "it is recorded but not used for training by losses other than reweight/forward",
+            )
+        if self.objective == "bound" and is_text_file(base.data):
+            raise HessauditError(
+                "--objective bound is not available for text data yet (the trials' audit "
+                "reads image arrays)", hint="use --objective val-acc or val-loss",
             )
         if not self.space:
             raise HessauditError(

@@ -32,6 +32,7 @@ NOT_TUNABLE = frozenset({
     "allow_hub", "inject_noise", "noise_seed", "noise_matrix", "audit", "audit_samples",
     "epochs", "samples", "num_classes", "input_size", "radius_table", "early_stop",
     "mean", "std", "interpolation", "crop_pct",
+    "text_column", "label_column", "tokenizer", "max_length",
 })
 
 
