@@ -66,6 +66,7 @@ from hessaudit.audit.result import (
 from hessaudit.audit.validate import check_finite_document
 from hessaudit.inputs.checkpoints import Checkpoint, load_checkpoint
 from hessaudit.inputs.data import Dataset, load_data
+from hessaudit.inputs.data_config import InputConfig
 from hessaudit.inputs.devices import resolve_device, resolve_dtype
 from hessaudit.inputs.models import disable_fused_attention, input_config, load_model
 from hessaudit.inputs.preprocess import check_forward
@@ -142,9 +143,6 @@ def per_example_losses(model: torch.nn.Module, dataset, *, batch_size: int) -> t
     return torch.cat(losses)
 
 
-# --------------------------------------------------------------------------- 1. the model
-
-
 @dataclass(frozen=True)
 class _Loaded:
     """The two checkpoints and the model holding the fine-tuned weights (eval mode, on the
@@ -170,9 +168,6 @@ def _load_model(request: AuditRequest, device: torch.device, dtype: torch.dtype)
     return _Loaded(pretrained, finetuned, model)
 
 
-# --------------------------------------------------------------------------- 2. the layers
-
-
 def _new_heads(request: AuditRequest) -> str:
     return "exclude" if request.exclude_new_head else "from-zero"
 
@@ -195,14 +190,11 @@ def _select_layers(
     return pairing, select_layers(recipe, loaded.model, pairing.layers)
 
 
-# --------------------------------------------------------------------------- 3. the examples
-
-
 @dataclass(frozen=True)
 class _Examples:
     """The data of an audit, on the audit's device and dtype."""
 
-    config: Any  # the model's input configuration (hessaudit.inputs.data_config.InputConfig)
+    config: InputConfig  # what the model expects as input
     num_classes: int
     train: Dataset  # all of --data (or what finetune trained on), labels applied
     labels_record: dict[str, Any] | None  # what --labels replaced, for inputs.labels
@@ -256,15 +248,16 @@ def _load_examples(
             batch_size=request.batch_size, seed=request.seed,
         )
     return _Examples(
-        config, num_classes, train, labels_record, train_losses, held_out, eval_record,
-        eval_loss, audit, audit_from,
+        config=config, num_classes=num_classes, train=train, labels_record=labels_record,
+        train_losses=train_losses, held_out=held_out, eval_record=eval_record,
+        eval_loss=eval_loss, audit=audit, audit_from=audit_from,
     )
 
 
 def _held_out(
     request: AuditRequest,
     model: torch.nn.Module,
-    config: Any,
+    config: InputConfig,
     num_classes: int,
     device: torch.device,
     dtype: torch.dtype,
@@ -282,9 +275,6 @@ def _held_out(
     losses = per_example_losses(model, held_out, batch_size=request.batch_size)
     check_losses(losses, request.eval_data)
     return held_out, record, float(losses.mean())
-
-
-# --------------------------------------------------------------------------- 4-5. measures, bound
 
 
 def _noise_stability(
@@ -346,9 +336,6 @@ def _iterated_unconverged(layer: LayerMeasure, request: AuditRequest) -> bool:
     of calling the bound an estimate.
     """
     return request.form == "positive" and layer.engine_path == "lanczos" and not layer.converged
-
-
-# --------------------------------------------------------------------------- the records
 
 
 def _inputs_record(
