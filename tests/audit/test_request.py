@@ -171,3 +171,18 @@ def test_measure_settings_use_the_requests_messages() -> None:
         MeasureSettings(lanczos_steps=0)
     with pytest.raises(HessauditError, match=r"^--engine must be one of auto, jvp, lanczos"):
         MeasureSettings(engine="gpu")
+
+
+def test_the_request_imports_no_torch() -> None:
+    """The command line may take its defaults from DEFAULTS at import time (``--help`` stays
+    fast): building and checking a request needs neither torch nor timm."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hessaudit.audit.request import DEFAULTS, AuditRequest\n"
+        "AuditRequest('a', 'b', 'm', 'd', recipe='released')\n"
+        "assert 'torch' not in sys.modules and 'timm' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
