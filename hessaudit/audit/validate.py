@@ -1,65 +1,49 @@
-"""Option validation in one place: every flag value is checked before any file is read or any
-Hessian work starts, and every number is checked before it reaches a JSON document.
+"""The checks every option and every document goes through, in one place.
 
-* :func:`validate_request` checks an :class:`~hessaudit.audit.run.AuditRequest` (``measure``,
-  ``finetune --audit`` and ``tune``'s bound objective all build one); ``AuditRequest``
-  calls it from ``__post_init__``, so an invalid request cannot exist.
+* :func:`check_int` / :func:`check_real`: one integer or finite number within bounds, with one
+  message shape for every flag (``--tol 2: must be a finite number >= 0 and < 1``). The audit
+  request (:mod:`hessaudit.audit.request`), the measure settings
+  (:mod:`hessaudit.audit.settings`) and the bound (:mod:`hessaudit.audit.bound`) use them.
 * :func:`data_config_flags` checks and normalizes the data-config flags (``--input-size``,
   ``--mean``, ``--std``, ``--interpolation``, ``--crop-pct``) for ``measure``, ``finetune`` and
   ``tune`` alike (:class:`~hessaudit.robust.config.FinetuneConfig` calls it too).
-* :func:`check_layer_gates` refuses a per-layer gate pattern (``--max-layer-hcal``,
-  ``--max-layer-share``) that matches no measured layer, once the layers are known and before
-  they are measured.
 * :func:`first_nonfinite` / :func:`check_finite_document` find a NaN or Inf anywhere in a
   JSON-ready document, so that no document is written with one.
 
-Limits (a value outside is an error naming the flag):
+Limits of the data-config flags (a value outside is an error naming the flag):
 
-* ``--epsilon``: finite, >= 0.    ``--loss-bound``: finite, > 0.    ``--n-train``: >= 1.
-* ``--tol``: finite, in [0, 1) (a relative tolerance of 100% or more stops at once).
-* ``--lanczos-steps``: 1 .. :data:`MAX_LANCZOS_STEPS` (the per-example Lanczos keeps
-  steps + 2 vectors of the layer's size per example).
-* ``--samples``, ``--batch-size``, ``--spectrum-samples``, ``--trace-probes``: >= 1.
 * ``--input-size``: 1 .. :data:`MAX_INPUT_SIZE` pixels per side.
-* ``--seed``: 0 .. 2**63 - 1 (torch's generators take a 64-bit seed).
 * ``--mean``: finite numbers.  ``--std``: finite numbers > 0.  ``--crop-pct``: in (0, 1].
   ``--interpolation``: one of :data:`INTERPOLATIONS`.
 
-This module imports neither torch nor timm.
+This module imports nothing of hessaudit but its errors (it sits below every module that
+validates), and neither torch nor timm.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-from hessaudit._limits import MAX_LANCZOS_STEPS, check_measure_flags
-from hessaudit.audit.loss_bound import parse_loss_bound
 from hessaudit.errors import HessauditError
-
-if TYPE_CHECKING:
-    from hessaudit.audit.gates import Gate
-    from hessaudit.audit.run import AuditRequest
 
 __all__ = [
     "INTERPOLATIONS",
     "MAX_INPUT_SIZE",
-    "MAX_LANCZOS_STEPS",
     "check_finite_document",
-    "check_layer_gates",
+    "check_int",
+    "check_real",
     "data_config_flags",
     "first_nonfinite",
     "parse_floats",
-    "validate_request",
 ]
 
 #: Resize filters: the ones torchvision applies to image tensors (timm's names).
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 #: Largest ``--input-size`` accepted (pixels per side); far above any classifier's input.
 MAX_INPUT_SIZE = 4096
-_SHOW = 8
 
 
 # --------------------------------------------------------------------------- scalars
@@ -186,73 +170,6 @@ def data_config_flags(
         "interpolation": interpolation,
         "crop_pct": None if crop_pct is None else float(crop_pct),
     }
-
-
-# --------------------------------------------------------------------------- the request
-
-
-def validate_request(request: AuditRequest) -> None:
-    """Check every option of an audit request; raise :class:`HessauditError` naming the flag.
-
-    Runs before any file is read (``AuditRequest.__post_init__``).
-    """
-    for flag, value in (("--model", request.model), ("--data", request.data)):
-        if not isinstance(value, str) or not value.strip():
-            raise HessauditError(f"{flag} is empty")
-    check_real("--epsilon", request.epsilon, low=0)
-    parse_loss_bound(request.loss_bound)  # max | quantile:Q | a positive number
-    check_real("--tol", request.tol, low=0, high=1, high_open=True)
-    check_int("--lanczos-steps", request.lanczos_steps, low=1)
-    check_int("--samples", request.samples, optional=True)
-    check_int("--batch-size", request.batch_size)
-    check_int("--spectrum-samples", request.spectrum_samples)
-    check_int("--trace-probes", request.trace_probes)
-    check_int("--n-train", request.n_train, optional=True)
-    check_int("--num-classes", request.num_classes, optional=True)
-    # 64-bit seeds and the upper bounds of --lanczos-steps, --trace-probes, --spectrum-samples.
-    check_measure_flags(
-        seed=request.seed,
-        lanczos_steps=request.lanczos_steps,
-        trace_probes=request.trace_probes,
-        spectrum_samples=request.spectrum_samples,
-    )
-    if request.dtype not in ("float32", "float64"):
-        raise HessauditError(f"--dtype {request.dtype!r}: must be float32 or float64")
-    data_config_flags(
-        input_size=request.input_size,
-        mean=request.mean,
-        std=request.std,
-        interpolation=request.interpolation,
-        crop_pct=request.crop_pct,
-    )
-    request.settings()  # --reduce, --form, --engine (MeasureSettings checks them)
-
-
-# --------------------------------------------------------------------------- layer gates
-
-
-def check_layer_gates(gates: Iterable[Gate], layer_names: Sequence[str]) -> None:
-    """Refuse a per-layer gate whose pattern matches none of ``layer_names`` (the layers the
-    audit is about to measure), naming the flag or file it came from and a few layer names."""
-    from hessaudit.audit.gates import LAYER_KEYS, matching
-
-    names = list(layer_names)
-    for gate in gates:
-        if gate.key not in LAYER_KEYS or gate.pattern is None:
-            continue
-        if matching(names, gate.pattern):
-            continue
-        where = f"--{gate.key}"
-        if not gate.source.startswith("--"):
-            where += f" (from {gate.source})"
-        shown = ", ".join(names[:_SHOW])
-        if len(names) > _SHOW:
-            shown += f", ... ({len(names)} in all)"
-        raise HessauditError(
-            f"{where} {gate.pattern}={gate.threshold:g}: the pattern {gate.pattern!r} matches "
-            "no layer that the audit measures",
-            hint=f"measured layers: {shown}" if names else "the audit measures no layer",
-        )
 
 
 # --------------------------------------------------------------------------- documents

@@ -75,7 +75,7 @@ def correlate_command(
     over many audits, with bootstrap intervals; optionally thresholds for CI gates."""
     import sys
 
-    from hessaudit.audit.gates import check_outputs
+    from hessaudit._paths import check_output_paths
     from hessaudit.correlate import core as lib
     from hessaudit.correlate.paths import (
         check_not_inputs,
@@ -86,7 +86,7 @@ def correlate_command(
     from hessaudit.correlate.read import expand_inputs, plain, read_audit
     from hessaudit.errors import HessauditError
 
-    check_outputs(json_path)
+    check_output_paths(json_path)
     lib.check_bootstrap(bootstrap, seed)
     if group_by is not None:
         lib.check_group_key(group_by)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -291,14 +292,8 @@ def measure_command(
     """Per-layer Hessian distances between two checkpoints and the generalization bound."""
     from hessaudit import _paths
     from hessaudit.audit import gates
-    from hessaudit.audit.distributed import env_world_size
-    from hessaudit.audit.loss_bound import parse_loss_bound
-    from hessaudit.audit.measures import check_noise_options
-    from hessaudit.audit.recipes import resolve_request
-    from hessaudit.audit.run import AuditRequest, audit_to_json, layers_frame, run_audit
+    from hessaudit.audit.request import FIELDS, AuditRequest
     from hessaudit.audit.tags import parse_labels
-    from hessaudit.report.audit import print_audit, warn_if_estimate
-    from hessaudit.report.progress import step_progress
 
     outputs = _paths.check_outputs(
         {"--json": json_path, "--csv": csv_path, "--summary-md": summary_md},
@@ -322,68 +317,61 @@ def measure_command(
         config=config,
     )
     gates.check_before_audit(gate_specs, eval_data=eval_data)
-    tags = parse_labels(label)
-    parse_loss_bound(loss_bound)  # fail on a bad --loss-bound before any work
-    check_noise_options(noise_stability, noise_draws)
-    request = AuditRequest(
-        pretrained=str(pretrained),
-        finetuned=str(finetuned),
-        model=model,
-        data=data,
-        eval_data=eval_data,
-        num_classes=num_classes,
-        samples=samples,
-        batch_size=batch_size,
-        input_size=input_size,
-        mean=tuple(mean) if mean else None,
-        std=tuple(std) if std else None,
-        interpolation=interpolation,
-        crop_pct=crop_pct,
-        n_train=n_train,
-        loss_bound=loss_bound,
-        epsilon=epsilon,
-        reduce=reduce,
-        form=form,
-        engine=engine,
-        lanczos_steps=lanczos_steps,
-        tol=tol,
-        spectrum=spectrum,
-        spectrum_samples=spectrum_samples,
-        trace_probes=trace_probes,
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        include_bias=include_bias,
-        include_norm=include_norm,
-        exclude_new_head=exclude_new_head,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        allow_hub=allow_hub,
-        recipe=recipe,
-        noise_stability=noise_stability,
-        noise_draws=noise_draws,
-        labels=labels,
-        tags=tags,
+    # The other parameters are the request's fields, by name; the request checks them all.
+    options = {name: value for name, value in ctx.params.items() if name in FIELDS}
+    request = AuditRequest.for_checkpoints(
+        **options, tags=parse_labels(label), given=_given_on_command_line(ctx)
     )
-    request = resolve_request(request, explicit=_given_on_command_line(ctx))
-    main_rank = env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0
-    try:
-        with (
-            step_progress("auditing layers", enabled=not quiet and main_rank) as advance,
-            _paths.stdout_reserved(outputs.to_stdout),  # the model's prints go to stderr
-        ):
-            result = run_audit(request, progress=advance, layer_gates=gate_specs)
-    except KeyboardInterrupt:
-        import sys
-
-        sys.stderr.write("\ninterrupted: the audit did not finish; nothing was written\n")
-        sys.stderr.flush()
-        raise
-    result = result.with_gates(gates.evaluate(gate_specs, result.to_dict()))
+    main_rank = _is_main_rank()
+    result = _run(request, gate_specs, progress=not quiet and main_rank,
+                  to_stdout=outputs.to_stdout)
     document = result.to_dict()
     if not main_rank:  # torchrun: every rank holds the same result; rank 0 writes and prints
         return 0 if document["success"] else 2
-    warn_if_estimate(document)  # also under --quiet: a CI log must show it
+    _write_outputs(result, document, json_path=json_path, csv_path=csv_path,
+                   summary_md=summary_md)
+    if not quiet and not outputs.to_stdout:
+        from hessaudit.report.audit import print_audit
+
+        print_audit(document)
+    return 0 if document["success"] else 2
+
+
+def _is_main_rank() -> bool:
+    """True outside torchrun, and on rank 0 of a torchrun job."""
+    from hessaudit.audit.distributed import env_world_size
+
+    return env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0
+
+
+def _run(request: Any, gate_specs: list[Any], *, progress: bool, to_stdout: bool) -> Any:
+    """The audit with a progress line, its gates evaluated on the result."""
+    from hessaudit import _paths
+    from hessaudit.audit import gates
+    from hessaudit.audit.run import run_audit
+    from hessaudit.report.progress import step_progress
+
+    try:
+        with (
+            step_progress("auditing layers", enabled=progress) as advance,
+            _paths.stdout_reserved(to_stdout),  # the model's prints go to stderr
+        ):
+            result = run_audit(request, progress=advance, layer_gates=gate_specs)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted: the audit did not finish; nothing was written\n")
+        sys.stderr.flush()
+        raise
+    return result.with_gates(gates.evaluate(gate_specs, result.to_dict()))
+
+
+def _write_outputs(result: Any, document: dict[str, Any], *, json_path: str | None,
+                   csv_path: str | None, summary_md: str | None) -> None:
+    """The estimate warning (also under --quiet: a CI log must show it) and the outputs."""
+    from hessaudit import _paths
+    from hessaudit.audit.run import audit_to_json, layers_frame
+    from hessaudit.report.audit import warn_if_estimate
+
+    warn_if_estimate(document)
     if json_path is not None:
         _paths.write_output("--json", json_path, audit_to_json(result))
     if csv_path is not None:
@@ -392,9 +380,6 @@ def measure_command(
         from hessaudit.report.markdown import audit_markdown, write_summary
 
         write_summary(summary_md, audit_markdown(document))
-    if not quiet and not outputs.to_stdout:
-        print_audit(document)
-    return 0 if document["success"] else 2
 
 
 def _given_on_command_line(ctx: typer.Context) -> set[str]:
