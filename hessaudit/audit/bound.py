@@ -38,8 +38,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hessaudit._checks import check_int, check_real
 from hessaudit.audit.loss_bound import quantile_of
-from hessaudit.audit.validate import check_int, check_real
 
 REMAINDER_NOTE = "the O(n^-3/4) Taylor remainder xi of Theorem 2.1 is not included"
 # C / median per-example loss above which the summary notes that C is dominated by the

@@ -27,7 +27,7 @@ cannot exist. Limits (a value outside is an error naming the flag):
   ``--spectrum-samples``: :mod:`hessaudit._limits`.
 * ``--dtype``: float32 or float64.
 * ``--input-size``, ``--mean``, ``--std``, ``--interpolation``, ``--crop-pct``:
-  :func:`hessaudit.audit.validate.data_config_flags`.
+  :func:`hessaudit.inputs.data_flags.data_config_flags`.
 """
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from hessaudit._checks import check_int, check_real
 from hessaudit._limits import check_measure_flags
 from hessaudit.audit.loss_bound import parse_loss_bound
 from hessaudit.audit.measures import check_noise_options
 from hessaudit.audit.recipes import resolve_request
 from hessaudit.audit.settings import MeasureSettings
 from hessaudit.audit.tags import check_labels
-from hessaudit.audit.validate import check_int, check_real, data_config_flags, parse_floats
 from hessaudit.errors import HessauditError
+from hessaudit.inputs.data_flags import data_config_flags, parse_floats
 
 __all__ = ["DEFAULTS", "FIELDS", "FINETUNE_OPTIONS", "AuditRequest", "validate_request"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hessaudit.audit.validate import check_int, check_real
+from hessaudit._checks import check_int, check_real
 from hessaudit.errors import HessauditError
 
 __all__ = ["ENGINES", "FORMS", "REDUCTIONS", "MeasureSettings"]

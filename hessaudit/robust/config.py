@@ -259,7 +259,7 @@ class FinetuneConfig:
                     f"{_flag(name)} {value!r} is not one of {', '.join(options)}"
                 )
 
-        from hessaudit.audit.validate import data_config_flags
+        from hessaudit.inputs.data_flags import data_config_flags
 
         data_flags = data_config_flags(
             input_size=self.input_size, mean=self.mean, std=self.std,
