@@ -234,7 +234,7 @@ def _source_positions(config: FinetuneConfig, loaded: Any) -> tuple[list[int] | 
     subset is drawn again exactly as :func:`hessaudit.inputs.data.load_data` draws it and checked
     against the loaded labels; for an ImageFolder (whose subset is drawn among files, some of
     which may be unreadable) the positions are unknown: None."""
-    from hessaudit.inputs.data import _choose, load_data
+    from hessaudit.inputs.data import choose_subset, load_data
 
     n = len(loaded)
     if config.samples is None:
@@ -243,7 +243,7 @@ def _source_positions(config: FinetuneConfig, loaded: Any) -> tuple[list[int] | 
     if not builtin and Path(str(config.data)).expanduser().is_dir():
         return None, None
     full = load_data(config.data, role="train", num_classes=config.num_classes)
-    chosen = _choose(len(full), config.samples, config.seed, full.source)
+    chosen = choose_subset(len(full), config.samples, config.seed, full.source)
     if chosen is None or len(chosen) != n or not torch.equal(
         full.y[chosen].to(torch.int64).cpu(), loaded.y.to(torch.int64).cpu()
     ):
