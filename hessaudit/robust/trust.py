@@ -37,10 +37,10 @@ def _split_factory(spec: str) -> tuple[str, str] | None:
     """``("file", path)`` / ``("module", name)`` for a factory spec; None for a timm name.
 
     Mirrors :func:`hessaudit.inputs.models.build_model`'s reading of ``--model``."""
-    from hessaudit.inputs.models import is_factory_spec
+    from hessaudit.inputs.models import _is_factory_spec
 
     spec = spec.strip()
-    if not is_factory_spec(spec):
+    if not _is_factory_spec(spec):
         return None
     target = spec.rpartition(":")[0]
     if target.endswith(".py") or "/" in target or os.sep in target:
