@@ -217,7 +217,7 @@ def test_out_of_memory_in_measure_suggests_batch_size(
 
 
 def test_out_of_memory_in_finetune(digits_pretrained, tmp_path, monkeypatch, capsys) -> None:
-    import hessaudit.robust.trainer as trainer
+    import hessaudit.robust.epoch_loop as epoch_loop
 
     if hasattr(torch.cuda, "OutOfMemoryError"):
         exc: Exception = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
@@ -227,7 +227,7 @@ def test_out_of_memory_in_finetune(digits_pretrained, tmp_path, monkeypatch, cap
     def oom(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr(trainer, "_train_epoch", oom)
+    monkeypatch.setattr(epoch_loop, "train_epoch", oom)
     code, _, err = run_cli(
         ["finetune", "--model", ZOO, "--pretrained", digits_pretrained, "--data", "digits",
          "--samples", "64", "--epochs", "1", "--loss", "ce", "--out", tmp_path / "run",

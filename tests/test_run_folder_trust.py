@@ -158,7 +158,7 @@ def test_planted_config_runs_no_code(tiny_checkpoints, tmp_path, monkeypatch, ca
 
 
 def test_which_models_need_confirmation(tiny_checkpoints, tmp_path, capsys) -> None:
-    from hessaudit.robust._trust import needs_confirmation
+    from hessaudit.robust.trust import needs_confirmation
 
     assert not needs_confirmation("resnet18")
     assert not needs_confirmation("hessaudit.zoo:digits_cnn")
@@ -251,37 +251,38 @@ def test_planted_lock_symlink_is_not_written_through(tiny_checkpoints, tmp_path,
 def _fault(monkeypatch, phase: str) -> None:
     """Make the run stop at ``phase`` the way a kill would (nothing after it runs)."""
     import hessaudit.robust.trainer as trainer
+    from hessaudit.robust.run_folder import RunFolder
 
     real_metrics, real_save, real_json = (
-        trainer._write_metrics, trainer._save_weights, trainer._write_json
+        RunFolder.write_metrics, RunFolder.save_weights, RunFolder.write_json
     )
 
-    def write_metrics(out, rows):
+    def write_metrics(self, rows):
         if phase == "setup":  # config.json and noise.json are written, no epoch yet
             raise _Killed
-        return real_metrics(out, rows)
+        return real_metrics(self, rows)
 
-    def save_weights(path, model, config, setup, *, epoch, kind, **kwargs):
-        if phase == "last-state" and kind == "last" and epoch == config.epochs:
+    def save_weights(self, run, kind, **kwargs):
+        if phase == "last-state" and kind == "last" and run.epoch == run.config.epochs:
             raise _Killed  # state.pt says "finished", last.safetensors is one epoch behind
         if phase == kind:  # mid-write: the atomic write's temporary file is left behind
-            (path.parent / f".{path.name}.killed.tmp").write_bytes(b"\0" * 64)
+            (self.path / f".{kind}.safetensors.killed.tmp").write_bytes(b"\0" * 64)
             raise _Killed
-        return real_save(path, model, config, setup, epoch=epoch, kind=kind, **kwargs)
+        return real_save(self, run, kind, **kwargs)
 
-    def write_json(path, document):
-        if phase == "marker" and path.name == "finished.json":
+    def write_json(self, name, document):
+        if phase == "marker" and name == "finished.json":
             raise _Killed
-        return real_json(path, document)
+        return real_json(self, name, document)
 
     def audit(*args, **kwargs):
         raise _Killed
 
-    monkeypatch.setattr(trainer, "_write_metrics", write_metrics)
-    monkeypatch.setattr(trainer, "_save_weights", save_weights)
-    monkeypatch.setattr(trainer, "_write_json", write_json)
+    monkeypatch.setattr(RunFolder, "write_metrics", write_metrics)
+    monkeypatch.setattr(RunFolder, "save_weights", save_weights)
+    monkeypatch.setattr(RunFolder, "write_json", write_json)
     if phase == "audit":
-        monkeypatch.setattr(trainer, "_run_audit", audit)
+        monkeypatch.setattr(trainer, "audit_final_checkpoint", audit)
 
 
 @pytest.mark.parametrize("phase", ["setup", "last-state", "final", "best", "audit", "marker"])
@@ -337,7 +338,7 @@ def test_ctrl_c_during_the_audit_is_resumable(tiny_checkpoints, tmp_path, monkey
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(trainer, "_run_audit", interrupted)
+        patch.setattr(trainer, "audit_final_checkpoint", interrupted)
         code, _, err = run_cli(finetune_args(spec, tiny_checkpoints.pretrained, out, "--audit"),
                                capsys)
     assert code == 130 and "Traceback" not in err
@@ -468,18 +469,18 @@ def test_sigterm_is_an_interruption_and_the_folder_is_locked_meanwhile(
 DRIVER = textwrap.dedent(
     """
     import os, signal, sys
-    import hessaudit.robust.trainer as trainer
+    from hessaudit.robust.run_folder import RunFolder
     from hessaudit.cli import main
 
-    real = trainer._save_weights
+    real = RunFolder.save_weights
 
-    def save_weights(path, *args, kind, **kwargs):
+    def save_weights(self, run, kind, **kwargs):
         if kind == "final":  # killed in the middle of the final checkpoint's atomic write
-            (path.parent / f".{path.name}.abcd.tmp").write_bytes(b"half")
+            (self.path / ".final.safetensors.abcd.tmp").write_bytes(b"half")
             os.kill(os.getpid(), signal.SIGKILL)
-        return real(path, *args, kind=kind, **kwargs)
+        return real(self, run, kind, **kwargs)
 
-    trainer._save_weights = save_weights
+    RunFolder.save_weights = save_weights
     main(sys.argv[1:])
     """
 )

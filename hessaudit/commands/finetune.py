@@ -307,7 +307,7 @@ def finetune_command(
             )
         config = FinetuneConfig(**values)
     from hessaudit import _paths
-    from hessaudit.robust._signals import sigterm_as_interrupt
+    from hessaudit.robust.signals import sigterm_as_interrupt
 
     _paths.check_run_folder(
         "--resume" if resume is not None else "--out", config.out, run_inputs(config)
@@ -360,7 +360,7 @@ def _interrupted_hint(config: FinetuneConfig, *, terminated: bool = False) -> No
     import sys
     from pathlib import Path
 
-    from hessaudit.robust._trust import needs_confirmation
+    from hessaudit.robust.trust import needs_confirmation
 
     folder = Path(config.out)
     if (folder / "state.pt").is_file():

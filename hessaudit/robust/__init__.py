@@ -10,7 +10,9 @@
 * :mod:`~hessaudit.robust.noise`: seeded synthetic noise injection;
 * :mod:`~hessaudit.robust.projection`: per-layer radii and the projection onto Frobenius balls;
 * :mod:`~hessaudit.robust.config` / :mod:`~hessaudit.robust.trainer`: :class:`FinetuneConfig`
-  and :func:`run_finetune`.
+  and :func:`run_finetune`, which runs :func:`~hessaudit.robust.data_setup.prepare_data`, a
+  :class:`~hessaudit.robust.training_run.TrainingRun` and its
+  :class:`~hessaudit.robust.run_folder.RunFolder` (see the trainer's docstring for the rest).
 
 Names are re-exported lazily, so ``import hessaudit.robust`` does not import torch.
 """
@@ -46,11 +48,14 @@ _EXPORTS = {
     "layer_radii": "projection",
     "load_radius_table": "projection",
     "project_to_balls_": "projection",
-    "FinetuneResult": "trainer",
-    "TrainingDisplay": "trainer",
-    "load_run_config": "trainer",
-    "resume_config": "trainer",
+    "FinetuneResult": "types",
+    "TrainingDisplay": "types",
+    "load_run_config": "resume",
+    "resume_config": "resume",
     "run_finetune": "trainer",
+    "prepare_data": "data_setup",
+    "RunFolder": "run_folder",
+    "TrainingRun": "training_run",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -3,8 +3,8 @@
 Every random draw of :func:`~hessaudit.robust.trainer.run_finetune` (shuffling, the new head's
 initialization, the validation split, the noise estimation, the global torch RNG) uses a seed
 derived from the run's ``seed`` and a purpose string, so the draws are independent of each other
-and of the order they happen in. Kept apart from the trainer so that the data setup
-(:mod:`hessaudit.robust._data_setup`) can draw the validation split without importing it.
+and of the order they happen in. Kept below every run module (the data setup, the noise
+estimation, the training run), which all draw from it.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from typing import Any
 
 from hessaudit._limits import check_seed
 from hessaudit.errors import HessauditError
+from hessaudit.robust.noise_matrix import ESTIMATE_METHODS, parse_rate
 
 __all__ = [
     "CONSTRAINTS",
@@ -46,7 +47,6 @@ __all__ = [
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("step", "cosine", "none")
 CONSTRAINTS = ("frobenius", "none")
-ESTIMATE_METHODS = ("anchor", "confident", "dual-t")
 #: Other spellings accepted by ``--estimate-method`` and ``--noise-matrix estimate:METHOD``.
 ESTIMATE_ALIASES = {"confident-joint": "confident"}
 LOSSES = ("reweight", "ce", "label-smoothing", "forward", "gce", "sce", "js")
@@ -189,142 +189,28 @@ class FinetuneConfig:
     # ------------------------------------------------------------------ validation
 
     def resolved(self) -> FinetuneConfig:
-        """Validate every option and fill in the dependent defaults.
+        """Validate every option and fill in the dependent defaults: ``constraint``
+        (``frobenius`` for ``--loss reweight``, else ``none``), ``noise_matrix`` (normalized;
+        ``estimate:METHOD`` becomes ``estimate`` with ``estimate_method = METHOD``),
+        ``noise_seed`` (``seed``), and the data-config flags (``mean``, ``std``, ``crop_pct``).
 
-        Raises :class:`HessauditError` naming the flag at fault.
+        Raises :class:`HessauditError` naming the flag at fault (checked in a fixed order, so
+        the first fault is always the one named).
         """
-        for name in ("model", "pretrained", "data", "out"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise HessauditError(f"{_flag(name)} is required")
-
-        def integer(name: str, low: int, *, optional: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and optional:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise HessauditError(f"{_flag(name)} {value} must be an integer >= {low}")
-
-        def real(
-            name: str,
-            *,
-            low: float | None = None,
-            high: float | None = None,
-            low_open: bool = False,
-            high_open: bool = False,
-            optional: bool = False,
-            what: str = "",
-        ) -> None:
-            value = getattr(self, name)
-            if value is None and optional:
-                return
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            ok = ok and math.isfinite(value)
-            if ok and low is not None:
-                ok = value > low if low_open else value >= low
-            if ok and high is not None:
-                ok = value < high if high_open else value <= high
-            if not ok:
-                raise HessauditError(f"{_flag(name)} {value} must be {what}")
-
-        integer("num_classes", 2, optional=True)
-        integer("batch_size", 1)
-        integer("samples", 1, optional=True)
-        integer("epochs", 1)
-        integer("lr_step", 1)
-        integer("early_stop", 1, optional=True)
-        integer("estimate_epochs", 1, optional=True)
-        integer("audit_samples", 1, optional=True)
-        check_seed(self.seed, "--seed")
-        check_seed(self.noise_seed, "--noise-seed")
-        real("val_fraction", low=0, high=1, low_open=True, high_open=True, optional=True,
-             what="in (0, 1)")
-        real("lr", low=0, low_open=True, what="> 0")
-        real("momentum", low=0, high=1, high_open=True, what="in [0, 1)")
-        real("weight_decay", low=0, what=">= 0")
-        real("lr_decay", low=0, high=1, low_open=True, what="in (0, 1]")
-        real("smoothing", low=0, high=1, high_open=True, what="in [0, 1)")
-        real("gce_q", low=0, high=1, low_open=True, what="in (0, 1]")
-        real("sce_alpha", low=0, what=">= 0")
-        real("sce_beta", low=0, what=">= 0")
-        real("js_weight", low=0, high=1, low_open=True, high_open=True, what="in (0, 1)")
-        real("radius", low=0, low_open=True, what="> 0")
-        real("radius_growth", low=0, low_open=True, what="> 0")
-        real("head_radius", low=0, low_open=True, optional=True, what="> 0")
-
-        def choice(name: str, options: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in options:
-                raise HessauditError(
-                    f"{_flag(name)} {value!r} is not one of {', '.join(options)}"
-                )
-
         from hessaudit.inputs.data_flags import data_config_flags
 
+        _check_required(self)
+        _check_integers(self)
+        _check_reals(self)
         data_flags = data_config_flags(
             input_size=self.input_size, mean=self.mean, std=self.std,
             interpolation=self.interpolation, crop_pct=self.crop_pct,
         )
-        choice("optimizer", OPTIMIZERS)
-        choice("schedule", SCHEDULES)
-        choice("loss", LOSSES)
-        if not isinstance(self.nonneg_correction, bool):
-            raise HessauditError(f"--nonneg-correction {self.nonneg_correction!r} must be a flag")
-        if self.nonneg_correction and self.loss != "reweight":
-            raise HessauditError(
-                f"--nonneg-correction applies to --loss reweight, not --loss {self.loss}",
-                hint="drop --nonneg-correction or use --loss reweight",
-            )
+        _check_loss_choice(self)
         estimate_method = _estimate_method(self.estimate_method, flag="--estimate-method")
-        constraint = self.constraint
-        if constraint is None:
-            constraint = "frobenius" if self.loss == "reweight" else "none"
-        if constraint not in CONSTRAINTS:
-            raise HessauditError(
-                f"--constraint {constraint!r} is not one of {', '.join(CONSTRAINTS)}"
-            )
-        if self.loss == "sce" and self.sce_alpha == 0 and self.sce_beta == 0:
-            raise HessauditError("--sce-alpha and --sce-beta are both 0; the loss would be 0")
-        parse_penalty(self.penalty)
-
-        matrix = self.noise_matrix.strip() if self.noise_matrix is not None else None
-        if matrix is not None and matrix.lower() in ("none", ""):
-            matrix = None
-        if self.loss in NEEDS_NOISE_MATRIX and matrix is None:
-            raise HessauditError(
-                f"--loss {self.loss} needs --noise-matrix",
-                hint="symmetric:RATE, a .csv/.npy/.json file, 'estimate', or 'injected' "
-                "with --inject-noise",
-            )
-        if matrix is not None and matrix.lower() == "injected" and self.inject_noise is None:
-            raise HessauditError("--noise-matrix injected needs --inject-noise")
-        if matrix is not None and matrix.lower() in ("estimate", "injected"):
-            matrix = matrix.lower()
-        if matrix is not None and matrix.lower().startswith("estimate:"):
-            # estimate:METHOD picks the method; a non-default --estimate-method must agree
-            method = _estimate_method(matrix.split(":", 1)[1], flag="--noise-matrix")
-            if estimate_method not in (method, "confident"):
-                raise HessauditError(
-                    f"--noise-matrix {matrix} and --estimate-method {self.estimate_method} "
-                    "disagree",
-                    hint="give the method once, e.g. --noise-matrix estimate:dual-t",
-                )
-            matrix, estimate_method = "estimate", method
-        if matrix is not None and matrix.lower().startswith("symmetric:"):
-            from hessaudit.robust.noise_matrix import parse_rate
-
-            parse_rate(matrix.split(":", 1)[1], flag="--noise-matrix")
-        if self.inject_noise is not None:
-            kind, _, rest = self.inject_noise.strip().partition(":")
-            if kind.lower() not in ("symmetric", "asymmetric", "matrix") or not rest:
-                raise HessauditError(
-                    f"--inject-noise: unknown noise spec {self.inject_noise!r}",
-                    hint="use symmetric:RATE, asymmetric:RATE[:MAP.json] or matrix:FILE",
-                )
-            if kind.lower() in ("symmetric", "asymmetric"):
-                from hessaudit.robust.noise_matrix import parse_rate
-
-                parse_rate(rest.split(":", 1)[0], flag="--inject-noise")
+        constraint = _resolve_constraint(self)
+        matrix, estimate_method = _resolve_noise_matrix(self, estimate_method)
+        _check_inject_noise(self)
         if self.early_stop is not None and self.val_fraction is None:
             raise HessauditError(
                 "--early-stop needs a validation split", hint="pass --val-fraction, e.g. 0.1"
@@ -343,3 +229,161 @@ class FinetuneConfig:
             estimate_method=estimate_method,
             noise_seed=self.seed if self.noise_seed is None else self.noise_seed,
         )
+
+
+# --------------------------------------------------------------------------- validation steps
+
+
+def _check_required(config: FinetuneConfig) -> None:
+    for name in ("model", "pretrained", "data", "out"):
+        value = getattr(config, name)
+        if not isinstance(value, str) or not value.strip():
+            raise HessauditError(f"{_flag(name)} is required")
+
+
+def _integer(config: FinetuneConfig, name: str, low: int, *, optional: bool = False) -> None:
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise HessauditError(f"{_flag(name)} {value} must be an integer >= {low}")
+
+
+def _real(
+    config: FinetuneConfig,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+    what: str = "",
+) -> None:
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise HessauditError(f"{_flag(name)} {value} must be {what}")
+
+
+def _check_integers(config: FinetuneConfig) -> None:
+    """The integer options' lower bounds, then the two seeds (64-bit)."""
+    _integer(config, "num_classes", 2, optional=True)
+    _integer(config, "batch_size", 1)
+    _integer(config, "samples", 1, optional=True)
+    _integer(config, "epochs", 1)
+    _integer(config, "lr_step", 1)
+    _integer(config, "early_stop", 1, optional=True)
+    _integer(config, "estimate_epochs", 1, optional=True)
+    _integer(config, "audit_samples", 1, optional=True)
+    check_seed(config.seed, "--seed")
+    check_seed(config.noise_seed, "--noise-seed")
+
+
+def _check_reals(config: FinetuneConfig) -> None:
+    """The real options' ranges (finite, open or closed ends as each flag's help says)."""
+    _real(config, "val_fraction", low=0, high=1, low_open=True, high_open=True, optional=True,
+          what="in (0, 1)")
+    _real(config, "lr", low=0, low_open=True, what="> 0")
+    _real(config, "momentum", low=0, high=1, high_open=True, what="in [0, 1)")
+    _real(config, "weight_decay", low=0, what=">= 0")
+    _real(config, "lr_decay", low=0, high=1, low_open=True, what="in (0, 1]")
+    _real(config, "smoothing", low=0, high=1, high_open=True, what="in [0, 1)")
+    _real(config, "gce_q", low=0, high=1, low_open=True, what="in (0, 1]")
+    _real(config, "sce_alpha", low=0, what=">= 0")
+    _real(config, "sce_beta", low=0, what=">= 0")
+    _real(config, "js_weight", low=0, high=1, low_open=True, high_open=True, what="in (0, 1)")
+    _real(config, "radius", low=0, low_open=True, what="> 0")
+    _real(config, "radius_growth", low=0, low_open=True, what="> 0")
+    _real(config, "head_radius", low=0, low_open=True, optional=True, what="> 0")
+
+
+def _choice(config: FinetuneConfig, name: str, options: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in options:
+        raise HessauditError(f"{_flag(name)} {value!r} is not one of {', '.join(options)}")
+
+
+def _check_loss_choice(config: FinetuneConfig) -> None:
+    """``--optimizer``, ``--schedule``, ``--loss`` are known; ``--nonneg-correction`` is a flag
+    and goes with ``--loss reweight`` only."""
+    _choice(config, "optimizer", OPTIMIZERS)
+    _choice(config, "schedule", SCHEDULES)
+    _choice(config, "loss", LOSSES)
+    if not isinstance(config.nonneg_correction, bool):
+        raise HessauditError(f"--nonneg-correction {config.nonneg_correction!r} must be a flag")
+    if config.nonneg_correction and config.loss != "reweight":
+        raise HessauditError(
+            f"--nonneg-correction applies to --loss reweight, not --loss {config.loss}",
+            hint="drop --nonneg-correction or use --loss reweight",
+        )
+
+
+def _resolve_constraint(config: FinetuneConfig) -> str:
+    """``--constraint`` (default: ``frobenius`` for ``--loss reweight``, else ``none``); also
+    checks the SCE weights and ``--penalty``."""
+    constraint = config.constraint
+    if constraint is None:
+        constraint = "frobenius" if config.loss == "reweight" else "none"
+    if constraint not in CONSTRAINTS:
+        raise HessauditError(
+            f"--constraint {constraint!r} is not one of {', '.join(CONSTRAINTS)}"
+        )
+    if config.loss == "sce" and config.sce_alpha == 0 and config.sce_beta == 0:
+        raise HessauditError("--sce-alpha and --sce-beta are both 0; the loss would be 0")
+    parse_penalty(config.penalty)
+    return constraint
+
+
+def _resolve_noise_matrix(config: FinetuneConfig, estimate_method: str) -> tuple[str | None, str]:
+    """``(noise_matrix, estimate_method)``: ``--noise-matrix`` normalized (``none``/empty ->
+    None; ``estimate``/``injected`` lower-cased; ``estimate:METHOD`` -> ``estimate`` and the
+    method), checked against the loss and ``--inject-noise``."""
+    matrix = config.noise_matrix.strip() if config.noise_matrix is not None else None
+    if matrix is not None and matrix.lower() in ("none", ""):
+        matrix = None
+    if config.loss in NEEDS_NOISE_MATRIX and matrix is None:
+        raise HessauditError(
+            f"--loss {config.loss} needs --noise-matrix",
+            hint="symmetric:RATE, a .csv/.npy/.json file, 'estimate', or 'injected' "
+            "with --inject-noise",
+        )
+    if matrix is not None and matrix.lower() == "injected" and config.inject_noise is None:
+        raise HessauditError("--noise-matrix injected needs --inject-noise")
+    if matrix is not None and matrix.lower() in ("estimate", "injected"):
+        matrix = matrix.lower()
+    if matrix is not None and matrix.lower().startswith("estimate:"):
+        # estimate:METHOD picks the method; a non-default --estimate-method must agree
+        method = _estimate_method(matrix.split(":", 1)[1], flag="--noise-matrix")
+        if estimate_method not in (method, "confident"):
+            raise HessauditError(
+                f"--noise-matrix {matrix} and --estimate-method {config.estimate_method} "
+                "disagree",
+                hint="give the method once, e.g. --noise-matrix estimate:dual-t",
+            )
+        matrix, estimate_method = "estimate", method
+    if matrix is not None and matrix.lower().startswith("symmetric:"):
+        parse_rate(matrix.split(":", 1)[1], flag="--noise-matrix")
+    return matrix, estimate_method
+
+
+def _check_inject_noise(config: FinetuneConfig) -> None:
+    """``--inject-noise`` is ``symmetric:RATE``, ``asymmetric:RATE[:MAP.json]`` or
+    ``matrix:FILE`` (the file is read when the run starts)."""
+    if config.inject_noise is None:
+        return
+    kind, _, rest = config.inject_noise.strip().partition(":")
+    if kind.lower() not in ("symmetric", "asymmetric", "matrix") or not rest:
+        raise HessauditError(
+            f"--inject-noise: unknown noise spec {config.inject_noise!r}",
+            hint="use symmetric:RATE, asymmetric:RATE[:MAP.json] or matrix:FILE",
+        )
+    if kind.lower() in ("symmetric", "asymmetric"):
+        parse_rate(rest.split(":", 1)[0], flag="--inject-noise")

@@ -13,39 +13,33 @@ exactly the labels and the split a run trains on:
 * :func:`label_split`: both, for a loaded dataset (a
   :class:`~hessaudit.robust.types.LabelSplit`).
 
-:func:`training_labels` is what ``noise.json`` records of those labels; :func:`_source_positions`
-maps the examples back to their positions in ``--data``.
+:func:`_source_positions` maps the training examples back to their positions in ``--data``
+(for ``noise.json``'s ``training_labels``, :func:`hessaudit.robust.records.training_labels`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from hessaudit.errors import HessauditError
 from hessaudit.robust._seeds import _generator
 from hessaudit.robust.config import FinetuneConfig
 from hessaudit.robust.noise import NoiseInjection, inject_noise
-from hessaudit.robust.noise_matrix import load_noise_matrix, validate_noise_matrix
-from hessaudit.robust.types import DataSetup, LabelSplit, Split, TrainingDisplay
+from hessaudit.robust.types import DataSetup, LabelSplit, Split
 
 if TYPE_CHECKING:
     from hessaudit.inputs.data import Dataset
-
-NOISE_SCHEMA = "hessaudit.noise/1"
 
 __all__ = [
     "inject_label_noise",
     "label_split",
     "prepare_data",
     "split_validation",
-    "training_labels",
 ]
 
 
@@ -240,11 +234,11 @@ def _source_positions(config: FinetuneConfig, loaded: Any) -> tuple[list[int] | 
     subset is drawn again exactly as :func:`hessaudit.inputs.data.load_data` draws it and checked
     against the loaded labels; for an ImageFolder (whose subset is drawn among files, some of
     which may be unreadable) the positions are unknown: None."""
-    from hessaudit.inputs.data import choose_subset, load_data
-
     n = len(loaded)
     if config.samples is None:
         return list(range(n)), n
+    from hessaudit.inputs.data import choose_subset, load_data
+
     builtin = str(config.data).partition(":")[0] in ("digits", "digits-pretrain")
     if not builtin and Path(str(config.data)).expanduser().is_dir():
         return None, None
@@ -255,99 +249,3 @@ def _source_positions(config: FinetuneConfig, loaded: Any) -> tuple[list[int] | 
     ):
         return None, None
     return [int(i) for i in chosen], len(full)
-
-
-def training_labels(setup: DataSetup) -> dict[str, Any]:
-    """The labels the run trained on, for ``noise.json`` (``training_labels``): one per
-    training example (after ``--samples`` and the validation split), with its position in
-    ``--data``; ``hessaudit measure --labels noise.json`` audits on exactly these."""
-    return {
-        "data": str(setup.config.data),
-        "source_size": setup.source_size,
-        "indices": setup.train_source_indices,
-        "labels": [int(v) for v in setup.train.y.cpu().tolist()],
-        "clean_labels": None
-        if setup.train.clean is None
-        else [int(v) for v in setup.train.clean.cpu().tolist()],
-        "num_classes": setup.num_classes,
-        "note": "labels[i] is the (noisy) label trained on for example indices[i] of --data "
-        "(positions in all of --data, before --samples); the validation split is left out",
-    }
-
-
-def _check_resume_inputs(out: Path, setup: DataSetup) -> None:
-    try:
-        document = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        resolved = document.get("resolved", {})
-    except (OSError, json.JSONDecodeError):
-        raise HessauditError(f"--resume: {out / 'config.json'} cannot be read") from None
-    saved_sha = resolved.get("pretrained", {}).get("sha256")
-    if saved_sha is not None and saved_sha != setup.pretrained_record.sha256:
-        raise HessauditError(
-            f"--pretrained {setup.config.pretrained} changed since the run in {out} started "
-            "(SHA-256 differs); the run cannot be resumed"
-        )
-    saved_fp = resolved.get("data_fingerprint")
-    if saved_fp is not None and saved_fp != setup.data_fingerprint:
-        raise HessauditError(
-            f"--data {setup.config.data} changed since the run in {out} started; "
-            "the run cannot be resumed"
-        )
-
-
-# --------------------------------------------------------------------------- noise matrix
-
-
-def _resolve_noise_matrix(
-    setup: DataSetup,
-    display: TrainingDisplay,
-    saved: torch.Tensor | None,
-    *,
-    estimate: Callable[[DataSetup, TrainingDisplay], tuple[np.ndarray, dict[str, Any]]],
-) -> tuple[np.ndarray | None, str | None, dict[str, Any] | None]:
-    """The noise matrix ``F`` the loss uses, its source label, and (when estimated now) the
-    estimation record for ``noise.json``. ``estimate`` is the trainer's ``_estimate_F``
-    (passed in because it trains models: the training loop lives in the trainer)."""
-    config = setup.config
-    spec = config.noise_matrix
-    if spec is None:
-        return None, None, None
-    k = setup.num_classes
-    if spec == "injected":
-        assert setup.injection is not None  # config.resolved() checks
-        F = validate_noise_matrix(
-            setup.injection.noise_matrix,
-            num_classes=k,
-            source=f"--noise-matrix injected ({setup.injection.spec})",
-        )
-        return F, f"injected ({setup.injection.spec})", None
-    if spec == "estimate":
-        if saved is not None:  # resuming: the estimate is part of the run's state
-            return saved.numpy().astype(np.float64), f"estimate ({config.estimate_method})", None
-        F, info = estimate(setup, display)
-        return F, f"estimate ({config.estimate_method})", info
-    return load_noise_matrix(spec, num_classes=k), spec, None
-
-
-def noise_document(
-    injection: NoiseInjection | None,
-    noise_matrix: np.ndarray | None,
-    source: str | None,
-    estimated: Mapping[str, Any] | None,
-    *,
-    training_labels: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``noise.json`` document. ``noise_matrix`` is the ``F`` the loss used (so the file
-    can be passed back as ``--noise-matrix noise.json``); ``injected.flipped_indices`` are
-    positions in the loaded training data, before the validation split;
-    ``training_labels`` (see :func:`training_labels`) the labels actually trained on."""
-    return {
-        "schema": NOISE_SCHEMA,
-        "convention": "F[true, noisy] = P(noisy label | true label), rows sum to 1; "
-        "cleanlab's noise_matrix is the transpose",
-        "noise_matrix": None if noise_matrix is None else noise_matrix.tolist(),
-        "noise_matrix_source": source,
-        "injected": None if injection is None else injection.to_dict(),
-        "estimated": None if estimated is None else dict(estimated),
-        "training_labels": None if training_labels is None else dict(training_labels),
-    }

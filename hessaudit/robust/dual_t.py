@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from hessaudit.errors import HessauditError
-from hessaudit.robust.noise_matrix import check_predictions
+from hessaudit.robust.predictions import check_predictions
 
 __all__ = ["ANCHOR_QUANTILE", "DualTEstimate", "club_matrix", "dual_t_estimate", "spade_matrix"]
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as nnf
 
 from hessaudit.errors import HessauditError
-from hessaudit.robust.losses import _reduce
+from hessaudit.robust.loss_math import reduce_values
 
 __all__ = ["check_js_weight", "jensen_shannon_loss"]
 
@@ -67,4 +67,4 @@ def jensen_shannon_loss(
     p = torch.where(q < 0.5, 1.0 - q, log_p.exp())
     u = one_minus_pi * q  # (1 - pi)(1 - p_y)
     js = -(1.0 - u) * torch.log1p(-u) + one_minus_pi * p * log_p - u * log_one_minus_pi
-    return _reduce(scale * js, reduction)
+    return reduce_values(scale * js, reduction)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as nnf
 
 from hessaudit.errors import HessauditError
+from hessaudit.robust.loss_math import as_matrix, noise_inverse, reduce_values
 
 __all__ = [
     "LOSS_NAMES",
@@ -53,36 +54,11 @@ LOSS_NAMES = ("reweight", "ce", "label-smoothing", "forward", "gce", "sce", "js"
 NEEDS_NOISE_MATRIX = ("reweight", "forward")
 
 
-def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "sum":
-        return values.sum()
-    if reduction == "none":
-        return values
-    raise ValueError(f"unknown reduction {reduction!r}")
-
-
-def _as_matrix(F: Any, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(F) if not torch.is_tensor(F) else F).to(
-        dtype=like.dtype, device=like.device
-    )
-
-
-def noise_inverse(noise_matrix: Any) -> torch.Tensor:
-    """``F^-1`` computed in float64 on the CPU (the backward-corrected losses' weights)."""
-    if torch.is_tensor(noise_matrix):
-        F64 = noise_matrix.detach().to("cpu", torch.float64)
-    else:
-        F64 = torch.as_tensor(np.asarray(noise_matrix, dtype=np.float64))
-    return torch.linalg.inv(F64)
-
-
 def cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean"
 ) -> torch.Tensor:
     """Plain cross-entropy ``-log softmax(f(x))_y``."""
-    return _reduce(nnf.cross_entropy(logits, labels, reduction="none"), reduction)
+    return reduce_values(nnf.cross_entropy(logits, labels, reduction="none"), reduction)
 
 
 def backward_corrected_loss(
@@ -108,10 +84,10 @@ def backward_corrected_loss(
 
     ``inverse`` may pass a precomputed ``F^-1`` (``make_loss`` does, computed once in float64).
     """
-    Finv = _as_matrix(noise_inverse(noise_matrix) if inverse is None else inverse, logits)
+    Finv = as_matrix(noise_inverse(noise_matrix) if inverse is None else inverse, logits)
     per_class = -nnf.log_softmax(logits, dim=1)  # (B, k): l(f(x), j)
     weights = Finv[noisy_labels]  # (B, k): row z of F^-1
-    return _reduce((weights * per_class).sum(dim=1), reduction)
+    return reduce_values((weights * per_class).sum(dim=1), reduction)
 
 
 def forward_corrected_loss(
@@ -126,12 +102,12 @@ def forward_corrected_loss(
     ``(p F)[z] = sum_y p(y | x) F[y, z]`` is the model's probability of the *noisy* label ``z``.
     Computed in log space: ``log (p F)[z] = logsumexp_y (log p_y + log F[y, z])``.
     """
-    F = _as_matrix(noise_matrix, logits)
+    F = as_matrix(noise_matrix, logits)
     log_p = nnf.log_softmax(logits, dim=1)  # (B, k)
     with torch.no_grad():
         log_F = torch.log(F)  # -inf where F is 0
     log_noisy = torch.logsumexp(log_p.unsqueeze(2) + log_F.unsqueeze(0), dim=1)  # (B, k)
-    return _reduce(-log_noisy.gather(1, noisy_labels.view(-1, 1)).squeeze(1), reduction)
+    return reduce_values(-log_noisy.gather(1, noisy_labels.view(-1, 1)).squeeze(1), reduction)
 
 
 def generalized_cross_entropy(
@@ -144,7 +120,7 @@ def generalized_cross_entropy(
     if not 0.0 < q <= 1.0:
         raise HessauditError(f"--gce-q {q} is outside (0, 1]")
     p_y = nnf.softmax(logits, dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
-    return _reduce((1.0 - p_y.clamp_min(1e-12) ** q) / q, reduction)
+    return reduce_values((1.0 - p_y.clamp_min(1e-12) ** q) / q, reduction)
 
 
 def symmetric_cross_entropy(
@@ -168,7 +144,7 @@ def symmetric_cross_entropy(
     p = nnf.softmax(logits, dim=1).clamp(min=prob_floor, max=1.0)
     q = nnf.one_hot(labels, logits.shape[1]).to(logits.dtype).clamp(min=label_floor, max=1.0)
     rce = -(p * torch.log(q)).sum(dim=1)
-    return _reduce(alpha * ce + beta * rce, reduction)
+    return reduce_values(alpha * ce + beta * rce, reduction)
 
 
 def label_smoothing_cross_entropy(
@@ -183,7 +159,7 @@ def label_smoothing_cross_entropy(
     log_p = nnf.log_softmax(logits, dim=1)
     nll = -log_p.gather(1, labels.view(-1, 1)).squeeze(1)
     uniform = -log_p.mean(dim=1)
-    return _reduce((1.0 - smoothing) * nll + smoothing * uniform, reduction)
+    return reduce_values((1.0 - smoothing) * nll + smoothing * uniform, reduction)
 
 
 def l2sp_penalty(

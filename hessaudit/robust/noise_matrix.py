@@ -39,8 +39,10 @@ import numpy as np
 
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.guard import refuse_special_file
+from hessaudit.robust.predictions import check_predictions
 
 __all__ = [
+    "ESTIMATE_METHODS",
     "MAX_CONDITION_NUMBER",
     "ROW_SUM_TOLERANCE",
     "estimate_noise_matrix",
@@ -51,6 +53,10 @@ __all__ = [
     "symmetric_noise_matrix",
     "validate_noise_matrix",
 ]
+
+#: The estimators of :func:`estimate_noise_matrix` (``--estimate-method``), in the order
+#: :func:`estimation_errors` reports them.
+ESTIMATE_METHODS = ("anchor", "confident", "dual-t")
 
 #: Rows may sum to 1 within this tolerance (files are often written with rounded numbers);
 #: accepted rows are renormalized to sum to exactly 1.
@@ -262,33 +268,6 @@ def load_noise_matrix(
     )
 
 
-def check_predictions(
-    probs: Any, noisy_labels: Any, num_classes: int | None, *, who: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """A first model's softmax outputs ``(n, k)`` and the noisy labels, as float64 / int64
-    arrays, checked for what every estimator of ``F`` needs (``who`` prefixes the messages);
-    the outputs come back clipped at 0 and renormalized to rows summing to 1."""
-    P = np.asarray(probs, dtype=np.float64)
-    z = np.asarray(noisy_labels, dtype=np.int64).reshape(-1)
-    if P.ndim != 2:
-        raise HessauditError(f"{who}: probs must be a (n, k) array")
-    n, k = P.shape
-    if num_classes is not None and k != num_classes:
-        raise HessauditError(
-            f"{who}: probs have {k} columns but the task has {num_classes} classes"
-        )
-    if z.shape[0] != n:
-        raise HessauditError(f"{who}: probs and labels differ in length")
-    if n == 0:
-        raise HessauditError(f"{who}: no examples")
-    if not np.all(np.isfinite(P)):
-        raise HessauditError(f"{who}: probs have NaN or infinite entries")
-    if z.min() < 0 or z.max() >= k:
-        raise HessauditError(f"{who}: a label is outside 0..k-1")
-    P = np.clip(P, 0.0, None)
-    return P / np.maximum(P.sum(axis=1, keepdims=True), 1e-300), z
-
-
 def estimate_noise_matrix(
     probs: Any,
     noisy_labels: Any,
@@ -379,8 +358,6 @@ def estimation_errors(probs: Any, noisy_labels: Any, truth: Any) -> dict[str, di
     """Every estimation method's error against a known ``truth`` (e.g. the injected ``F``), all
     from the same probabilities: ``{method: {"frobenius": ||F_hat - F||_F, "max_abs":
     max |F_hat - F|}}``."""
-    from hessaudit.robust.config import ESTIMATE_METHODS
-
     F = np.asarray(truth, dtype=np.float64)
     errors: dict[str, dict[str, float]] = {}
     for method in ESTIMATE_METHODS:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as nnf
 
-from hessaudit.robust.losses import _as_matrix, noise_inverse
+from hessaudit.robust.loss_math import as_matrix, noise_inverse
 
 __all__ = ["nonneg_backward_corrected_loss", "partial_risks"]
 
@@ -51,7 +51,7 @@ def partial_risks(
 
     ``inverse`` is ``F^-1`` (array or tensor).
     """
-    Finv = _as_matrix(inverse, logits)
+    Finv = as_matrix(inverse, logits)
     per_class = -nnf.log_softmax(logits, dim=1)  # (B, k): l(f(x_i), j)
     return (Finv[noisy_labels] * per_class).mean(dim=0)
 

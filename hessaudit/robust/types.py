@@ -1,12 +1,15 @@
 """The types every part of a fine-tuning run shares; the bottom of :mod:`hessaudit.robust`'s
 run modules (it imports none of them).
 
-* :class:`Split` / :class:`DataSetup`: what a run trains and evaluates on (built by
-  :func:`hessaudit.robust.data_setup.prepare_data`);
+* :class:`Split` / :class:`LabelSplit` / :class:`DataSetup`: what a run trains and evaluates
+  on (built by :func:`hessaudit.robust.data_setup.prepare_data`);
+* :class:`NoiseMatrixChoice`: the ``F`` the loss uses and its source
+  (:func:`hessaudit.robust.noise_estimate.resolve_noise_matrix`);
 * :class:`TrainingDisplay`: what :func:`~hessaudit.robust.trainer.run_finetune` reports while it
   runs (``hessaudit.report.training`` implements it);
 * :class:`FinetuneResult`: what a run produced;
-* :data:`METRIC_COLUMNS`: the columns of ``metrics.csv``, :data:`SCHEMA` the run's format tag.
+* :data:`METRIC_COLUMNS`: the columns of ``metrics.csv``; :data:`SCHEMA` and
+  :data:`STATE_FORMAT` the format tags of the run's documents and of ``state.pt``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from hessaudit.robust.noise import NoiseInjection
 
 SCHEMA = "hessaudit.finetune/1"
+#: Format tag of ``state.pt``, the per-epoch resume state.
+STATE_FORMAT = "hessaudit.finetune-state/1"
 METRIC_COLUMNS = (
     "epoch",
     "lr",
@@ -108,6 +113,17 @@ class DataSetup:
     def val_indices(self) -> list[int]:
         """Positions in the loaded data of the validation split's examples."""
         return self.labels.val_indices
+
+
+@dataclass(frozen=True)
+class NoiseMatrixChoice:
+    """The noise matrix ``F`` the loss uses (None without ``--noise-matrix``), where it came
+    from (``noise_matrix_source`` in ``config.json``) and, when it was estimated by this run,
+    the estimation record for ``noise.json``."""
+
+    matrix: np.ndarray | None = None
+    source: str | None = None
+    estimated: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- display protocol

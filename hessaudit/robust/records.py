@@ -1,5 +1,6 @@
-"""What a run records about itself: the ``resolved`` part of ``config.json`` and the audit of
-the final checkpoint. Split out of :mod:`hessaudit.robust.trainer` (move only).
+"""What a run records about itself: the ``resolved`` part of ``config.json``
+(:func:`run_info`), ``noise.json`` (:func:`noise_document`, with :func:`training_labels`), and
+the audit of the final checkpoint (:func:`audit_final_checkpoint`, ``audit.json``).
 """
 
 from __future__ import annotations
@@ -8,27 +9,37 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hessaudit.audit import distributed as _dist
-from hessaudit.robust._model_setup import _ModelBuild
 from hessaudit.robust.config import FinetuneConfig
+from hessaudit.robust.noise import NoiseInjection
+from hessaudit.robust.training_run import TrainingRun
 from hessaudit.robust.types import DataSetup, TrainingDisplay
 
+__all__ = [
+    "NOISE_SCHEMA",
+    "audit_final_checkpoint",
+    "noise_document",
+    "run_info",
+    "training_labels",
+]
 
-def _run_info(
-    setup: DataSetup,
-    build: _ModelBuild,
-    radii: Mapping[str, float],
-    layer_names: list[str],
-    F_source: str | None,
-    penalty_spec: tuple[str, float, float] | None,
-    device: torch.device,
+NOISE_SCHEMA = "hessaudit.noise/1"
+
+
+def run_info(
+    run: TrainingRun, penalty_spec: tuple[str, float, float] | None
 ) -> dict[str, Any]:
+    """``config.json``'s ``resolved``: what the run found (class count, device, the pretrained
+    record, data summaries and sizes, which tensors were loaded and which are new, the layers
+    and their radii, the penalty, the noise, the seeds)."""
+    setup, build, radii = run.setup, run.build, run.radii
     config = setup.config
     return {
         "num_classes": setup.num_classes,
-        "device": str(device),
+        "device": str(run.device),
         "torch_version": torch.__version__,
         "pretrained": setup.pretrained_record.to_dict(),
         "data": setup.data_summary,
@@ -45,12 +56,12 @@ def _run_info(
         "unused_pretrained_tensors": list(build.unused),
         "constraint": config.constraint,
         "constrained_layers": len(radii),
-        "layers": list(layer_names),
+        "layers": list(run.layer_names),
         "radii": dict(radii),
         "penalty": None
         if penalty_spec is None
         else {"kind": penalty_spec[0], "lambda": penalty_spec[1], "head_lambda": penalty_spec[2]},
-        "noise_matrix_source": F_source,
+        "noise_matrix_source": run.noise.source,
         "injected_noise": None
         if setup.injection is None
         else {
@@ -62,9 +73,12 @@ def _run_info(
     }
 
 
-def _run_audit(
+def audit_final_checkpoint(
     config: FinetuneConfig, setup: DataSetup, out: Path, display: TrainingDisplay
 ) -> dict[str, Any]:
+    """Audit ``out/final.safetensors`` against ``config.pretrained`` on exactly the examples
+    trained on (their clean labels when known), n = the training-set size; write
+    ``audit.json`` and return its document."""
     from hessaudit.audit.bound import estimate_label
     from hessaudit.audit.run import AuditRequest, run_audit, write_audit_json
 
@@ -107,3 +121,45 @@ def _run_audit(
         if label is not None:  # as measure does: a CI log must show it
             display.warn(f"the audit's bound is an {label}, not Theorem 2.1's bound")
     return document
+
+
+def training_labels(setup: DataSetup) -> dict[str, Any]:
+    """The labels the run trained on, for ``noise.json`` (``training_labels``): one per
+    training example (after ``--samples`` and the validation split), with its position in
+    ``--data``; ``hessaudit measure --labels noise.json`` audits on exactly these."""
+    return {
+        "data": str(setup.config.data),
+        "source_size": setup.source_size,
+        "indices": setup.train_source_indices,
+        "labels": [int(v) for v in setup.train.y.cpu().tolist()],
+        "clean_labels": None
+        if setup.train.clean is None
+        else [int(v) for v in setup.train.clean.cpu().tolist()],
+        "num_classes": setup.num_classes,
+        "note": "labels[i] is the (noisy) label trained on for example indices[i] of --data "
+        "(positions in all of --data, before --samples); the validation split is left out",
+    }
+
+
+def noise_document(
+    injection: NoiseInjection | None,
+    noise_matrix: np.ndarray | None,
+    source: str | None,
+    estimated: Mapping[str, Any] | None,
+    *,
+    training_labels: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``noise.json`` document. ``noise_matrix`` is the ``F`` the loss used (so the file
+    can be passed back as ``--noise-matrix noise.json``); ``injected.flipped_indices`` are
+    positions in the loaded training data, before the validation split;
+    ``training_labels`` (see :func:`training_labels`) the labels actually trained on."""
+    return {
+        "schema": NOISE_SCHEMA,
+        "convention": "F[true, noisy] = P(noisy label | true label), rows sum to 1; "
+        "cleanlab's noise_matrix is the transpose",
+        "noise_matrix": None if noise_matrix is None else noise_matrix.tolist(),
+        "noise_matrix_source": source,
+        "injected": None if injection is None else injection.to_dict(),
+        "estimated": None if estimated is None else dict(estimated),
+        "training_labels": None if training_labels is None else dict(training_labels),
+    }

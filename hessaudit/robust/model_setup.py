@@ -1,7 +1,8 @@
 """Model setup of a fine-tuning run: build the model with ``k`` classes, load every
 pretrained tensor whose name and shape match, seed the new ones, and the optimizer and schedule.
 
-Split out of :mod:`hessaudit.robust.trainer` (move only), which imports these names.
+:func:`build_run_model` serves the fine-tuning run and the first models of the noise-matrix
+estimation alike (each with its own initialization seed).
 """
 
 from __future__ import annotations
@@ -49,21 +50,26 @@ def _init_new_parameters_(model: nn.Module, names: list[str], generator: torch.G
 
 
 @dataclass
-class _ModelBuild:
+class ModelBuild:
+    """The built model and which of its tensors came from the checkpoint (``loaded``), which are
+    new (``new``: seeded), and which checkpoint tensors it has no use for (``unused``)."""
+
     model: nn.Module
     loaded: list[str]
     new: list[str]
     unused: list[str]
 
 
-def _build_model(
+def build_run_model(
     config: FinetuneConfig,
     num_classes: int,
     pretrained: Mapping[str, torch.Tensor],
     *,
     device: torch.device,
     init_seed: int,
-) -> _ModelBuild:
+) -> ModelBuild:
+    """``config.model`` with ``num_classes`` outputs on ``device``: every ``pretrained`` tensor
+    whose name and shape match is loaded, the others are initialized from ``init_seed``."""
     from hessaudit.inputs.models import build_model
 
     model = build_model(config.model, num_classes=num_classes, allow_hub=config.allow_hub)
@@ -85,10 +91,11 @@ def _build_model(
     unused = [n for n in pretrained if n not in matched]
     gen = torch.Generator(device="cpu").manual_seed(init_seed)
     _init_new_parameters_(model, new, gen)
-    return _ModelBuild(model=model.to(device), loaded=list(matched), new=new, unused=unused)
+    return ModelBuild(model=model.to(device), loaded=list(matched), new=new, unused=unused)
 
 
-def _make_optimizer(config: FinetuneConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: FinetuneConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``config.optimizer`` (Adam, AdamW or SGD with momentum) over the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -99,9 +106,10 @@ def _make_optimizer(config: FinetuneConfig, model: nn.Module) -> torch.optim.Opt
     )
 
 
-def _make_scheduler(
+def make_scheduler(
     config: FinetuneConfig, optimizer: torch.optim.Optimizer, epochs: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """``config.schedule`` over ``epochs`` epochs (stepped once per epoch); None for ``none``."""
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=config.lr_step, gamma=config.lr_decay
