@@ -81,7 +81,7 @@ def compare_weights(
     """
     from hessaudit.audit.layers import pair_layers
 
-    if model is None:
+    if model is None:  # two plain safetensors files: no torch needed
         report = _compare_plain_safetensors(
             pretrained_path, finetuned_path, include=include, exclude=exclude,
             include_bias=include_bias, include_norm=include_norm,
@@ -89,7 +89,7 @@ def compare_weights(
         )
         if report is not None:
             return report
-    from hessaudit.inputs.checkpoints import load_checkpoint
+    from hessaudit.inputs.checkpoints import load_checkpoint  # any other pair: with torch
 
     pretrained = load_checkpoint(pretrained_path)
     finetuned = load_checkpoint(finetuned_path)

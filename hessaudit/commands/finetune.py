@@ -1,7 +1,8 @@
 """``hessaudit finetune``: robust fine-tuning under label noise (the paper's Algorithm 1).
 
 Only option parsing lives here; the work is :func:`hessaudit.robust.trainer.run_finetune`.
-The defaults below must equal :class:`hessaudit.robust.config.FinetuneConfig`'s (a test checks).
+The option types that ``tune`` shares are in :mod:`hessaudit.commands.finetune_options`; the
+defaults below must equal :class:`hessaudit.robust.config.FinetuneConfig`'s (a test checks).
 """
 
 from __future__ import annotations

@@ -180,4 +180,3 @@ def tune_command(
 
     run_tune(settings, display=tune_display(quiet=quiet), resume=resume, overwrite=overwrite)
     return 0
-

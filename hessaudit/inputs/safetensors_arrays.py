@@ -44,6 +44,34 @@ NUMPY_DTYPES = {
 RENAMED_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "model.")
 #: Metadata entry of the tensor order kept by ``save_checkpoint``.
 _ORDER_KEY = "hessaudit.tensor_order"
+#: Bytes read through one mapping of a file before it is mapped again (see :class:`_Source`),
+#: at least; and at least this many times the header's size.
+REMAP_BYTES, REMAP_PER_HEADER_BYTE = 8 << 20, 16
+
+
+class _Source:
+    """A safetensors file read tensor by tensor, through a mapping of the file that is closed
+    and made again once enough bytes were read through it: a mapping's pages count in the
+    resident set until it is closed, so reading a large file through one mapping would peak at
+    the file's size. Each new mapping parses the header again, so "enough" is at least
+    :data:`REMAP_PER_HEADER_BYTE` times the header's size: the parsing costs at most 1/16 of
+    the reading, however many tensors the file holds."""
+
+    def __init__(self, path: str, header_bytes: int) -> None:
+        self.path = path
+        self._budget = max(REMAP_BYTES, REMAP_PER_HEADER_BYTE * header_bytes)
+        self._file: Any = None
+        self._read = 0
+
+    def get(self, name: str, nbytes: int) -> Any:
+        if self._file is None or (self._read and self._read + nbytes > self._budget):
+            from safetensors import safe_open
+
+            self._file = None  # the last reference: the old mapping is closed here
+            self._file = safe_open(self.path, framework="np")
+            self._read = 0
+        self._read += nbytes
+        return self._file.get_tensor(name)
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,7 +83,7 @@ class ArrayTensor:
     name: str
     shape: tuple[int, ...]
     dtype: str
-    path: str
+    source: _Source
 
     @property
     def ndim(self) -> int:
@@ -68,12 +96,10 @@ class ArrayTensor:
         return self.dtype.startswith("float")
 
     def values(self) -> Any:
-        """The values, as a numpy array. The file is mapped for this one read and unmapped
-        after it, so that its pages do not add up in the resident set, tensor after tensor."""
-        from safetensors import safe_open
+        """The values, as a numpy array (read from the file now)."""
+        import numpy as np
 
-        with safe_open(self.path, framework="np") as source:
-            return source.get_tensor(self.name)
+        return self.source.get(self.name, self.numel() * np.dtype(self.dtype).itemsize)
 
     def float64(self) -> Any:
         """The values as a float64 numpy array (exact for every dtype read here)."""
@@ -109,7 +135,8 @@ def read_plain(path: str | os.PathLike[str]) -> PlainSafetensors | None:
         return None
     if any(name.startswith(RENAMED_PREFIXES) for name in names):
         return None
-    tensors = {name: ArrayTensor(name, shapes[name], dtypes[name], str(p)) for name in order}
+    source = _Source(str(p), header_bytes=_header_bytes(p))
+    tensors = {name: ArrayTensor(name, shapes[name], dtypes[name], source) for name in order}
     if not all(_finite(tensor) for tensor in tensors.values()):
         return None
     return PlainSafetensors(record=file_record(p), tensors=tensors)
@@ -121,6 +148,11 @@ def _regular_nonempty(p: Path) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(info.st_mode) and info.st_size > 0 and os.access(p, os.R_OK)
+
+
+def _header_bytes(p: Path) -> int:
+    with open(p, "rb") as fh:  # a regular file that safetensors has just read
+        return int.from_bytes(fh.read(8), "little")
 
 
 def _order(metadata: dict[str, str] | None, names: list[str]) -> list[str] | None:

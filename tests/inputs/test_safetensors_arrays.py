@@ -202,3 +202,40 @@ def test_no_plain_reading_of_a_missing_empty_or_folder_path(tmp_path, name) -> N
     (tmp_path / "folder.safetensors").mkdir()
     (tmp_path / "empty.safetensors").write_bytes(b"")
     assert read_plain(tmp_path / name) is None
+
+
+def _count_openings(monkeypatch) -> list[str]:
+    import safetensors
+
+    opened: list[str] = []
+    real = safetensors.safe_open
+
+    def counting(path, *args, **kwargs):
+        opened.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors, "safe_open", counting)
+    return opened
+
+
+def test_a_large_file_is_mapped_again_as_it_is_read(tmp_path, monkeypatch) -> None:
+    """64 tensors of 64 KiB through mappings of 256 KiB: 4 tensors a mapping, so the pages of
+    the whole file never count in the resident set at once."""
+    state = {f"t{i:02d}.weight": np.full((128, 128), i, dtype="float32") for i in range(64)}
+    path = tmp_path / "big.safetensors"
+    save_file(state, str(path))
+    monkeypatch.setattr(safetensors_arrays, "REMAP_BYTES", 256 << 10)
+    opened = _count_openings(monkeypatch)
+    assert read_plain(path) is not None  # the header, then every tensor's finite check
+    assert len(opened) == 1 + 64 // 4
+
+
+def test_a_file_of_many_small_tensors_is_opened_once(tmp_path, monkeypatch) -> None:
+    state = {f"layer{i}.weight": np.ones((2, 2), dtype="float32") for i in range(3000)}
+    path = tmp_path / "many.safetensors"
+    save_file(state, str(path))
+    opened = _count_openings(monkeypatch)
+    plain = read_plain(path)
+    assert plain is not None and len(opened) == 2  # the header, then one mapping for all
+    assert all(t.float64().sum() == 4.0 for t in plain.tensors.values())
+    assert len(opened) == 2
