@@ -27,10 +27,11 @@ import functools
 import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # selection reads only shapes and dtypes: inspect pairs numpy views too
+    import torch
+    from torch import Tensor
 
 from hessaudit._messages import few
 from hessaudit.errors import HessauditError
@@ -74,6 +75,8 @@ class Layer:
     @functools.cached_property
     def dist_fro(self) -> float:
         """Frobenius norm of the exact difference (both tensors cast to float64 first)."""
+        import torch
+
         return float(torch.linalg.vector_norm(self.delta_as(dtype=torch.float64)))
 
     @functools.cached_property
@@ -81,6 +84,8 @@ class Layer:
         """``dist_fro / ||pretrained||``; None for a new head or an all-zero pretrained tensor."""
         if self.pretrained is None:
             return None
+        import torch
+
         norm = float(torch.linalg.vector_norm(self.pretrained.detach().to(torch.float64)))
         return None if norm == 0.0 else self.dist_fro / norm
 

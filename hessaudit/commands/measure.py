@@ -9,14 +9,30 @@ from typing import Annotated, Any
 
 import typer
 
-from hessaudit.commands._data_options import (
-    crop_pct_option,
-    input_size_option,
-    interpolation_option,
-    mean_option,
-    std_option,
+from hessaudit.commands.options import (
+    AllowHub,
+    BatchSize,
+    CropPct,
+    Debug,
+    Device,
+    Exclude,
+    ExcludeNewHead,
+    Finetuned,
+    Include,
+    IncludeBias,
+    IncludeNorm,
+    InputSize,
+    Interpolation,
+    JsonOutput,
+    Mean,
+    Model,
+    NumClasses,
+    Pretrained,
+    Quiet,
+    Samples,
+    Std,
+    SummaryMd,
 )
-from hessaudit.commands.common import DebugOption, QuietOption
 
 _DATA = "Inputs"
 _MEASURE = "Measure"
@@ -28,15 +44,9 @@ _GATES = "Gates (exit 2 when one fails; see docs/gating.md)"
 
 def measure_command(
     ctx: typer.Context,
-    pretrained: Annotated[Path, typer.Argument(help="Pretrained checkpoint (.safetensors/.pt).")],
-    finetuned: Annotated[Path, typer.Argument(help="Fine-tuned checkpoint (.safetensors/.pt).")],
-    model: Annotated[
-        str,
-        typer.Option(
-            help="timm model name, or a factory 'file.py:function' / 'pkg.mod:function'.",
-            rich_help_panel=_DATA,
-        ),
-    ],
+    pretrained: Pretrained,
+    finetuned: Finetuned,
+    model: Model(_DATA),
     data: Annotated[
         str,
         typer.Option(
@@ -58,24 +68,14 @@ def measure_command(
             rich_help_panel=_DATA,
         ),
     ] = None,
-    num_classes: Annotated[
-        int | None,
-        typer.Option(help="Classes (default: from the fine-tuned head).", rich_help_panel=_DATA),
-    ] = None,
-    samples: Annotated[
-        int | None,
-        typer.Option(
-            help="Audit a seeded subset of N examples (default: all).", rich_help_panel=_DATA
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option(help="Mini-batch size, in examples.", rich_help_panel=_DATA)
-    ] = 32,
-    input_size: Annotated[int | None, input_size_option(_DATA)] = None,
-    mean: Annotated[list[str] | None, mean_option(_DATA)] = None,
-    std: Annotated[list[str] | None, std_option(_DATA)] = None,
-    interpolation: Annotated[str | None, interpolation_option(_DATA)] = None,
-    crop_pct: Annotated[float | None, crop_pct_option(_DATA)] = None,
+    num_classes: NumClasses(_DATA) = None,
+    samples: Samples("Audit", _DATA) = None,
+    batch_size: BatchSize(_DATA) = 32,
+    input_size: InputSize(_DATA) = None,
+    mean: Mean(_DATA) = None,
+    std: Std(_DATA) = None,
+    interpolation: Interpolation(_DATA) = None,
+    crop_pct: CropPct(_DATA) = None,
     n_train: Annotated[
         int | None,
         typer.Option(
@@ -156,48 +156,19 @@ def measure_command(
             help="Noise draws for --noise-stability (default: 20).", rich_help_panel=_MEASURE
         ),
     ] = None,
-    include: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Only layers matching this glob (repeatable; default: every weight layer).",
-            rich_help_panel=_LAYERS,
-        ),
-    ] = None,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Skip layers matching this glob (repeatable; default: none).",
-            rich_help_panel=_LAYERS,
-        ),
-    ] = None,
-    include_bias: Annotated[
-        bool, typer.Option(help="Also measure biases.", rich_help_panel=_LAYERS)
-    ] = False,
-    include_norm: Annotated[
-        bool, typer.Option(help="Also measure normalization scales.", rich_help_panel=_LAYERS)
-    ] = False,
-    exclude_new_head: Annotated[
-        bool,
-        typer.Option(
-            help="Leave out a new head (no pretrained counterpart).", rich_help_panel=_LAYERS
-        ),
-    ] = False,
-    device: Annotated[
-        str, typer.Option(help="cpu | cuda | cuda:N.", rich_help_panel=_MEASURE)
-    ] = "cpu",
+    include: Include(_LAYERS) = None,
+    exclude: Exclude(_LAYERS) = None,
+    include_bias: IncludeBias("measure", _LAYERS) = False,
+    include_norm: IncludeNorm("measure", _LAYERS) = False,
+    exclude_new_head: ExcludeNewHead(_LAYERS) = False,
+    device: Device(_MEASURE) = "cpu",
     dtype: Annotated[
         str, typer.Option(help="float32 | float64.", rich_help_panel=_MEASURE)
     ] = "float32",
     seed: Annotated[
         int, typer.Option(help="Seed for subsets and random probes.", rich_help_panel=_MEASURE)
     ] = 0,
-    allow_hub: Annotated[
-        bool,
-        typer.Option(
-            help="Allow timm to download a hub model (off: never use the network).",
-            rich_help_panel=_DATA,
-        ),
-    ] = False,
+    allow_hub: AllowHub(_DATA) = False,
     label: Annotated[
         list[str] | None,
         typer.Option(
@@ -207,14 +178,7 @@ def measure_command(
             rich_help_panel=_OUTPUT,
         ),
     ] = None,
-    json_path: Annotated[
-        str | None,
-        typer.Option(
-            "--json",
-            help="Write the audit JSON here ('-' for stdout; default: not written).",
-            rich_help_panel=_OUTPUT,
-        ),
-    ] = None,
+    json_path: JsonOutput("the audit JSON", _OUTPUT) = None,
     csv_path: Annotated[
         str | None,
         typer.Option(
@@ -278,16 +242,9 @@ def measure_command(
             rich_help_panel=_GATES,
         ),
     ] = None,
-    summary_md: Annotated[
-        str | None,
-        typer.Option(
-            help="Write a markdown report here (e.g. $GITHUB_STEP_SUMMARY; '-' for stdout; "
-            "default: not written).",
-            rich_help_panel=_OUTPUT,
-        ),
-    ] = None,
-    quiet: QuietOption = False,
-    debug: DebugOption = False,
+    summary_md: SummaryMd(_OUTPUT) = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> int:
     """Per-layer Hessian distances between two checkpoints and the generalization bound."""
     from hessaudit import _paths
