@@ -246,10 +246,10 @@ def load_data(
         refuse_special_file(path, "data")  # a FIFO would block the first read forever
         from hessaudit.inputs import text_data, text_options  # text tables: inputs/text_data.py
         if text_options.is_text_file(path) and not path.is_dir():
-            fields = text_data.read_text_data(
+            ds = text_data.read_text_data(
                 path, text=text_source, num_classes=num_classes, samples=samples, seed=seed
             )
-            return _with_num_classes(Dataset(**fields), num_classes)
+            return _with_num_classes(ds, num_classes)
         if path.is_dir():
             ds = _load_image_folder(path, input_config, samples, seed)
         elif path.suffix.lower() == ".npz":

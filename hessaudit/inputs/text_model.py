@@ -36,10 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from hessaudit.errors import HessauditError
+from hessaudit.inputs.text_dataset import TextDataset, trim_padding
 from hessaudit.inputs.text_options import TextOptions, is_text_file
 from hessaudit.inputs.text_tokens import ModelLimits, TextSource, load_tokenizer
 
-__all__ = ["ComposedLayerNorm", "TextClassifier", "text_source", "trim_padding"]
+__all__ = ["ComposedLayerNorm", "TextClassifier", "text_source"]
 
 
 class ComposedLayerNorm(nn.LayerNorm):
@@ -71,14 +72,6 @@ def _is_batched(x: Tensor) -> bool:
     except AttributeError:  # another torch: assume batched (no trimming; same numbers)
         return True
     return False
-
-
-def trim_padding(x: Tensor) -> Tensor:
-    """``x`` (N, 3, L) without the trailing columns where every example is padding."""
-    used = torch.nonzero(x[:, 1].ne(0).any(dim=0))
-    if used.numel() == 0:
-        return x
-    return x[..., : int(used.max()) + 1]
 
 
 class TextClassifier(nn.Module):
@@ -225,4 +218,5 @@ def text_source(
         limits=model.limits(),
         label2id=label2id,
         id2label=id2label,
+        dataset=TextDataset,
     )
