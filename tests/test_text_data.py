@@ -339,3 +339,45 @@ def test_text_flags_on_image_data_and_text_on_image_models(
         capsys,
     )
     assert "is not a text classifier" in assert_one_error(code, err, str(data))
+
+
+# --------------------------------------------------------------------------- tokenizer, model
+
+
+def test_tokenizer_flag_and_a_bare_tokenizer_json(tmp_path, case, model):
+    import shutil
+
+    path = write_rows(tmp_path / "d.csv", rows(4, seed=12))
+    default = load(path, model)
+    for files in (("tokenizer.json", "tokenizer_config.json"), ("tokenizer.json",)):
+        folder = tmp_path / f"tok{len(files)}"
+        folder.mkdir()
+        for name in files:
+            shutil.copy(case.ft / name, folder / name)
+        ds = load(path, model, TextOptions(tokenizer=str(folder)))
+        assert torch.equal(ds.x, default.x)
+        assert any(f"--tokenizer {folder}" in s for s in ds.preprocessing)
+
+
+def test_text_classifier_wrapper(case):
+    import copy
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from hessaudit.inputs.text_model import ComposedLayerNorm, TextClassifier
+
+    hf = AutoModelForSequenceClassification.from_config(
+        AutoConfig.from_pretrained(case.ft, local_files_only=True)
+    )
+    names = [n for n, _ in hf.named_parameters()]
+    wrapped = TextClassifier(hf)
+    assert [n for n, _ in wrapped.named_parameters()] == names  # the model's own names
+    assert wrapped.hf_model is hf and hf.config._attn_implementation == "eager"
+    assert wrapped.config is hf.config and wrapped.base_model_prefix == "bert"
+    assert any(isinstance(m, ComposedLayerNorm) for m in wrapped.modules())
+    wrapped.eval()
+    assert not hf.training and not any(m.training for m in wrapped.modules())
+    twin = copy.deepcopy(wrapped)  # the trainer copies models: the copy shares nothing
+    assert twin.hf_model.classifier is twin.classifier and twin.classifier is not hf.classifier
+    with pytest.raises(HessauditError, match="names no folder with a tokenizer"):
+        text_source(TextOptions(), wrapped, ["d.csv"], model_spec="f.py:build")

@@ -197,6 +197,43 @@ def test_mixed_length_batches_equal_one_example_at_a_time(cases, capsys, tmp_pat
                     assert close(a[key], b[key], 1e-10), (a["name"], key, a[key], b[key])
 
 
+def test_per_example_forms_ignore_padding(cases):
+    """Under vmap (per-example Hessians) a batch is not cut: each example of a padded batch has
+    the Hessian-vector products and raw forms it has alone and unpadded (float64)."""
+    from hessaudit.hessian.per_example import (
+        per_example_directional_second_derivative,
+        per_example_hvp,
+    )
+    from hessaudit.inputs.data import load_data
+    from hessaudit.inputs.models import build_model
+    from hessaudit.inputs.text_dataset import trim_padding
+    from hessaudit.inputs.text_model import text_source
+    from hessaudit.inputs.text_options import TextOptions
+
+    for kind in ("bert", "roberta"):
+        case, _ = cases[kind]
+        model = build_model(case.spec).double().eval()
+        path = str(case.root / "train.csv")
+        data = load_data(path, text_source=text_source(TextOptions(), model, [path],
+                                                       model_spec="m"))
+        x = torch.nn.functional.pad(data.x, (0, 3))  # every example padded, some a lot
+        for name in (case.query, case.head):
+            size = dict(model.named_parameters())[name].numel()
+            U = torch.randn(len(x), size, generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64)
+            batched = per_example_hvp(model, x, data.y, name, U)
+            raw = per_example_directional_second_derivative(model, x, data.y, name, U[0])
+            for n in range(len(x)):
+                alone = trim_padding(x[n : n + 1])
+                assert alone.shape[-1] < x.shape[-1]
+                one = per_example_hvp(model, alone, data.y[n : n + 1], name, U[n : n + 1])
+                assert torch.allclose(batched[n], one[0], rtol=1e-10, atol=1e-14), (kind, name)
+                one_raw = per_example_directional_second_derivative(
+                    model, alone, data.y[n : n + 1], name, U[0]
+                )
+                assert close(float(raw[n]), float(one_raw[0]), 1e-10, 1e-15), (kind, name)
+
+
 def _measure_library(model, dataset, layer_names, settings):
     from hessaudit.audit.layers import pair_layers
     from hessaudit.audit.measure import measure_layers

@@ -117,6 +117,17 @@ class TextClassifier(nn.Module):
     def hf_model(self) -> nn.Module:
         return self._hf
 
+    @property
+    def config(self) -> object:
+        """The wrapped model's ``config`` (labels, sizes), for code that reads it."""
+        return getattr(self._hf, "config", None)
+
+    @property
+    def base_model_prefix(self) -> str:
+        """The wrapped model's encoder attribute (``bert``, ``roberta``...): every parameter
+        outside it belongs to the classification head."""
+        return str(getattr(self._hf, "base_model_prefix", "") or "")
+
     def train(self, mode: bool = True) -> TextClassifier:
         super().train(mode)
         self._hf.training = mode  # the children are shared; the wrapped root's own flag
@@ -161,7 +172,7 @@ class TextClassifier(nn.Module):
 
 
 def _labels(model: TextClassifier) -> tuple[dict[str, int], dict[int, str]]:
-    config = getattr(model.hf_model, "config", None)
+    config = model.config
     label2id = getattr(config, "label2id", None) or {}
     id2label = getattr(config, "id2label", None) or {}
     return (
