@@ -381,3 +381,17 @@ def test_text_classifier_wrapper(case):
     assert twin.hf_model.classifier is twin.classifier and twin.classifier is not hf.classifier
     with pytest.raises(HessauditError, match="names no folder with a tokenizer"):
         text_source(TextOptions(), wrapped, ["d.csv"], model_spec="f.py:build")
+
+
+def test_wrapper_reads_two_row_and_id_only_tokens(tmp_path, model):
+    ds = load(write_rows(tmp_path / "d.csv", rows(5, seed=13)), model)
+    model.eval()
+    with torch.no_grad():
+        full = model(ds.x)
+        assert torch.equal(model(ds.x[:, :2]), full)  # no token types: zeros
+        assert torch.equal(model(ds.x.double()), full)  # ids stored as floats
+        longest = int(ds.x[:, 1].sum(1).argmax())
+        one = ds.x[longest : longest + 1]
+        assert torch.allclose(model(one[:, 0]), full[longest : longest + 1], atol=1e-6)
+    with pytest.raises(HessauditError, match=r"got shape \(5, 4, "):
+        model(torch.zeros(5, 4, ds.x.shape[2], dtype=torch.long))

@@ -75,7 +75,8 @@ def _is_batched(x: Tensor) -> bool:
 
 
 class TextClassifier(nn.Module):
-    """Wrap ``hf_model`` (a ``*ForSequenceClassification``) to read packed (N, 3, L) tokens.
+    """Wrap ``hf_model`` (a ``*ForSequenceClassification``) to read packed (N, 3, L) tokens
+    (or (N, 2, L) ids and mask, or (N, L) ids).
 
     ``directory`` is the folder the model came from (its tokenizer is the default one);
     ``trim`` cuts each batch to its longest example outside ``vmap`` (see the module docstring).
@@ -134,10 +135,21 @@ class TextClassifier(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits of packed tokens: (N, 3, L) ids, mask, types; also (N, 2, L) ids and mask,
+        or (N, L) ids alone (no padding). Ids stored as floats are rounded."""
         batched = _is_batched(x)
+        if x.is_floating_point():
+            x = x.round().long()
+        if x.ndim == 2:  # ids only: nothing is padding
+            x = torch.stack([x, torch.ones_like(x)], dim=1)
+        if x.ndim != 3 or x.shape[1] not in (2, 3):
+            raise HessauditError(
+                f"a text classifier takes tokens of shape (N, 3, L) (ids, attention mask, "
+                f"token types), (N, 2, L) or (N, L); got shape {tuple(x.shape)}"
+            )
         if self.trim and not batched:
             x = trim_padding(x)
-        ids, mask, types = x[:, 0], x[:, 1], x[:, 2]
+        ids, mask = x[:, 0], x[:, 1]
         attention: Tensor = mask
         if batched and self.mask_passes_through:
             dtype = self._hf.get_input_embeddings().weight.dtype
@@ -146,7 +158,7 @@ class TextClassifier(nn.Module):
             attention = torch.where(mask[:, None, None, :].ne(0), zero, lowest)
         kwargs: dict[str, Tensor] = {"input_ids": ids, "attention_mask": attention}
         if self.takes_token_types:
-            kwargs["token_type_ids"] = types
+            kwargs["token_type_ids"] = x[:, 2] if x.shape[1] == 3 else torch.zeros_like(ids)
         return self._hf(**kwargs).logits
 
     def limits(self) -> ModelLimits:
