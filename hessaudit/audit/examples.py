@@ -24,10 +24,11 @@ __all__ = [
 
 
 def on_device(dataset: Dataset, device: torch.device, dtype: torch.dtype) -> Dataset:
-    """``dataset`` with its inputs in ``dtype`` on ``device`` (labels stay integers)."""
-    return dataclasses.replace(
-        dataset, x=dataset.x.to(device=device, dtype=dtype), y=dataset.y.to(device)
-    )
+    """``dataset`` with its inputs in ``dtype`` on ``device`` (labels, and the token ids of
+    text data, stay integers)."""
+    floating = dataset.x.is_floating_point()
+    x = dataset.x.to(device=device, dtype=dtype if floating else dataset.x.dtype)
+    return dataclasses.replace(dataset, x=x, y=dataset.y.to(device))
 
 
 def take_samples(dataset: Dataset, samples: int, *, seed: int, source: str) -> Dataset:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -48,6 +48,7 @@ from hessaudit.audit.settings import MeasureSettings
 from hessaudit.audit.tags import check_labels
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.data_flags import data_config_flags, parse_floats
+from hessaudit.inputs.text_options import TextOptions
 
 __all__ = ["DEFAULTS", "FIELDS", "FINETUNE_OPTIONS", "AuditRequest", "validate_request"]
 
@@ -97,6 +98,8 @@ class AuditRequest:
     noise_stability: float | None = None  # EPS of the noise-stability measure (None: off)
     noise_draws: int | None = None  # None: hessaudit.audit.measures.DEFAULT_NOISE_DRAWS
     tags: tuple[tuple[str, str], ...] = ()  # --label KEY=VALUE, stored in inputs.tags
+    # --text-column, --label-column, --tokenizer, --max-length (hessaudit.inputs.text_options)
+    text: TextOptions = field(default_factory=TextOptions)
 
     def __post_init__(self) -> None:
         for name, value in _normalized(self).items():

@@ -70,6 +70,8 @@ from hessaudit.inputs.data_config import InputConfig
 from hessaudit.inputs.devices import resolve_device, resolve_dtype
 from hessaudit.inputs.models import disable_fused_attention, input_config, load_model
 from hessaudit.inputs.preprocess import check_forward
+from hessaudit.inputs.text_model import text_source
+from hessaudit.inputs.text_tokens import TextSource
 
 __all__ = [
     "SCHEMA",
@@ -222,9 +224,13 @@ def _load_examples(
         model, input_size=request.input_size, mean=request.mean, std=request.std,
         interpolation=request.interpolation, crop_pct=request.crop_pct,
     )
+    text = text_source(
+        request.text, model, (request.data, request.eval_data), model_spec=request.model
+    )
     if train_data is None:
         train_data = load_data(
-            request.data, role="train", input_config=config, num_classes=num_classes
+            request.data, role="train", input_config=config, num_classes=num_classes,
+            text_source=text,
         )
     labels_record = None
     if request.labels is not None:
@@ -240,7 +246,9 @@ def _load_examples(
 
     train_losses = per_example_losses(model, train, batch_size=request.batch_size)
     check_losses(train_losses, request.data)
-    held_out, eval_record, eval_loss = _held_out(request, model, config, num_classes, device, dtype)
+    held_out, eval_record, eval_loss = _held_out(
+        request, model, (config, text), num_classes, device, dtype
+    )
     audit_from = "data"
     if own_examples:
         audit, audit_from = audit_examples(
@@ -257,17 +265,19 @@ def _load_examples(
 def _held_out(
     request: AuditRequest,
     model: torch.nn.Module,
-    config: InputConfig,
+    inputs: tuple[InputConfig, TextSource | None],
     num_classes: int,
     device: torch.device,
     dtype: torch.dtype,
 ) -> tuple[Dataset | None, dict[str, Any] | None, float | None]:
     """``--eval-data`` on the device, its summary record and its mean loss (all None without
-    it)."""
+    it); ``inputs`` is the model's input config and, for a text model, its tokenizer."""
     if request.eval_data is None:
         return None, None, None
+    config, text = inputs
     held_out = load_data(
-        request.eval_data, role="eval", input_config=config, num_classes=num_classes
+        request.eval_data, role="eval", input_config=config, num_classes=num_classes,
+        text_source=text,
     )
     record = held_out.to_dict()
     held_out = on_device(held_out, device, dtype)

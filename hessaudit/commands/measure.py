@@ -24,6 +24,8 @@ from hessaudit.commands.options import (
     InputSize,
     Interpolation,
     JsonOutput,
+    LabelColumn,
+    MaxLength,
     Mean,
     Model,
     NumClasses,
@@ -32,6 +34,8 @@ from hessaudit.commands.options import (
     Samples,
     Std,
     SummaryMd,
+    TextColumn,
+    TokenizerDir,
 )
 
 _DATA = "Inputs"
@@ -76,6 +80,10 @@ def measure_command(
     std: Std(_DATA) = None,
     interpolation: Interpolation(_DATA) = None,
     crop_pct: CropPct(_DATA) = None,
+    text_column: TextColumn(_DATA) = None,
+    label_column: LabelColumn(_DATA) = "label",
+    tokenizer: TokenizerDir(_DATA) = None,
+    max_length: MaxLength(_DATA) = 128,
     n_train: Annotated[
         int | None,
         typer.Option(
@@ -251,6 +259,7 @@ def measure_command(
     from hessaudit.audit import gates
     from hessaudit.audit.request import FIELDS, AuditRequest
     from hessaudit.audit.tags import parse_labels
+    from hessaudit.inputs.text_options import TextOptions
 
     outputs = _paths.check_outputs(
         {"--json": json_path, "--csv": csv_path, "--summary-md": summary_md},
@@ -276,8 +285,9 @@ def measure_command(
     gates.check_before_audit(gate_specs, eval_data=eval_data)
     # The other parameters are the request's fields, by name; the request checks them all.
     options = {name: value for name, value in ctx.params.items() if name in FIELDS}
+    text = TextOptions(text_column, label_column, tokenizer, max_length)  # checks them
     request = AuditRequest.for_checkpoints(
-        **options, tags=parse_labels(label), given=_given_on_command_line(ctx)
+        **options, tags=parse_labels(label), text=text, given=_given_on_command_line(ctx)
     )
     main_rank = _is_main_rank()
     result = _run(request, gate_specs, progress=not quiet and main_rank,

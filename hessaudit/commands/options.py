@@ -180,6 +180,56 @@ def CropPct(panel: str | None = None) -> Any:
     ]
 
 
+# --------------------------------------------------------------------------- text data
+# Checked in one place: :class:`hessaudit.inputs.text_options.TextOptions`.
+
+
+def TextColumn(panel: str | None = None) -> Any:
+    return Annotated[
+        str | None,
+        typer.Option(
+            help="Text data: the text column, or two columns A,B for a sentence pair (default: "
+            "text, or the pair sentence1,sentence2 when there is no text column).",
+            metavar="NAME[,NAME]",
+            rich_help_panel=panel,
+        ),
+    ]
+
+
+def LabelColumn(panel: str | None = None) -> Any:
+    return Annotated[
+        str,
+        typer.Option(
+            help="Text data: the label column, integers or names from the model's label2id.",
+            metavar="NAME",
+            rich_help_panel=panel,
+        ),
+    ]
+
+
+def TokenizerDir(panel: str | None = None) -> Any:
+    return Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            help="Text data: a local tokenizer folder (default: the model's folder).",
+            metavar="DIR",
+            rich_help_panel=panel,
+        ),
+    ]
+
+
+def MaxLength(panel: str | None = None) -> Any:
+    return Annotated[
+        int,
+        typer.Option(
+            help="Text data: truncate examples to N tokens, special tokens included.",
+            metavar="N",
+            rich_help_panel=panel,
+        ),
+    ]
+
+
 # --------------------------------------------------------------------------- outputs
 
 

@@ -62,6 +62,7 @@ SCALINGS = {
     "bool": "bool array as 0 / 1",
     "images/[0,1]": "image files decoded to [0, 1] (8-bit / 255, 16-bit / 65535)",
     "digits/16": "the built-in digits' 0..16 values divided by 16",
+    "tokens": "text tokenized to (ids, attention mask, token types) (hessaudit.inputs.text_tokens)",
 }
 
 # --------------------------------------------------------------------------- scaling
