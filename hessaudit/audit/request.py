@@ -150,9 +150,9 @@ FIELDS = frozenset(f.name for f in dataclasses.fields(AuditRequest))
 #: Every field's default, for the command line's option defaults (written once: above).
 DEFAULTS = MappingProxyType(
     {
-        f.name: f.default
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
         for f in dataclasses.fields(AuditRequest)
-        if f.default is not dataclasses.MISSING
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     }
 )
 
