@@ -13,6 +13,7 @@ from hessaudit.audit.request import DEFAULTS, FIELDS, FINETUNE_OPTIONS, AuditReq
 from hessaudit.audit.settings import MeasureSettings
 from hessaudit.cli import main
 from hessaudit.errors import HessauditError
+from hessaudit.inputs.text_options import TextOptions
 
 BASE = {"pretrained": "pre.pt", "finetuned": "ft.pt", "model": "m", "data": "d"}
 
@@ -28,8 +29,13 @@ def _measure_parameters() -> dict[str, inspect.Parameter]:
 
 def test_the_command_line_defaults_are_the_requests() -> None:
     cli = {name: p.default for name, p in _measure_parameters().items() if name in DEFAULTS}
-    # every defaulted field is an option of measure (tags is --label, a list of KEY=VALUE)
-    assert set(DEFAULTS) - set(cli) == {"tags"}
+    # every defaulted field is an option of measure (tags is --label, a list of KEY=VALUE;
+    # text is --text-column, --label-column, --tokenizer and --max-length)
+    assert set(DEFAULTS) - set(cli) == {"tags", "text"}
+    params = _measure_parameters()
+    text = {name: params[name].default for name in
+            ("text_column", "label_column", "tokenizer", "max_length")}
+    assert TextOptions(**text) == DEFAULTS["text"]
     # a repeatable option not given is None on the command line and () in the request
     shown = {name: (() if value is None and DEFAULTS[name] == () else value)
              for name, value in cli.items()}
