@@ -137,6 +137,12 @@ def check_outputs(
     return OutputCheck(on_stdout[0] if on_stdout else None)
 
 
+def check_output_paths(*paths: PathArg) -> None:
+    """:func:`check_outputs` for a caller without flag names: the outputs are called
+    "output 1", "output 2", ... in the messages."""
+    check_outputs({f"output {i}": path for i, path in enumerate(paths, start=1)})
+
+
 def check_run_folder(flag: str, folder: str | os.PathLike[str],
                      inputs: Mapping[str, PathArg]) -> None:
     """Refuse a run folder that holds one of the run's inputs, or lies inside an input folder.

@@ -147,6 +147,30 @@ def test_cli_defaults_match_the_library() -> None:
     assert cli == library
 
 
+def test_tune_declares_the_finetune_options_alike() -> None:
+    """tune lists finetune's options in its own signature: the same flags, defaults, help,
+    panels and metavars, less ``--early-stop`` and the three tune replaces with its own."""
+    import typer
+
+    from hessaudit.cli import app
+    from hessaudit.commands.tune import _OWN
+
+    commands = typer.main.get_command(app).commands
+
+    def described(name: str) -> dict[str, tuple]:
+        return {
+            p.name: (p.opts, p.secondary_opts, p.default, p.help, p.metavar, p.multiple,
+                     getattr(p, "rich_help_panel", None))
+            for p in commands[name].params
+        }
+
+    finetune, tune = described("finetune"), described("tune")
+    shared = set(finetune) - {"early_stop", "val_fraction", "resume", "overwrite"}
+    assert set(tune) == shared | (set(_OWN) - {"ctx"})
+    assert {name: tune[name] for name in shared} == {name: finetune[name] for name in shared}
+    assert tune["val_fraction"] != finetune["val_fraction"]  # tune's own: default 0.1
+
+
 def test_help_is_fast_and_imports_no_torch() -> None:
     code = (
         "import sys\n"

@@ -251,7 +251,7 @@ def test_corrupt_npz_and_unknown_sources(tmp_path: Path) -> None:
         load_data(str(bad))
     with pytest.raises(HessauditError, match="does not exist"):
         load_data(str(tmp_path / "missing"))
-    csv = tmp_path / "data.csv"
+    csv = tmp_path / "data.txt"  # .csv is a text table (issue 14)
     csv.write_text("1,2\n")
     with pytest.raises(HessauditError, match="unknown kind of file"):
         load_data(str(csv))

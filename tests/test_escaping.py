@@ -20,7 +20,14 @@ import pytest
 from test_gates import audit_doc
 
 from hessaudit.cli import main
-from hessaudit.report._format import fmt_number, fmt_pair, fmt_percent
+from hessaudit.report._format import (
+    fmt_coefficient,
+    fmt_fraction,
+    fmt_metric,
+    fmt_number,
+    fmt_pair,
+    fmt_percent,
+)
 from hessaudit.report.escape import ZERO_WIDTH_SPACE, console_text, md_text, visible
 
 #: Layer (module) names: torch forbids only '.' and ''.
@@ -374,6 +381,19 @@ def test_fmt_pair_and_percent_tell_values_apart():
     assert fmt_pair(1.2000001, 1.2) == ("1.2000001", "1.2")
     assert fmt_pair(0.1 + 0.2, 0.3) == ("0.30000000000000004", "0.3")
     assert fmt_percent(0.0004) == "+0.0004%" and fmt_percent(-25.0) == "-25%"
+
+
+def test_the_fixed_formats_of_shares_metrics_and_correlations():
+    # shares and accuracies: fixed decimals; log metrics: 4 significant digits, more when 4
+    # would show a non-integer as an integer; "-" where there is no finite value
+    assert [fmt_fraction(v) for v in (0.05, 1, 0.12345)] == ["5.0%", "100.0%", "12.3%"]
+    assert fmt_fraction(0.93456, 2) == "93.46%"
+    assert [fmt_fraction(v) for v in (None, float("nan"))] == ["-", "-"]
+    assert [fmt_metric(v) for v in (0.123456, 1.00002, 7, "sgd")] == [
+        "0.1235", "1.00002", "7", "sgd"]
+    assert [fmt_metric(v) for v in (None, float("inf"))] == ["-", "-"]
+    assert [fmt_coefficient(v) for v in (0.834, -1.0, 0.0, None)] == [
+        "+0.83", "-1.00", "+0.00", "-"]
 
 
 def test_held_out_loss_digits_in_panel_html_markdown_and_compare(tmp_path, capsys):

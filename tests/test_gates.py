@@ -330,12 +330,14 @@ def test_layer_gate_passes_iff_every_layer_passes(hcal, threshold):
     assert len(record["failing_layers"]) == sum(h > threshold for h in hcal)
 
 
-def test_check_outputs(tmp_path):
-    gates.check_outputs("-", None, tmp_path / "a.md")
+def test_check_output_paths(tmp_path):
+    from hessaudit._paths import check_output_paths
+
+    check_output_paths("-", None, tmp_path / "a.md")
     with pytest.raises(HessauditError, match="only one output"):
-        gates.check_outputs("-", "-")
+        check_output_paths("-", "-")
     with pytest.raises(HessauditError, match="does not exist"):
-        gates.check_outputs(tmp_path / "no" / "a.md")
+        check_output_paths(tmp_path / "no" / "a.md")
 
 
 # --------------------------------------------------------------------------- markdown

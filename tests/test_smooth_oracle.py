@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from hessaudit.audit.layers import Layer, pair_layers
-from hessaudit.audit.measure import MeasureSettings, _delta_like, measure_layers
+from hessaudit.audit.layers import Layer, distance_vector, pair_layers
+from hessaudit.audit.measure import MeasureSettings, measure_layers
 from hessaudit.cli import main
 from hessaudit.inputs.checkpoints import save_checkpoint
 from hessaudit.inputs.data import Dataset
@@ -239,10 +239,10 @@ def test_delta_is_subtracted_in_the_audit_dtype():
     assert not torch.equal((ft - pre).double(), exact)  # the old way loses bits
     model = torch.nn.Sequential()
     model.register_parameter("w", torch.nn.Parameter(torch.zeros(6, 5, dtype=F64)))
-    assert torch.equal(_delta_like(model, layer), exact)
+    assert torch.equal(distance_vector(model, layer), exact)
     assert layer.dist_fro == float(exact.norm())
     head = Layer("w", (6, 5), 30, True, None, ft)
-    assert torch.equal(_delta_like(model, head), ft.double())
+    assert torch.equal(distance_vector(model, head), ft.double())
 
 
 def test_cli_at_defaults_matches_the_dense_oracle(tmp_path: Path, capsys):

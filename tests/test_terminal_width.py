@@ -423,7 +423,8 @@ def _tune_result(out: Path) -> Any:
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_tune_table(tmp_path, width) -> None:
-    from hessaudit.report.tuning import RichTuneDisplay, _fmt
+    from hessaudit.report._format import fmt_metric as _fmt
+    from hessaudit.report.tuning import RichTuneDisplay
 
     result = _tune_result(tmp_path / "search")
     lines = render(width, lambda c: RichTuneDisplay(console=c, out=c).finish(result))

@@ -187,3 +187,101 @@ def audit_json(path: Path) -> dict:
 
 def layer_rows(document: dict) -> dict[str, dict]:
     return {row["name"]: row for row in document["layers"]}
+
+
+# --------------------------------------------------------------------------- dense oracle
+
+
+def dense_hessians(case: TextCase, data: list[dict], name: str) -> torch.Tensor:
+    """(N, size, size): each example's block Hessian of the cross-entropy with respect to
+    ``name``, in float64, by ``torch.autograd.functional.hessian`` (reverse over reverse) on
+    the plain Hugging Face model (its own LayerNorm and mask code) fed one unpadded example at a
+    time: independent of hessaudit's packing, padding, trimming and wrapper."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        case.ft, local_files_only=True, attn_implementation="eager"
+    ).double().eval()
+    tokenizer = AutoTokenizer.from_pretrained(case.ft, local_files_only=True)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    weight = params[name]
+    out = []
+    for row in data:
+        args = (row["text"],) if "text" in row else (row["sentence1"], row["sentence2"])
+        enc = tokenizer(*args, return_tensors="pt", return_token_type_ids=True)
+        label = row["label"] if isinstance(row["label"], int) else LABELS.index(row["label"])
+        y = torch.tensor([label])
+        inputs = {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
+
+        def loss(w: torch.Tensor, inputs=inputs, y=y) -> torch.Tensor:
+            swapped = {**params, name: w.reshape(weight.shape)}
+            logits = torch.func.functional_call(model, swapped, (), inputs).logits
+            return F.cross_entropy(logits, y)
+
+        out.append(
+            torch.autograd.functional.hessian(loss, weight.reshape(-1), vectorize=True)
+        )
+    return torch.stack(out)
+
+
+def distance(case: TextCase, name: str) -> torch.Tensor:
+    """v = W_ft - W_pre of layer ``name``, flat, in float64."""
+    from safetensors.torch import load_file
+
+    ft = load_file(str(case.weights))[name].double()
+    pre = load_file(str(case.pre))[name].double()
+    return (ft - pre).reshape(-1)
+
+
+def forms(H: torch.Tensor, v: torch.Tensor) -> tuple[float, float]:
+    """(v^T H v, v^T H^+ v) of one symmetric matrix, the positive part by ``eigh``."""
+    lam, U = torch.linalg.eigh(H)
+    c = U.T @ v
+    return float(v @ H @ v), float((c.square() * lam.clamp(min=0)).sum())
+
+
+def reduced(H: torch.Tensor, v: torch.Tensor, reduce: str, batch_size: int) -> tuple[float, float]:
+    """The oracle's reduced (raw, positive) forms: per example, per batch or of the mean."""
+    if reduce == "mean":
+        return forms(H.mean(0), v)
+    groups = [H[i : i + 1] for i in range(len(H))] if reduce == "example-max" else [
+        H[i : i + batch_size] for i in range(0, len(H), batch_size)
+    ]
+    values = [forms(g.mean(0), v) for g in groups]
+    return max(r for r, _ in values), max(p for _, p in values)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def run_cli(args: list, capsys) -> tuple[int, str, str]:
+    """``hessaudit ARGS`` in-process: (exit code, stdout, stderr)."""
+    import pytest
+
+    from hessaudit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return int(exc.value.code), captured.out, captured.err
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``root``: bytes and mtime (nothing may change on an error)."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def assert_one_error(code: int, err: str, *names: str) -> str:
+    """Exit 1, one ``error:`` line on stderr naming each of ``names``, no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]

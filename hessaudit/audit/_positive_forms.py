@@ -17,21 +17,20 @@ whose positive part is far below the maximum then stop early without changing th
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from hessaudit.audit.distributed import Context, ShardedOperator
+from hessaudit.audit.settings import MeasureSettings
+from hessaudit.audit.work import Work
 from hessaudit.hessian import (
     BlockHessian,
     PerExampleBlockHessians,
     QuadratureResult,
     lanczos_quadrature,
 )
-
-if TYPE_CHECKING:
-    from hessaudit.audit.measure import MeasureSettings, _Work
 
 # The per-example Lanczos keeps (steps + 2) vectors of the layer's size per example; chunk the
 # examples so that this stays below a fixed budget.
@@ -90,7 +89,7 @@ def positive_forms(
     model: nn.Module,
     name: str,
     v: torch.Tensor,
-    work: _Work,
+    work: Work,
     settings: MeasureSettings,
     *,
     raw: float,

@@ -38,8 +38,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hessaudit._checks import check_int, check_real
 from hessaudit.audit.loss_bound import quantile_of
-from hessaudit.errors import HessauditError
 
 REMAINDER_NOTE = "the O(n^-3/4) Taylor remainder xi of Theorem 2.1 is not included"
 # C / median per-example loss above which the summary notes that C is dominated by the
@@ -74,10 +74,8 @@ class BoundResult:
 
 def hessian_term(hcal: Sequence[float], *, loss_bound: float, n: int) -> float:
     """G = sqrt(C) * sum_i sqrt(max(hcal_i, 0)) / sqrt(n)."""
-    if n < 1:
-        raise HessauditError("--n-train must be at least 1")
-    if loss_bound < 0 or not math.isfinite(loss_bound):
-        raise HessauditError("--loss-bound must be a finite non-negative number")
+    check_int("--n-train", n)
+    check_real("--loss-bound", loss_bound, low=0)
     return math.sqrt(loss_bound) * sum(math.sqrt(max(h, 0.0)) for h in hcal) / math.sqrt(n)
 
 
@@ -97,8 +95,7 @@ def compute_bound(
     ``median_train_loss`` (the median per-example training loss) only feeds the
     ``C_over_median_loss`` diagnostic.
     """
-    if epsilon < 0 or not math.isfinite(epsilon):
-        raise HessauditError("--epsilon must be a finite non-negative number")
+    check_real("--epsilon", epsilon, low=0)
     term = hessian_term(hcal, loss_bound=loss_bound, n=n)
     gap = None if eval_loss is None else eval_loss - train_loss
     # A non-positive gap (held-out loss at or below the training loss) has no meaningful ratio.

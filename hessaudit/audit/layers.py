@@ -27,15 +27,18 @@ import functools
 import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # selection reads only shapes and dtypes: inspect pairs numpy views too
+    import torch
+    from torch import Tensor
 
 from hessaudit._messages import few
 from hessaudit.errors import HessauditError
 
-__all__ = ["NEW_HEAD_POLICIES", "Layer", "Pairing", "pair_layers", "tensor_kind"]
+__all__ = [
+    "NEW_HEAD_POLICIES", "Layer", "Pairing", "distance_vector", "pair_layers", "tensor_kind",
+]
 
 NEW_HEAD_POLICIES = ("from-zero", "exclude")
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -72,6 +75,8 @@ class Layer:
     @functools.cached_property
     def dist_fro(self) -> float:
         """Frobenius norm of the exact difference (both tensors cast to float64 first)."""
+        import torch
+
         return float(torch.linalg.vector_norm(self.delta_as(dtype=torch.float64)))
 
     @functools.cached_property
@@ -79,6 +84,8 @@ class Layer:
         """``dist_fro / ||pretrained||``; None for a new head or an all-zero pretrained tensor."""
         if self.pretrained is None:
             return None
+        import torch
+
         norm = float(torch.linalg.vector_norm(self.pretrained.detach().to(torch.float64)))
         return None if norm == 0.0 else self.dist_fro / norm
 
@@ -91,6 +98,14 @@ class Layer:
             "dist_fro": self.dist_fro,
             "rel_dist": self.rel_dist,
         }
+
+
+def distance_vector(model: torch.nn.Module, layer: Layer) -> Tensor:
+    """The layer's v = W_ft - W_pre in the dtype, device and shape of the model's parameter of
+    that name: both tensors are cast first, then subtracted (a float32 difference cast to
+    float64 would be ~1e-8 off)."""
+    param = dict(model.named_parameters())[layer.name]
+    return layer.delta_as(dtype=param.dtype, device=param.device).reshape(param.shape)
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,25 +212,7 @@ def pair_layers(
         return not any(fnmatch.fnmatchcase(name, g) for g in exclude)
 
     ft_eligible = [n for n, t in finetuned.items() if eligible(n, t, finetuned)]
-    for glob in include:
-        if not any(fnmatch.fnmatchcase(n, glob) for n in ft_eligible):
-            anywhere = [n for n in finetuned if fnmatch.fnmatchcase(n, glob)]
-            if anywhere:
-                why = (
-                    f"it matches only tensors that are not selected ({few(anywhere, 3)}): "
-                    "biases need --include-bias, norm parameters --include-norm, and buffers "
-                    "are never layers"
-                )
-            else:
-                why = (
-                    "it matches no tensor of the fine-tuned checkpoint; names look like "
-                    + few(ft_eligible)
-                )
-            raise HessauditError(f"--include {glob!r}: {why}")
-    for glob in exclude:
-        if not any(fnmatch.fnmatchcase(n, glob) for n in finetuned):
-            warnings.warn(f"--exclude {glob!r} matches no tensor", UserWarning, stacklevel=2)
-
+    _check_globs(include, exclude, finetuned, ft_eligible)
     selected = [n for n in ft_eligible if chosen(n)]
     if not selected:
         raise HessauditError(
@@ -227,23 +224,7 @@ def pair_layers(
         position = {name: i for i, name in enumerate(selected)}
         selected.sort(key=lambda n: (rank.get(n, len(rank)), position[n]))
 
-    layers: list[Layer] = []
-    only_in_finetuned: list[str] = []
-    mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
-    for name in selected:
-        ft = finetuned[name]
-        pre = pretrained.get(name)
-        shape = tuple(int(s) for s in ft.shape)
-        if pre is None:
-            only_in_finetuned.append(name)
-        elif tuple(pre.shape) != shape:
-            mismatches.append((name, tuple(int(s) for s in pre.shape), shape))
-        else:
-            layers.append(Layer(name, shape, ft.numel(), False, pre, ft))
-            continue
-        if new_heads == "from-zero":
-            layers.append(Layer(name, shape, ft.numel(), True, None, ft))
-
+    layers, only_in_finetuned, mismatches = _pair(selected, pretrained, finetuned, new_heads)
     # the model's parameter names describe the fine-tuned side only
     only_in_pretrained = [
         n for n, t in pretrained.items()
@@ -264,3 +245,60 @@ def pair_layers(
         only_in_finetuned=only_in_finetuned,
         shape_mismatches=mismatches,
     )
+
+
+def _check_globs(
+    include: Sequence[str],
+    exclude: Sequence[str],
+    finetuned: Mapping[str, Tensor],
+    eligible: Sequence[str],
+) -> None:
+    """Refuse an ``include`` glob that matches no eligible tensor, saying why; warn about an
+    ``exclude`` glob that matches no tensor at all."""
+    for glob in include:
+        if not any(fnmatch.fnmatchcase(n, glob) for n in eligible):
+            anywhere = [n for n in finetuned if fnmatch.fnmatchcase(n, glob)]
+            if anywhere:
+                why = (
+                    f"it matches only tensors that are not selected ({few(anywhere, 3)}): "
+                    "biases need --include-bias, norm parameters --include-norm, and buffers "
+                    "are never layers"
+                )
+            else:
+                why = (
+                    "it matches no tensor of the fine-tuned checkpoint; names look like "
+                    + few(eligible)
+                )
+            raise HessauditError(f"--include {glob!r}: {why}")
+    for glob in exclude:
+        if not any(fnmatch.fnmatchcase(n, glob) for n in finetuned):
+            # stacklevel 3: the warning points at pair_layers' caller
+            warnings.warn(f"--exclude {glob!r} matches no tensor", UserWarning, stacklevel=3)
+
+
+def _pair(
+    selected: Sequence[str],
+    pretrained: Mapping[str, Tensor],
+    finetuned: Mapping[str, Tensor],
+    new_heads: str,
+) -> tuple[list[Layer], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """Pair each selected fine-tuned tensor with the pretrained tensor of the same name and
+    shape: (layers, names only in the fine-tuned checkpoint, shape mismatches). A tensor
+    without a counterpart is a new head, measured from zero under ``"from-zero"``."""
+    layers: list[Layer] = []
+    only_in_finetuned: list[str] = []
+    mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    for name in selected:
+        ft = finetuned[name]
+        pre = pretrained.get(name)
+        shape = tuple(int(s) for s in ft.shape)
+        if pre is None:
+            only_in_finetuned.append(name)
+        elif tuple(pre.shape) != shape:
+            mismatches.append((name, tuple(int(s) for s in pre.shape), shape))
+        else:
+            layers.append(Layer(name, shape, ft.numel(), False, pre, ft))
+            continue
+        if new_heads == "from-zero":
+            layers.append(Layer(name, shape, ft.numel(), True, None, ft))
+    return layers, only_in_finetuned, mismatches

@@ -39,77 +39,47 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from hessaudit.audit._positive_forms import cache_fits as _cache_fits
-from hessaudit.audit._positive_forms import positive_forms
+from hessaudit.audit._positive_forms import cache_fits, positive_forms
 from hessaudit.audit.distributed import SINGLE, Context, ShardedOperator
-from hessaudit.audit.layers import Layer
+from hessaudit.audit.engine_choice import check_determinism, choose_engine_path
+from hessaudit.audit.forms import cross_forms, reduce_per_example
+from hessaudit.audit.layers import Layer, distance_vector
+from hessaudit.audit.settings import ENGINES, FORMS, REDUCTIONS, MeasureSettings
+from hessaudit.audit.work import Work, plan_work
 from hessaudit.errors import HessauditError
 from hessaudit.hessian import (
     BlockGaussNewton,
     BlockHessian,
-    confirm_piecewise_linear,
-    cross_term_forms,
     gauss_newton_probe_forms,
     hutchinson_trace,
     is_piecewise_linear,
     lanczos_top_eigenvalue,
     per_example_directional_second_derivative,
     per_example_gauss_newton_forms,
+    random_rademacher,
     trace_from_samples,
 )
 from hessaudit.inputs.data import Dataset
 
-REDUCTIONS = ("example-max", "batch-max", "mean")
-FORMS = ("positive", "raw", "cross")
-ENGINES = ("auto", "jvp", "lanczos")
+__all__ = [
+    "ENGINES",
+    "FORMS",
+    "REDUCTIONS",
+    "LayerMeasure",
+    "MeasureSettings",
+    "ProgressCallback",
+    "check_determinism",
+    "choose_engine_path",
+    "measure_layers",
+]
 
-# Relative agreement required before the Gauss-Newton fast path is trusted.
-_CONFIRM_RTOL = 1e-4
-# Examples of the first batch on which that agreement is checked, per layer.
-_CONFIRM_EXAMPLES = 8
 # Hutchinson probes vectorized together on the JVP path.
 _PROBE_CHUNK = 8
-
-
-@dataclass(frozen=True)
-class MeasureSettings:
-    """How the measure is computed. Defaults follow the theorem (see the module docstring)."""
-
-    reduce: str = "example-max"
-    form: str = "positive"
-    engine: str = "auto"
-    # 100: see docs/measure.md, "Stopping rule of the positive-part quadrature"
-    lanczos_steps: int = 100
-    tol: float = 1e-3
-    batch_size: int = 32
-    spectrum: bool = True
-    spectrum_samples: int = 32
-    trace_probes: int = 8
-
-    def __post_init__(self) -> None:
-        if self.reduce not in REDUCTIONS:
-            raise HessauditError(f"--reduce must be one of {', '.join(REDUCTIONS)}")
-        if self.form not in FORMS:
-            raise HessauditError(f"--form must be one of {', '.join(FORMS)}")
-        if self.engine not in ENGINES:
-            raise HessauditError(f"--engine must be one of {', '.join(ENGINES)}")
-        if self.lanczos_steps < 1:
-            raise HessauditError("--lanczos-steps must be at least 1")
-        if not self.tol >= 0:
-            raise HessauditError("--tol must be non-negative (0: always run --lanczos-steps)")
-        if self.batch_size < 1:
-            raise HessauditError("--batch-size must be at least 1")
-        if self.spectrum_samples < 1:
-            raise HessauditError("--spectrum-samples must be at least 1")
-        if self.trace_probes < 1:
-            raise HessauditError("--trace-probes must be at least 1")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -146,66 +116,6 @@ class LayerMeasure:
 ProgressCallback = Callable[[int, int, str], None]
 
 
-def check_determinism(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Refuse to estimate anything when two forward passes disagree (dropout, train-mode BN)."""
-    with torch.no_grad():
-        first = nn.functional.cross_entropy(model(x), y)
-        second = nn.functional.cross_entropy(model(x), y)
-    if not torch.equal(first, second):
-        raise HessauditError(
-            "the model is not deterministic: two forward passes gave different losses "
-            f"({first.item():.6g} vs {second.item():.6g})",
-            hint="put the model in eval mode and disable dropout or other randomness",
-        )
-
-
-def choose_engine_path(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    layer: Layer,
-    requested: str,
-    *,
-    piecewise: bool | None = None,
-) -> str:
-    """Return ``"jvp"`` or ``"lanczos"`` for one layer, as described in the module docstring.
-
-    The numerical confirmation uses the first :data:`_CONFIRM_EXAMPLES` examples of ``x``
-    (a smooth operation downstream of the layer moves every example's form, so a few suffice).
-    ``piecewise`` passes a precomputed :func:`~hessaudit.hessian.is_piecewise_linear`.
-    """
-
-    if requested == "lanczos":
-        return "lanczos"
-    if requested == "jvp":
-        return "jvp"
-    if piecewise is None:
-        piecewise = is_piecewise_linear(model)
-    if not piecewise:
-        return "lanczos"
-    v = _delta_like(model, layer)
-    if not bool(torch.any(v != 0)):
-        return "jvp"
-    xs, ys = x[:_CONFIRM_EXAMPLES], y[:_CONFIRM_EXAMPLES]
-    agrees, _ = confirm_piecewise_linear(model, xs, ys, layer.name, v, rtol=_CONFIRM_RTOL)
-    return "jvp" if agrees else "lanczos"
-
-
-Batches = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class _Work:
-    """What one rank computes: its audit batches and its share of the spectrum examples."""
-
-    batches: Batches  # all audit batches (every rank sees the first one for checks)
-    local: Batches  # this rank's batches (round-robin), for the per-example forms
-    spectrum_local: Batches  # this rank's contiguous share of the spectrum examples
-    spectrum_local_n: int
-    spectrum_n: int
-    ctx: Context
-
-
 def measure_layers(
     model: nn.Module,
     layers: Sequence[Layer],
@@ -239,19 +149,14 @@ def measure_layers(
             hint="check that --model matches the checkpoints",
         )
 
-    spectrum_n = min(settings.spectrum_samples, len(data))
-    share = ctx.split(spectrum_n)
-    work = _Work(
-        batches=batches,
-        local=[batches[i] for i in ctx.shard(len(batches))],
-        spectrum_local=list(data.subset(share).batches(settings.batch_size)) if len(share) else [],
-        spectrum_local_n=len(share),
-        spectrum_n=spectrum_n,
-        ctx=ctx,
+    work = plan_work(
+        data, batches, batch_size=settings.batch_size,
+        spectrum_samples=settings.spectrum_samples, ctx=ctx,
     )
     cross_values: dict[str, float] = {}
     if settings.form == "cross":
-        cross_values = _cross_forms(model, layers, work, settings.reduce)
+        vectors = {layer.name: distance_vector(model, layer) for layer in layers}
+        cross_values = cross_forms(model, vectors, work, settings.reduce)
 
     piecewise = settings.engine == "auto" and is_piecewise_linear(model)
     results = []
@@ -284,65 +189,79 @@ def _warn_not_converged(results: list[LayerMeasure], settings: MeasureSettings,
     )
 
 
+class _Forms(NamedTuple):
+    """A layer's reduced raw and positive-part forms (None: not computed) and how the
+    positive part's quadrature went (the defaults: exact, no quadrature)."""
+
+    raw: float | None
+    positive: float | None
+    steps: int = 0
+    last_change: float = 0.0
+    converged: bool = True
+    error: float | None = 0.0  # estimated relative error of ``positive``; None: no estimate
+    hvps: int = 0  # block Hessian-vector products of the quadrature
+
+
+def _quadratic_forms(
+    model: nn.Module,
+    layer: Layer,
+    v: torch.Tensor,
+    path: str,
+    work: Work,
+    settings: MeasureSettings,
+) -> _Forms:
+    """R[v^T H v] and R[v^T H^+ v] of one layer along its distance vector ``v``."""
+    if not bool(torch.any(v != 0)):
+        return _Forms(0.0, 0.0)
+    ctx = work.ctx
+    if path == "jvp":  # Gauss-Newton forms: PSD, so the raw form is the positive part
+        value = reduce_per_example(
+            [per_example_gauss_newton_forms(model, x, y, layer.name, v) for x, y in work.local],
+            settings.reduce,
+            ctx,
+        )
+        return _Forms(value, value)
+    raw = reduce_per_example(
+        [
+            per_example_directional_second_derivative(model, x, y, layer.name, v)
+            for x, y in work.local
+        ],
+        settings.reduce,
+        ctx,
+    )
+    if settings.form != "positive":
+        return _Forms(raw, None, error=None)
+    forms = positive_forms(model, layer.name, v, work, settings, raw=raw)
+    return _Forms(
+        raw,
+        forms.value,
+        steps=forms.steps,
+        last_change=forms.last_change,
+        converged=forms.converged,
+        error=forms.error if math.isfinite(forms.error) else None,
+        hvps=forms.matvecs,
+    )
+
+
 def _measure_one(
     model: nn.Module,
     layer: Layer,
-    work: _Work,
+    work: Work,
     settings: MeasureSettings,
     generator: torch.Generator,
     cross_values: dict[str, float],
     piecewise: bool,
 ) -> LayerMeasure:
-    v = _delta_like(model, layer)
+    v = distance_vector(model, layer)
     path = choose_engine_path(
         model, *work.batches[0], layer, settings.engine, piecewise=piecewise
     )
-    zero = not bool(torch.any(v != 0))
-    ctx = work.ctx
-
-    quad_raw: float | None
-    quad_pos: float | None
-    steps, last_change, converged = 0, 0.0, True
-    quad_error: float | None = 0.0  # the JVP path and v = 0 are exact
-    hvps = 0
-    if zero:
-        quad_raw = quad_pos = 0.0
-    elif path == "jvp":
-        quad_raw = quad_pos = _reduce_per_example(
-            [per_example_gauss_newton_forms(model, x, y, layer.name, v) for x, y in work.local],
-            settings.reduce,
-            ctx,
-        )
-    else:
-        quad_raw = _reduce_per_example(
-            [
-                per_example_directional_second_derivative(model, x, y, layer.name, v)
-                for x, y in work.local
-            ],
-            settings.reduce,
-            ctx,
-        )
-        if settings.form == "positive":
-            forms = positive_forms(model, layer.name, v, work, settings, raw=quad_raw)
-            quad_pos, steps, last_change, converged = (
-                forms.value, forms.steps, forms.last_change, forms.converged
-            )
-            quad_error = forms.error if math.isfinite(forms.error) else None
-            hvps = forms.matvecs
-        else:
-            quad_pos = quad_error = None
-
+    forms = _quadratic_forms(model, layer, v, path, work, settings)
     cross = cross_values.get(layer.name)
-    if settings.form == "positive":
-        value = quad_pos
-    elif settings.form == "raw":
-        value = quad_raw
-    else:
-        value = cross
+    value = {"positive": forms.positive, "raw": forms.raw, "cross": cross}[settings.form]
     assert value is not None
-    clamped = value < 0
-    hcal = max(value, 0.0)
 
+    converged = forms.converged
     top_eig = trace = trace_stderr = None
     if settings.spectrum:
         top_eig, trace, trace_stderr, spectrum_converged = _spectrum(
@@ -356,55 +275,27 @@ def _measure_one(
         is_new_head=layer.is_new_head,
         dist_fro=float(layer.dist_fro),
         rel_dist=None if layer.rel_dist is None else float(layer.rel_dist),
-        quad_raw=quad_raw,
-        quad_pos=quad_pos,
+        quad_raw=forms.raw,
+        quad_pos=forms.positive,
         cross=cross,
-        hcal=hcal,
-        clamped=clamped,
+        hcal=max(value, 0.0),
+        clamped=value < 0,
         top_eig=top_eig,
         trace=trace,
         trace_stderr=trace_stderr,
         converged=bool(converged),
         engine_path=path,
-        quad_steps=steps,
-        quad_last_change=last_change,
-        quad_error=quad_error,
-        quad_hvps=hvps,
+        quad_steps=forms.steps,
+        quad_last_change=forms.last_change,
+        quad_error=forms.error,
+        quad_hvps=forms.hvps,
     )
-
-
-def _delta_like(model: nn.Module, layer: Layer) -> torch.Tensor:
-    """v = W_ft - W_pre in the audit's dtype and device: both tensors are cast first, then
-    subtracted (a float32 difference cast to float64 would be ~1e-8 off)."""
-    param = dict(model.named_parameters())[layer.name]
-    return layer.delta_as(dtype=param.dtype, device=param.device).reshape(param.shape)
-
-
-def _reduce_per_example(
-    per_batch: list[torch.Tensor], reduce: str, ctx: Context = SINGLE
-) -> float:
-    """Reduce per-example forms that are linear in the Hessian (raw forms, PSD Gauss-Newton).
-
-    For such forms the batch-mean Hessian's form is the mean of the per-example forms, so all
-    three reductions follow from the per-example values. Across ranks: MAX of the maxima, SUM
-    of sums and counts.
-    """
-    if reduce == "example-max":
-        return ctx.max_float(max((float(v.max()) for v in per_batch), default=-math.inf))
-    if reduce == "batch-max":
-        return ctx.max_float(max((float(v.mean()) for v in per_batch), default=-math.inf))
-    totals = torch.tensor(
-        [sum(float(v.double().sum()) for v in per_batch), sum(len(v) for v in per_batch)],
-        dtype=torch.float64,
-    )
-    total, count = ctx.sum(totals).tolist()
-    return total / count
 
 
 def _spectrum(
     model: nn.Module,
     name: str,
-    work: _Work,
+    work: Work,
     path: str,
     settings: MeasureSettings,
     generator: torch.Generator,
@@ -417,14 +308,12 @@ def _spectrum(
     Hutchinson samples z^T G z = mean_n gn_form(J_n z) need only JVPs, vectorized over probes;
     the probes are drawn exactly as :func:`~hessaudit.hessian.hutchinson_trace` draws them.
     """
-    from hessaudit.hessian._util import random_rademacher
-
     ctx = work.ctx
     param = dict(model.named_parameters())[name]
     size, dtype, device = param.numel(), param.dtype, param.device
     local = None
     if work.spectrum_local:
-        cache = _cache_fits(work.spectrum_local_n)
+        cache = cache_fits(work.spectrum_local_n)
         local = (
             BlockGaussNewton(model, work.spectrum_local, name, cache_graph=cache)
             if path == "jvp"
@@ -469,34 +358,3 @@ def _spectrum(
     if local is not None:
         local.clear_cache()
     return float(eig.value), float(trace.value), float(trace.stderr), bool(eig.converged)
-
-
-def _cross_forms(
-    model: nn.Module,
-    layers: Sequence[Layer],
-    work: _Work,
-    reduce: str,
-) -> dict[str, float]:
-    """The released code's per-layer v_i^T (H v)_i from full HVPs along all layers at once."""
-
-    ctx = work.ctx
-    vectors = {layer.name: _delta_like(model, layer) for layer in layers}
-    names = list(vectors)
-    if reduce == "mean":
-        local_n = sum(len(x) for x, _ in work.local)
-        total = sum(len(x) for x, _ in work.batches)
-        local = dict.fromkeys(names, 0.0)
-        if work.local:
-            local = cross_term_forms(model, work.local, vectors)
-        weighted = torch.tensor([local[n] * local_n / total for n in names], dtype=torch.float64)
-        return dict(zip(names, ctx.sum(weighted).tolist(), strict=True))
-    if reduce == "batch-max":
-        groups = [[batch] for batch in work.local]
-    else:
-        groups = [[(x[i : i + 1], y[i : i + 1])] for x, y in work.local for i in range(len(x))]
-    best = dict.fromkeys(names, -math.inf)
-    for group in groups:
-        for name, value in cross_term_forms(model, group, vectors).items():
-            best[name] = max(best[name], value)
-    reduced = ctx.max(torch.tensor([best[n] for n in names], dtype=torch.float64))
-    return dict(zip(names, reduced.tolist(), strict=True))

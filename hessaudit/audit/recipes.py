@@ -14,8 +14,8 @@ ways, all set together by ``--recipe released``:
 2. layers: the weight of every module that is exactly ``torch.nn.Conv2d`` and whose module name
    contains ``"conv"`` (so ResNet ``downsample`` convolutions are left out), plus the weight of
    every exactly-``torch.nn.Linear`` module that is the classifier (hessaudit's
-   :func:`~.models.classifier_names`) or whose name contains ``"pred_head"``; no other
-   Linear, no bias, no normalization parameter;
+   :func:`~hessaudit.inputs.models.classifier_names`) or whose name contains ``"pred_head"``;
+   no other Linear, no bias, no normalization parameter;
 3. head: its distance vector is the fine-tuned weight itself, v = W, even when the pretrained
    checkpoint has a head of the same shape;
 4. form: the cross term ``v_i^T (H v)_i`` read out of one Hessian-vector product along all the
@@ -35,17 +35,19 @@ import dataclasses
 import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-from torch import nn
-
-from hessaudit.audit.layers import Layer
 from hessaudit.errors import HessauditError
 
 if TYPE_CHECKING:
-    from hessaudit.audit.run import AuditRequest
+    from torch import nn
+
+    from hessaudit.audit.layers import Layer
     from hessaudit.inputs.data import Dataset
+
+# An AuditRequest (hessaudit.audit.request builds every request through resolve_request, so this
+# module, below it, knows a request only by its field names).
+Request = TypeVar("Request")
 
 __all__ = [
     "RECIPES",
@@ -73,9 +75,9 @@ _FLAGS = {
 class Recipe:
     """What a recipe sets.
 
-    ``sets`` maps :class:`~hessaudit.audit.run.AuditRequest` fields to the value the recipe forces
-    (an explicit other value is a conflict). ``layers`` is ``"selected"`` (the selection flags
-    decide) or ``"released"`` (rule 2 and 3 of the module docstring). ``examples`` is
+    ``sets`` maps :class:`~hessaudit.audit.request.AuditRequest` fields to the value the recipe
+    forces (an explicit other value is a conflict). ``layers`` is ``"selected"`` (the selection
+    flags decide) or ``"released"`` (rule 2 and 3 of the module docstring). ``examples`` is
     ``"audit-data"`` (``--data``, or a seeded ``--samples`` subset of it) or ``"released"``
     (rule 1). ``default_samples`` replaces an unset ``--samples``.
     """
@@ -136,21 +138,18 @@ def _show(field_name: str, value: Any) -> str:
     return f"{flag} {value}"
 
 
-def resolve_request(
-    request: AuditRequest, explicit: Collection[str] | None = None
-) -> AuditRequest:
-    """``request`` with its recipe's settings applied.
+def resolve_request(request: Request, explicit: Collection[str] | None = None) -> Request:
+    """``request`` (an :class:`~hessaudit.audit.request.AuditRequest`) with its recipe's
+    settings applied.
 
     ``explicit`` names the request fields the user gave (the CLI reads them from the command
-    line); when None, every field whose value differs from the :class:`AuditRequest` default
-    counts as given. A given field whose value differs from the recipe's is an error naming the
+    line); when None, every field whose value differs from the request's default counts as
+    given. A given field whose value differs from the recipe's is an error naming the
     recipe's setting and the conflicting flag. Idempotent: resolving a resolved request
     returns it unchanged.
     """
-    from hessaudit.audit.run import AuditRequest
-
     recipe = get_recipe(request.recipe)
-    defaults = {f.name: f.default for f in dataclasses.fields(AuditRequest)}
+    defaults = {f.name: f.default for f in dataclasses.fields(request)}
     if explicit is None:
         explicit = {name for name, default in defaults.items() if getattr(request, name) != default}
     changes: dict[str, Any] = {}
@@ -175,6 +174,8 @@ def resolve_request(
 
 def _released_layer_names(model: nn.Module) -> tuple[set[str], set[str]]:
     """(conv weights, head weights) that the released code measures (module docstring, rule 2)."""
+    from torch import nn
+
     from hessaudit.inputs.models import classifier_names
 
     classifier = set(classifier_names(model))
@@ -196,6 +197,8 @@ def select_layers(recipe: Recipe, model: nn.Module, layers: Sequence[Layer]) -> 
     Under ``released`` only the layers of rule 2 stay, and each head is measured from zero
     (rule 3: ``pretrained`` None, marked ``is_new_head``).
     """
+    from hessaudit.audit.layers import Layer
+
     if recipe.layers == "selected":
         return list(layers)
     convs, heads = _released_layer_names(model)
@@ -230,6 +233,8 @@ def audit_examples(
     ``torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))``, in that
     order, with b = ``batch_size`` and S = ``samples``.
     """
+    import torch
+
     if recipe.examples != "released":
         return None
     source, where = (held_out, "eval_data") if held_out is not None else (train, "data")

@@ -1,4 +1,5 @@
-"""Shared plumbing for the CLI commands: exit codes, error handling, common options."""
+"""Shared plumbing for the CLI commands: exit codes and error handling (the options every
+command shares are in :mod:`hessaudit.commands.options`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
@@ -44,15 +45,6 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_GATE_FAILED = 2
 EXIT_INTERRUPTED = 130
-
-# Options every command accepts. ``--debug`` is read by ``run_app`` from the raw arguments, so
-# that a failure while parsing the other options can still show its traceback.
-DebugOption = Annotated[
-    bool, typer.Option("--debug", help="Show the full Python traceback on errors.")
-]
-QuietOption = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No tables or progress bars; logs and errors only.")
-]
 
 
 def debug_requested(args: Sequence[str]) -> bool:

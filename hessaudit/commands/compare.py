@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hessaudit.commands.common import DebugOption, QuietOption
+from hessaudit.commands.options import Debug, JsonOutput, Quiet, SummaryMd
 
 _GATES = "Gates"
 _OUTPUT = "Outputs"
@@ -44,25 +44,10 @@ def compare_command(
             rich_help_panel=_GATES,
         ),
     ] = None,
-    json_path: Annotated[
-        str | None,
-        typer.Option(
-            "--json",
-            help="Write the hessaudit.compare/1 JSON here ('-' for stdout; default: not "
-            "written).",
-            rich_help_panel=_OUTPUT,
-        ),
-    ] = None,
-    summary_md: Annotated[
-        str | None,
-        typer.Option(
-            help="Write a markdown report here (e.g. $GITHUB_STEP_SUMMARY; '-' for stdout; "
-            "default: not written).",
-            rich_help_panel=_OUTPUT,
-        ),
-    ] = None,
-    quiet: QuietOption = False,
-    debug: DebugOption = False,
+    json_path: JsonOutput("the hessaudit.compare/1 JSON", _OUTPUT) = None,
+    summary_md: SummaryMd(_OUTPUT) = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> int:
     """Compare two audits: per-layer Hcal and bound changes, with gates on the increase."""
     from hessaudit import _paths

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hessaudit.commands.common import DebugOption, QuietOption
+from hessaudit.commands.options import Debug, JsonOutput, Quiet
 
 _OUTPUT = "Output"
 _GATE = "Gate calibration"
@@ -26,15 +26,7 @@ def correlate_command(
             rich_help_panel=_OUTPUT,
         ),
     ] = None,
-    json_path: Annotated[
-        str | None,
-        typer.Option(
-            "--json",
-            help="Write the hessaudit.correlate/1 JSON here ('-' for stdout; default: not "
-            "written).",
-            rich_help_panel=_OUTPUT,
-        ),
-    ] = None,
+    json_path: JsonOutput("the hessaudit.correlate/1 JSON", _OUTPUT) = None,
     group_by: Annotated[
         str | None,
         typer.Option(
@@ -68,14 +60,14 @@ def correlate_command(
     plots: Annotated[
         bool, typer.Option(help="Draw the PNG plots with matplotlib (with --out).")
     ] = True,
-    quiet: QuietOption = False,
-    debug: DebugOption = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> int:
     """Spearman and Pearson correlation of each measure (and the bound) with the observed gap
     over many audits, with bootstrap intervals; optionally thresholds for CI gates."""
     import sys
 
-    from hessaudit.audit.gates import check_outputs
+    from hessaudit._paths import check_output_paths
     from hessaudit.correlate import core as lib
     from hessaudit.correlate.paths import (
         check_not_inputs,
@@ -86,7 +78,7 @@ def correlate_command(
     from hessaudit.correlate.read import expand_inputs, plain, read_audit
     from hessaudit.errors import HessauditError
 
-    check_outputs(json_path)
+    check_output_paths(json_path)
     lib.check_bootstrap(bootstrap, seed)
     if group_by is not None:
         lib.check_group_key(group_by)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hessaudit.commands.common import DebugOption, QuietOption
+from hessaudit.commands.options import Debug, JsonOutput, Quiet
 
 
 def demo_command(
@@ -21,14 +21,9 @@ def demo_command(
     rebuild: Annotated[
         bool, typer.Option(help="Rebuild the checkpoints even when a cached copy is valid.")
     ] = False,
-    json_path: Annotated[
-        str | None,
-        typer.Option(
-            "--json", help="Write the audit JSON here ('-' for stdout; default: not written)."
-        ),
-    ] = None,
-    quiet: QuietOption = False,
-    debug: DebugOption = False,
+    json_path: JsonOutput("the audit JSON") = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> int:
     """Pretrain a small CNN on one digits task, fine-tune it on another, and audit the pair.
 

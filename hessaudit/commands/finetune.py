@@ -1,7 +1,8 @@
 """``hessaudit finetune``: robust fine-tuning under label noise (the paper's Algorithm 1).
 
 Only option parsing lives here; the work is :func:`hessaudit.robust.trainer.run_finetune`.
-The defaults below must equal :class:`hessaudit.robust.config.FinetuneConfig`'s (a test checks).
+The option types that ``tune`` shares are in :mod:`hessaudit.commands.finetune_options`; the
+defaults below must equal :class:`hessaudit.robust.config.FinetuneConfig`'s (a test checks).
 """
 
 from __future__ import annotations
@@ -10,31 +11,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hessaudit.commands._data_options import (
-    crop_pct_option,
-    input_size_option,
-    interpolation_option,
-    mean_option,
-    std_option,
-)
-from hessaudit.commands._text_options import (
-    label_column_option,
-    max_length_option,
-    text_column_option,
-    tokenizer_option,
-)
-from hessaudit.commands.common import DebugOption, QuietOption
+from hessaudit.commands import finetune_options as ft
+from hessaudit.commands.options import Debug, Quiet
 from hessaudit.errors import HessauditError
 
 if TYPE_CHECKING:
     from hessaudit.robust.config import FinetuneConfig
-
-_DATA = "Model, data and run folder"
-_OPT = "Optimization"
-_LOSS = "Loss and noise matrix"
-_CONS = "Constraint and penalty"
-_NOISE = "Synthetic noise"
-_RUN = "Audit, resume and overwrite"
 
 #: Parameters that are not FinetuneConfig fields.
 _NOT_CONFIG = ("ctx", "resume", "overwrite", "quiet", "debug")
@@ -48,253 +30,74 @@ def _from_command_line(ctx: typer.Context, name: str) -> bool:
 
 def finetune_command(
     ctx: typer.Context,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="timm model name, a Hugging Face model folder (config.json), or a factory "
-            "'file.py:function' / 'pkg.mod:function' (required to start a run).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    pretrained: Annotated[
-        str | None,
-        typer.Option(
-            help="Pretrained checkpoint, .safetensors/.pt or a Hugging Face model folder "
-            "(required to start a run).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            help="Training data: ImageFolder dir, .npz (x, y[, clean_y]), 'digits', or a text "
-            "table .csv/.tsv/.jsonl/.parquet (required to start a run).",
-            rich_help_panel=_DATA,
-        ),
-    ] = None,
-    out: Annotated[
-        str | None,
-        typer.Option(help="Run folder for every output, new or empty (required to start a "
-                     "run).", rich_help_panel=_DATA),
-    ] = None,
-    num_classes: Annotated[
-        int | None,
-        typer.Option(help="Classes k of the new task (default: from the data).",
-                     rich_help_panel=_DATA),
-    ] = None,
-    eval_data: Annotated[
-        str | None,
-        typer.Option(help="Held-out data, evaluated every epoch, clean labels (default: none).",
-                     rich_help_panel=_DATA),
-    ] = None,
+    model: ft.Model = None,
+    pretrained: ft.Pretrained = None,
+    data: ft.Data = None,
+    out: ft.Out = None,
+    num_classes: ft.NumClasses = None,
+    eval_data: ft.EvalData = None,
     val_fraction: Annotated[
         float | None,
         typer.Option(
             help="Carve this fraction (0..1) of --data out as a validation split (clean labels "
             "when known); needed by --early-stop (default: none, no validation split).",
-            rich_help_panel=_DATA,
+            rich_help_panel=ft.DATA,
         ),
     ] = None,
-    batch_size: Annotated[
-        int, typer.Option(help="Mini-batch size, in examples.", rich_help_panel=_DATA)
-    ] = 32,
-    samples: Annotated[
-        int | None,
-        typer.Option(help="Train on a seeded subset of N examples (default: all).",
-                     rich_help_panel=_DATA),
-    ] = None,
-    input_size: Annotated[int | None, input_size_option(_DATA)] = None,
-    mean: Annotated[list[str] | None, mean_option(_DATA)] = None,
-    std: Annotated[list[str] | None, std_option(_DATA)] = None,
-    interpolation: Annotated[str | None, interpolation_option(_DATA)] = None,
-    crop_pct: Annotated[float | None, crop_pct_option(_DATA)] = None,
-    text_column: Annotated[str | None, text_column_option(_DATA)] = None,
-    label_column: Annotated[str, label_column_option(_DATA)] = "label",
-    tokenizer: Annotated[str | None, tokenizer_option(_DATA)] = None,
-    max_length: Annotated[int, max_length_option(_DATA)] = 128,
-    device: Annotated[
-        str, typer.Option(help="cpu | cuda | cuda:N.", rich_help_panel=_DATA)
-    ] = "cpu",
-    seed: Annotated[
-        int,
-        typer.Option(help="Seed for shuffling, the new head's init and the validation split.",
-                     rich_help_panel=_DATA),
-    ] = 0,
-    allow_hub: Annotated[
-        bool,
-        typer.Option(help="Allow timm to download a hub model (off: never use the network).",
-                     rich_help_panel=_DATA),
-    ] = False,
-    epochs: Annotated[int, typer.Option(help="Training epochs.", rich_help_panel=_OPT)] = 30,
-    lr: Annotated[
-        float | None,
-        typer.Option(help="Learning rate (default: 1e-4; 2e-5 for text data).",
-                     rich_help_panel=_OPT),
-    ] = None,
-    optimizer: Annotated[
-        str | None,
-        typer.Option(help="adam | adamw (no decay on biases and norm weights) | sgd (default: "
-                     "adam; adamw for text data).", rich_help_panel=_OPT),
-    ] = None,
-    momentum: Annotated[
-        float, typer.Option(help="SGD momentum.", rich_help_panel=_OPT)
-    ] = 0.9,
-    weight_decay: Annotated[
-        float | None,
-        typer.Option(help="Weight decay of the optimizer (default: 0; 0.01 for text data).",
-                     rich_help_panel=_OPT),
-    ] = None,
-    schedule: Annotated[
-        str | None,
-        typer.Option(
-            help="step (x --lr-decay every --lr-step epochs) | cosine | linear (warm-up, then "
-            "down to 0 at the end, per step) | none (default: step; linear for text data).",
-            rich_help_panel=_OPT,
-        ),
-    ] = None,
-    lr_step: Annotated[
-        int, typer.Option(help="Epochs between step decays.", rich_help_panel=_OPT)
-    ] = 10,
-    lr_decay: Annotated[
-        float, typer.Option(help="Factor of each step decay.", rich_help_panel=_OPT)
-    ] = 0.1,
-    warmup_epochs: Annotated[
-        float | None,
-        typer.Option(metavar="K", help="--schedule linear: warm up over the first K epochs' "
-                     "steps (default: the first 10% of all steps).", rich_help_panel=_OPT),
-    ] = None,
+    batch_size: ft.BatchSize = 32,
+    samples: ft.Samples = None,
+    input_size: ft.InputSize = None,
+    mean: ft.Mean = None,
+    std: ft.Std = None,
+    interpolation: ft.Interpolation = None,
+    crop_pct: ft.CropPct = None,
+    device: ft.Device = "cpu",
+    seed: ft.Seed = 0,
+    allow_hub: ft.AllowHub = False,
+    text_column: ft.TextColumn = None,
+    label_column: ft.LabelColumn = "label",
+    tokenizer: ft.TokenizerDir = None,
+    max_length: ft.MaxLength = 128,
+    epochs: ft.Epochs = 30,
+    lr: ft.Lr = None,
+    optimizer: ft.Optimizer = None,
+    momentum: ft.Momentum = 0.9,
+    weight_decay: ft.WeightDecay = None,
+    schedule: ft.Schedule = None,
+    lr_step: ft.LrStep = 10,
+    lr_decay: ft.LrDecay = 0.1,
+    warmup_epochs: ft.WarmupEpochs = None,
     early_stop: Annotated[
         int | None,
         typer.Option(
             metavar="PATIENCE",
             help="Stop after PATIENCE epochs without a better validation accuracy "
             "(best.safetensors keeps the best; default: off, train every epoch).",
-            rich_help_panel=_OPT,
+            rich_help_panel=ft.OPTIMIZATION,
         ),
     ] = None,
-    loss: Annotated[
-        str,
-        typer.Option(
-            help="reweight (backward correction with F^-1, the paper's) | ce | "
-            "label-smoothing | forward | gce | sce | js.",
-            rich_help_panel=_LOSS,
-        ),
-    ] = "reweight",
-    smoothing: Annotated[
-        float, typer.Option(help="Label smoothing epsilon.", rich_help_panel=_LOSS)
-    ] = 0.1,
-    gce_q: Annotated[float, typer.Option(help="GCE exponent q.", rich_help_panel=_LOSS)] = 0.7,
-    sce_alpha: Annotated[
-        float, typer.Option(help="SCE weight of the cross-entropy.", rich_help_panel=_LOSS)
-    ] = 0.1,
-    sce_beta: Annotated[
-        float, typer.Option(help="SCE weight of the reverse cross-entropy.",
-                            rich_help_panel=_LOSS)
-    ] = 1.0,
-    js_weight: Annotated[
-        float,
-        typer.Option(
-            metavar="PI1",
-            help="JS loss: weight of the label in the mixture, in (0, 1) (0.5, the JS authors' "
-            "default; near 0 acts like CE, near 1 like MAE).",
-            rich_help_panel=_LOSS,
-        ),
-    ] = 0.5,
-    nonneg_correction: Annotated[
-        bool,
-        typer.Option(
-            help="reweight: clamp each class's corrected partial risk in the batch at zero, "
-            "so the loss cannot run below zero (non-negative risk estimator).",
-            rich_help_panel=_LOSS,
-        ),
-    ] = False,
-    noise_matrix: Annotated[
-        str | None,
-        typer.Option(
-            help="F (rows = true, columns = noisy label): symmetric:RATE, a .csv/.npy/.json "
-            "file, 'estimate' (from first models; estimate:confident-joint | estimate:anchor | "
-            "estimate:dual-t picks the method), or 'injected' (the --inject-noise matrix). "
-            "Needed by reweight and forward (default: none).",
-            rich_help_panel=_LOSS,
-        ),
-    ] = None,
-    estimate_method: Annotated[
-        str,
-        typer.Option(help="How --noise-matrix estimate works: confident (alias "
-                     "confident-joint) | anchor | dual-t.",
-                     rich_help_panel=_LOSS),
-    ] = "confident",
-    estimate_epochs: Annotated[
-        int | None,
-        typer.Option(help="Epochs of the first models for 'estimate' (default: --epochs).",
-                     rich_help_panel=_LOSS),
-    ] = None,
-    constraint: Annotated[
-        str | None,
-        typer.Option(
-            help="frobenius | none (default: frobenius for reweight, none otherwise).",
-            rich_help_panel=_CONS,
-        ),
-    ] = None,
-    radius: Annotated[
-        float,
-        typer.Option(
-            help="Radius D of the first stage's balls, in Frobenius norm of the weight change.",
-            rich_help_panel=_CONS,
-        ),
-    ] = 1.0,
-    radius_growth: Annotated[
-        float,
-        typer.Option(help="Radius factor gamma per stage: ResNet layer1..4, else 4 equal "
-                     "groups of layers in model order.", rich_help_panel=_CONS),
-    ] = 1.0,
-    head_radius: Annotated[
-        float | None,
-        typer.Option(help="Keep the new head in a ball of this radius (Frobenius norm) around zero "
-                     "(default: unconstrained).", rich_help_panel=_CONS),
-    ] = None,
-    radius_attention: Annotated[
-        float | None,
-        typer.Option(help="Radius of the attention layers (query, key, value, output; "
-                     "default: --radius).", rich_help_panel=_CONS),
-    ] = None,
-    radius_linear: Annotated[
-        float | None,
-        typer.Option(help="Radius of the other linear layers (feed-forward, pooler; "
-                     "default: --radius).", rich_help_panel=_CONS),
-    ] = None,
-    radius_table: Annotated[
-        str | None,
-        typer.Option(help="Per-layer radii by name pattern, .json or .csv; a pattern wins "
-                     "over every other radius flag (default: none).", rich_help_panel=_CONS),
-    ] = None,
-    penalty: Annotated[
-        str | None,
-        typer.Option(help="l2sp:LAMBDA[:HEAD] (L2-SP; HEAD default 0.01; default: none).",
-                     rich_help_panel=_CONS),
-    ] = None,
-    inject_noise: Annotated[
-        str | None,
-        typer.Option(
-            help="Flip training labels: symmetric:RATE | asymmetric:RATE[:MAP.json] | "
-            "matrix:FILE, RATE a fraction 0..1 (default: none, the labels as given).",
-            rich_help_panel=_NOISE,
-        ),
-    ] = None,
-    noise_seed: Annotated[
-        int | None,
-        typer.Option(help="Seed of --inject-noise (default: --seed).", rich_help_panel=_NOISE),
-    ] = None,
-    audit: Annotated[
-        bool,
-        typer.Option(help="Audit the final checkpoint (Hessian measure) into DIR/audit.json.",
-                     rich_help_panel=_RUN),
-    ] = False,
-    audit_samples: Annotated[
-        int | None,
-        typer.Option(help="Audit a seeded subset of N examples (default: all).",
-                     rich_help_panel=_RUN),
-    ] = None,
+    loss: ft.Loss = "reweight",
+    smoothing: ft.Smoothing = 0.1,
+    gce_q: ft.GceQ = 0.7,
+    sce_alpha: ft.SceAlpha = 0.1,
+    sce_beta: ft.SceBeta = 1.0,
+    js_weight: ft.JsWeight = 0.5,
+    nonneg_correction: ft.NonnegCorrection = False,
+    noise_matrix: ft.NoiseMatrix = None,
+    estimate_method: ft.EstimateMethod = "confident",
+    estimate_epochs: ft.EstimateEpochs = None,
+    constraint: ft.Constraint = None,
+    radius: ft.Radius = 1.0,
+    radius_growth: ft.RadiusGrowth = 1.0,
+    head_radius: ft.HeadRadius = None,
+    radius_attention: ft.RadiusAttention = None,
+    radius_linear: ft.RadiusLinear = None,
+    radius_table: ft.RadiusTable = None,
+    penalty: ft.Penalty = None,
+    inject_noise: ft.InjectNoise = None,
+    noise_seed: ft.NoiseSeed = None,
+    audit: ft.Audit = False,
+    audit_samples: ft.AuditSamples = None,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -302,16 +105,18 @@ def finetune_command(
             help="Continue or complete the interrupted run in DIR (only --epochs, --early-stop, "
             "--device, --audit, --audit-samples may change; a factory --model and --allow-hub "
             "must be given again; default: start a new run).",
-            rich_help_panel=_RUN,
+            rich_help_panel=ft.RUN,
         ),
     ] = None,
     overwrite: Annotated[
         bool,
-        typer.Option(help="Replace the outputs of a previous run in --out (other files stay).",
-                     rich_help_panel=_RUN),
+        typer.Option(
+            help="Replace the outputs of a previous run in --out (other files stay).",
+            rich_help_panel=ft.RUN,
+        ),
     ] = False,
-    quiet: QuietOption = False,
-    debug: DebugOption = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> int:
     """Fine-tune a pretrained model robustly under label noise (reweighted loss + layerwise
     projection), or with a baseline loss; write checkpoints, metrics and config to --out."""

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from hessaudit.commands.common import DebugOption, QuietOption
+from hessaudit.commands.options import (
+    AllowHub,
+    Debug,
+    Exclude,
+    ExcludeNewHead,
+    Finetuned,
+    Include,
+    IncludeBias,
+    IncludeNorm,
+    JsonOutput,
+    NumClasses,
+    Pretrained,
+    Quiet,
+)
 
 
 def inspect_command(
-    pretrained: Annotated[Path, typer.Argument(help="Pretrained checkpoint.")],
-    finetuned: Annotated[Path, typer.Argument(help="Fine-tuned checkpoint.")],
+    pretrained: Pretrained,
+    finetuned: Finetuned,
     model: Annotated[
         str | None,
         typer.Option(
@@ -21,29 +33,16 @@ def inspect_command(
             "none, tensors are paired by name).",
         ),
     ] = None,
-    num_classes: Annotated[
-        int | None, typer.Option(help="Classes (default: from the head).")
-    ] = None,
-    include: Annotated[
-        list[str] | None,
-        typer.Option(help="Only layers matching this glob (repeatable; default: every layer)."),
-    ] = None,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option(help="Skip layers matching this glob (repeatable; default: none)."),
-    ] = None,
-    include_bias: Annotated[bool, typer.Option(help="Also list biases.")] = False,
-    include_norm: Annotated[bool, typer.Option(help="Also list normalization scales.")] = False,
-    exclude_new_head: Annotated[bool, typer.Option(help="Leave out a new head.")] = False,
-    allow_hub: Annotated[bool, typer.Option(help="Allow timm hub downloads.")] = False,
-    json_path: Annotated[
-        str | None,
-        typer.Option(
-            "--json", help="Write the table as JSON ('-' for stdout; default: not written)."
-        ),
-    ] = None,
-    quiet: QuietOption = False,
-    debug: DebugOption = False,
+    num_classes: NumClasses() = None,
+    include: Include() = None,
+    exclude: Exclude() = None,
+    include_bias: IncludeBias("list") = False,
+    include_norm: IncludeNorm("list") = False,
+    exclude_new_head: ExcludeNewHead() = False,
+    allow_hub: AllowHub() = False,
+    json_path: JsonOutput("the table as JSON") = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> int:
     """Show how far each layer moved from the pretrained weights (no Hessian work)."""
     from hessaudit import _paths

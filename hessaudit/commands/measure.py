@@ -3,25 +3,40 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from hessaudit.commands._data_options import (
-    crop_pct_option,
-    input_size_option,
-    interpolation_option,
-    mean_option,
-    std_option,
+from hessaudit.commands.options import (
+    AllowHub,
+    BatchSize,
+    CropPct,
+    Debug,
+    Device,
+    Exclude,
+    ExcludeNewHead,
+    Finetuned,
+    Include,
+    IncludeBias,
+    IncludeNorm,
+    InputSize,
+    Interpolation,
+    JsonOutput,
+    LabelColumn,
+    MaxLength,
+    Mean,
+    Model,
+    NumClasses,
+    Pretrained,
+    Quiet,
+    Samples,
+    Std,
+    SummaryMd,
+    TextColumn,
+    TokenizerDir,
 )
-from hessaudit.commands._text_options import (
-    label_column_option,
-    max_length_option,
-    text_column_option,
-    tokenizer_option,
-)
-from hessaudit.commands.common import DebugOption, QuietOption
 
 _DATA = "Inputs"
 _MEASURE = "Measure"
@@ -33,15 +48,9 @@ _GATES = "Gates (exit 2 when one fails; see docs/gating.md)"
 
 def measure_command(
     ctx: typer.Context,
-    pretrained: Annotated[Path, typer.Argument(help="Pretrained checkpoint (.safetensors/.pt).")],
-    finetuned: Annotated[Path, typer.Argument(help="Fine-tuned checkpoint (.safetensors/.pt).")],
-    model: Annotated[
-        str,
-        typer.Option(
-            help="timm model name, or a factory 'file.py:function' / 'pkg.mod:function'.",
-            rich_help_panel=_DATA,
-        ),
-    ],
+    pretrained: Pretrained,
+    finetuned: Finetuned,
+    model: Model(_DATA),
     data: Annotated[
         str,
         typer.Option(
@@ -63,28 +72,18 @@ def measure_command(
             rich_help_panel=_DATA,
         ),
     ] = None,
-    num_classes: Annotated[
-        int | None,
-        typer.Option(help="Classes (default: from the fine-tuned head).", rich_help_panel=_DATA),
-    ] = None,
-    samples: Annotated[
-        int | None,
-        typer.Option(
-            help="Audit a seeded subset of N examples (default: all).", rich_help_panel=_DATA
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option(help="Mini-batch size, in examples.", rich_help_panel=_DATA)
-    ] = 32,
-    input_size: Annotated[int | None, input_size_option(_DATA)] = None,
-    mean: Annotated[list[str] | None, mean_option(_DATA)] = None,
-    std: Annotated[list[str] | None, std_option(_DATA)] = None,
-    interpolation: Annotated[str | None, interpolation_option(_DATA)] = None,
-    crop_pct: Annotated[float | None, crop_pct_option(_DATA)] = None,
-    text_column: Annotated[str | None, text_column_option(_DATA)] = None,
-    label_column: Annotated[str, label_column_option(_DATA)] = "label",
-    tokenizer: Annotated[str | None, tokenizer_option(_DATA)] = None,
-    max_length: Annotated[int, max_length_option(_DATA)] = 128,
+    num_classes: NumClasses(_DATA) = None,
+    samples: Samples("Audit", _DATA) = None,
+    batch_size: BatchSize(_DATA) = 32,
+    input_size: InputSize(_DATA) = None,
+    mean: Mean(_DATA) = None,
+    std: Std(_DATA) = None,
+    interpolation: Interpolation(_DATA) = None,
+    crop_pct: CropPct(_DATA) = None,
+    text_column: TextColumn(_DATA) = None,
+    label_column: LabelColumn(_DATA) = "label",
+    tokenizer: TokenizerDir(_DATA) = None,
+    max_length: MaxLength(_DATA) = 128,
     n_train: Annotated[
         int | None,
         typer.Option(
@@ -165,48 +164,19 @@ def measure_command(
             help="Noise draws for --noise-stability (default: 20).", rich_help_panel=_MEASURE
         ),
     ] = None,
-    include: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Only layers matching this glob (repeatable; default: every weight layer).",
-            rich_help_panel=_LAYERS,
-        ),
-    ] = None,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Skip layers matching this glob (repeatable; default: none).",
-            rich_help_panel=_LAYERS,
-        ),
-    ] = None,
-    include_bias: Annotated[
-        bool, typer.Option(help="Also measure biases.", rich_help_panel=_LAYERS)
-    ] = False,
-    include_norm: Annotated[
-        bool, typer.Option(help="Also measure normalization scales.", rich_help_panel=_LAYERS)
-    ] = False,
-    exclude_new_head: Annotated[
-        bool,
-        typer.Option(
-            help="Leave out a new head (no pretrained counterpart).", rich_help_panel=_LAYERS
-        ),
-    ] = False,
-    device: Annotated[
-        str, typer.Option(help="cpu | cuda | cuda:N.", rich_help_panel=_MEASURE)
-    ] = "cpu",
+    include: Include(_LAYERS) = None,
+    exclude: Exclude(_LAYERS) = None,
+    include_bias: IncludeBias("measure", _LAYERS) = False,
+    include_norm: IncludeNorm("measure", _LAYERS) = False,
+    exclude_new_head: ExcludeNewHead(_LAYERS) = False,
+    device: Device(_MEASURE) = "cpu",
     dtype: Annotated[
         str, typer.Option(help="float32 | float64.", rich_help_panel=_MEASURE)
     ] = "float32",
     seed: Annotated[
         int, typer.Option(help="Seed for subsets and random probes.", rich_help_panel=_MEASURE)
     ] = 0,
-    allow_hub: Annotated[
-        bool,
-        typer.Option(
-            help="Allow timm to download a hub model (off: never use the network).",
-            rich_help_panel=_DATA,
-        ),
-    ] = False,
+    allow_hub: AllowHub(_DATA) = False,
     label: Annotated[
         list[str] | None,
         typer.Option(
@@ -216,14 +186,7 @@ def measure_command(
             rich_help_panel=_OUTPUT,
         ),
     ] = None,
-    json_path: Annotated[
-        str | None,
-        typer.Option(
-            "--json",
-            help="Write the audit JSON here ('-' for stdout; default: not written).",
-            rich_help_panel=_OUTPUT,
-        ),
-    ] = None,
+    json_path: JsonOutput("the audit JSON", _OUTPUT) = None,
     csv_path: Annotated[
         str | None,
         typer.Option(
@@ -287,29 +250,16 @@ def measure_command(
             rich_help_panel=_GATES,
         ),
     ] = None,
-    summary_md: Annotated[
-        str | None,
-        typer.Option(
-            help="Write a markdown report here (e.g. $GITHUB_STEP_SUMMARY; '-' for stdout; "
-            "default: not written).",
-            rich_help_panel=_OUTPUT,
-        ),
-    ] = None,
-    quiet: QuietOption = False,
-    debug: DebugOption = False,
+    summary_md: SummaryMd(_OUTPUT) = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> int:
     """Per-layer Hessian distances between two checkpoints and the generalization bound."""
     from hessaudit import _paths
     from hessaudit.audit import gates
-    from hessaudit.audit.distributed import env_world_size
-    from hessaudit.audit.loss_bound import parse_loss_bound
-    from hessaudit.audit.measures import check_noise_options
-    from hessaudit.audit.recipes import resolve_request
-    from hessaudit.audit.run import AuditRequest, audit_to_json, layers_frame, run_audit
+    from hessaudit.audit.request import FIELDS, AuditRequest
     from hessaudit.audit.tags import parse_labels
     from hessaudit.inputs.text_options import TextOptions
-    from hessaudit.report.audit import print_audit, warn_if_estimate
-    from hessaudit.report.progress import step_progress
 
     outputs = _paths.check_outputs(
         {"--json": json_path, "--csv": csv_path, "--summary-md": summary_md},
@@ -333,70 +283,62 @@ def measure_command(
         config=config,
     )
     gates.check_before_audit(gate_specs, eval_data=eval_data)
-    tags = parse_labels(label)
-    parse_loss_bound(loss_bound)  # fail on a bad --loss-bound before any work
-    check_noise_options(noise_stability, noise_draws)
+    # The other parameters are the request's fields, by name; the request checks them all.
+    options = {name: value for name, value in ctx.params.items() if name in FIELDS}
     text = TextOptions(text_column, label_column, tokenizer, max_length)  # checks them
-    request = AuditRequest(
-        pretrained=str(pretrained),
-        finetuned=str(finetuned),
-        model=model,
-        data=data,
-        eval_data=eval_data,
-        num_classes=num_classes,
-        samples=samples,
-        batch_size=batch_size,
-        input_size=input_size,
-        mean=tuple(mean) if mean else None,
-        std=tuple(std) if std else None,
-        interpolation=interpolation,
-        crop_pct=crop_pct,
-        n_train=n_train,
-        loss_bound=loss_bound,
-        epsilon=epsilon,
-        reduce=reduce,
-        form=form,
-        engine=engine,
-        lanczos_steps=lanczos_steps,
-        tol=tol,
-        spectrum=spectrum,
-        spectrum_samples=spectrum_samples,
-        trace_probes=trace_probes,
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        include_bias=include_bias,
-        include_norm=include_norm,
-        exclude_new_head=exclude_new_head,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        allow_hub=allow_hub,
-        recipe=recipe,
-        noise_stability=noise_stability,
-        noise_draws=noise_draws,
-        labels=labels,
-        tags=tags,
-        text=text,
+    request = AuditRequest.for_checkpoints(
+        **options, tags=parse_labels(label), text=text, given=_given_on_command_line(ctx)
     )
-    request = resolve_request(request, explicit=_given_on_command_line(ctx))
-    main_rank = env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0
-    try:
-        with (
-            step_progress("auditing layers", enabled=not quiet and main_rank) as advance,
-            _paths.stdout_reserved(outputs.to_stdout),  # the model's prints go to stderr
-        ):
-            result = run_audit(request, progress=advance, layer_gates=gate_specs)
-    except KeyboardInterrupt:
-        import sys
-
-        sys.stderr.write("\ninterrupted: the audit did not finish; nothing was written\n")
-        sys.stderr.flush()
-        raise
-    result = result.with_gates(gates.evaluate(gate_specs, result.to_dict()))
+    main_rank = _is_main_rank()
+    result = _run(request, gate_specs, progress=not quiet and main_rank,
+                  to_stdout=outputs.to_stdout)
     document = result.to_dict()
     if not main_rank:  # torchrun: every rank holds the same result; rank 0 writes and prints
         return 0 if document["success"] else 2
-    warn_if_estimate(document)  # also under --quiet: a CI log must show it
+    _write_outputs(result, document, json_path=json_path, csv_path=csv_path,
+                   summary_md=summary_md)
+    if not quiet and not outputs.to_stdout:
+        from hessaudit.report.audit import print_audit
+
+        print_audit(document)
+    return 0 if document["success"] else 2
+
+
+def _is_main_rank() -> bool:
+    """True outside torchrun, and on rank 0 of a torchrun job."""
+    from hessaudit.audit.distributed import env_world_size
+
+    return env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0
+
+
+def _run(request: Any, gate_specs: list[Any], *, progress: bool, to_stdout: bool) -> Any:
+    """The audit with a progress line, its gates evaluated on the result."""
+    from hessaudit import _paths
+    from hessaudit.audit import gates
+    from hessaudit.audit.run import run_audit
+    from hessaudit.report.progress import step_progress
+
+    try:
+        with (
+            step_progress("auditing layers", enabled=progress) as advance,
+            _paths.stdout_reserved(to_stdout),  # the model's prints go to stderr
+        ):
+            result = run_audit(request, progress=advance, layer_gates=gate_specs)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted: the audit did not finish; nothing was written\n")
+        sys.stderr.flush()
+        raise
+    return result.with_gates(gates.evaluate(gate_specs, result.to_dict()))
+
+
+def _write_outputs(result: Any, document: dict[str, Any], *, json_path: str | None,
+                   csv_path: str | None, summary_md: str | None) -> None:
+    """The estimate warning (also under --quiet: a CI log must show it) and the outputs."""
+    from hessaudit import _paths
+    from hessaudit.audit.run import audit_to_json, layers_frame
+    from hessaudit.report.audit import warn_if_estimate
+
+    warn_if_estimate(document)
     if json_path is not None:
         _paths.write_output("--json", json_path, audit_to_json(result))
     if csv_path is not None:
@@ -405,9 +347,6 @@ def measure_command(
         from hessaudit.report.markdown import audit_markdown, write_summary
 
         write_summary(summary_md, audit_markdown(document))
-    if not quiet and not outputs.to_stdout:
-        print_audit(document)
-    return 0 if document["success"] else 2
 
 
 def _given_on_command_line(ctx: typer.Context) -> set[str]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from hessaudit.commands.common import DebugOption, QuietOption
+from hessaudit.commands.options import Debug, Quiet
 
 
 def report_command(
@@ -23,8 +23,8 @@ def report_command(
         bool,
         typer.Option(help="Draw the per-layer plot with matplotlib (off: HTML/CSS bars only)."),
     ] = True,
-    quiet: QuietOption = False,
-    debug: DebugOption = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> int:
     """Write a self-contained HTML report (summary, gates, per-layer bars) for an audit.
 

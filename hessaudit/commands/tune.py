@@ -1,21 +1,23 @@
 """``hessaudit tune``: search the finetuner's radii, learning rate and loss options.
 
 Only option parsing is here; the work is :func:`~hessaudit.robust.tune.run.run_tune`. The finetune
-options are the ones of ``hessaudit finetune`` (same names, defaults and help, taken from
-:func:`hessaudit.commands.finetune.finetune_command`); a searched option given explicitly on
-the command line is fixed to that value instead of searched.
+options are the ones of ``hessaudit finetune`` (the types of
+:mod:`hessaudit.commands.finetune_options`, same defaults; a test checks), less
+``--resume``, ``--overwrite``, ``--val-fraction`` and ``--early-stop``, for which tune has its
+own; a searched option given explicitly on the command line is fixed to that value instead of
+searched.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hessaudit.commands.common import DebugOption, QuietOption
-from hessaudit.commands.finetune import _from_command_line, finetune_command
+from hessaudit.commands import finetune_options as ft
+from hessaudit.commands.finetune import _from_command_line
+from hessaudit.commands.options import Debug, Quiet
 from hessaudit.errors import HessauditError
 
 if TYPE_CHECKING:
@@ -23,11 +25,8 @@ if TYPE_CHECKING:
 
 _TUNE = "Search"
 
-#: finetune parameters that tune does not take (or replaces with its own).
-_DROPPED = ("ctx", "resume", "overwrite", "quiet", "debug", "val_fraction", "early_stop")
 
-
-def _tune_command(
+def tune_command(
     ctx: typer.Context,
     trials: Annotated[
         int, typer.Option(help="Number of trials (in all, counting a resumed search's).",
@@ -94,10 +93,62 @@ def _tune_command(
         typer.Option(help="Start again in an --out that holds a previous search.",
                      rich_help_panel=_TUNE),
     ] = False,
-    quiet: QuietOption = False,
-    debug: DebugOption = False,
-    **finetune_options: Any,
+    model: ft.Model = None,
+    pretrained: ft.Pretrained = None,
+    data: ft.Data = None,
+    out: ft.Out = None,
+    num_classes: ft.NumClasses = None,
+    eval_data: ft.EvalData = None,
+    batch_size: ft.BatchSize = 32,
+    samples: ft.Samples = None,
+    input_size: ft.InputSize = None,
+    mean: ft.Mean = None,
+    std: ft.Std = None,
+    interpolation: ft.Interpolation = None,
+    crop_pct: ft.CropPct = None,
+    device: ft.Device = "cpu",
+    seed: ft.Seed = 0,
+    allow_hub: ft.AllowHub = False,
+    text_column: ft.TextColumn = None,
+    label_column: ft.LabelColumn = "label",
+    tokenizer: ft.TokenizerDir = None,
+    max_length: ft.MaxLength = 128,
+    epochs: ft.Epochs = 30,
+    lr: ft.Lr = None,
+    optimizer: ft.Optimizer = None,
+    momentum: ft.Momentum = 0.9,
+    weight_decay: ft.WeightDecay = None,
+    schedule: ft.Schedule = None,
+    lr_step: ft.LrStep = 10,
+    lr_decay: ft.LrDecay = 0.1,
+    warmup_epochs: ft.WarmupEpochs = None,
+    loss: ft.Loss = "reweight",
+    smoothing: ft.Smoothing = 0.1,
+    gce_q: ft.GceQ = 0.7,
+    sce_alpha: ft.SceAlpha = 0.1,
+    sce_beta: ft.SceBeta = 1.0,
+    js_weight: ft.JsWeight = 0.5,
+    nonneg_correction: ft.NonnegCorrection = False,
+    noise_matrix: ft.NoiseMatrix = None,
+    estimate_method: ft.EstimateMethod = "confident",
+    estimate_epochs: ft.EstimateEpochs = None,
+    constraint: ft.Constraint = None,
+    radius: ft.Radius = 1.0,
+    radius_growth: ft.RadiusGrowth = 1.0,
+    head_radius: ft.HeadRadius = None,
+    radius_attention: ft.RadiusAttention = None,
+    radius_linear: ft.RadiusLinear = None,
+    radius_table: ft.RadiusTable = None,
+    penalty: ft.Penalty = None,
+    inject_noise: ft.InjectNoise = None,
+    noise_seed: ft.NoiseSeed = None,
+    audit: ft.Audit = False,
+    audit_samples: ft.AuditSamples = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> int:
+    """Search the finetuner's radii, learning rate and loss options on a noisy validation
+    split (Optuna TPE, seeded, with pruning), then train the best to completion in DIR/best."""
     return _tune(
         ctx, trials=trials, timeout=timeout, objective=objective, space=space,
         trial_epochs=trial_epochs, startup_trials=startup_trials, prune=prune, final=final,
@@ -167,28 +218,3 @@ def _tune(
     run_tune(settings, display=tune_display(quiet=quiet), resume=resume, overwrite=overwrite)
     return 0
 
-
-def _signature() -> tuple[inspect.Signature, dict[str, Any]]:
-    """tune's own options, then finetune's (minus the dropped ones)."""
-    own = inspect.signature(_tune_command, eval_str=True)
-    own_hints = get_type_hints(_tune_command, include_extras=True)
-    ft = inspect.signature(finetune_command, eval_str=True)
-    ft_hints = get_type_hints(finetune_command, include_extras=True)
-    params = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    hints = {name: own_hints[name] for name in own.parameters if name in own_hints}
-    for p in ft.parameters.values():
-        if p.name in _DROPPED:
-            continue
-        params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
-        hints[p.name] = ft_hints[p.name]
-    # keyword-only after positional-or-keyword is valid; keep the own ones positional
-    return own.replace(parameters=params, return_annotation=int), hints
-
-
-def tune_command(ctx: typer.Context, **kwargs: Any) -> int:
-    """Search the finetuner's radii, learning rate and loss options on a noisy validation
-    split (Optuna TPE, seeded, with pruning), then train the best to completion in DIR/best."""
-    return _tune_command(ctx, **kwargs)
-
-
-tune_command.__signature__, tune_command.__annotations__ = _signature()  # type: ignore[attr-defined]

@@ -31,10 +31,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hessaudit._version import __version__
 from hessaudit.errors import HessauditError
+
+if TYPE_CHECKING:
+    from hessaudit.audit.request import AuditRequest
+    from hessaudit.audit.result import AuditResult
 
 __all__ = [
     "FINETUNE_SETTINGS",
@@ -85,7 +89,7 @@ class DemoCheckpoints:
 @dataclass(frozen=True)
 class DemoResult:
     checkpoints: DemoCheckpoints
-    audit: Any  # hessaudit.audit.run.AuditResult
+    audit: AuditResult
     audit_seconds: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,8 +204,8 @@ def build_checkpoints(
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     """Run torch on one CPU thread: the demo's weights then do not depend on the machine's
-    core count, and a model this small runs faster on one thread than on several (measured on
-    a busy 2-core machine: the cached demo took 10 s on one thread, 35 s on two)."""
+    core count, and a model this small runs faster on one thread than on several
+    (docs/performance.md, "The demo on one thread")."""
     import torch
 
     threads = torch.get_num_threads()
@@ -257,19 +261,16 @@ def _build(tmp: Path, say: Any) -> dict[str, Any]:
     }
 
 
-def demo_request(checkpoints: DemoCheckpoints, **overrides: Any):
-    """The :class:`~hessaudit.audit.run.AuditRequest` of the demo's audit."""
-    from hessaudit.audit.run import AuditRequest
+def demo_request(checkpoints: DemoCheckpoints, **overrides: Any) -> AuditRequest:
+    """The :class:`~hessaudit.audit.request.AuditRequest` of the demo's audit: ``measure``'s
+    defaults on the ``digits`` training part, with the held-out part as ``--eval-data``;
+    ``overrides`` replace any field."""
+    from hessaudit.audit.request import AuditRequest
 
-    fields: dict[str, Any] = {
-        "pretrained": str(checkpoints.pretrained),
-        "finetuned": str(checkpoints.finetuned),
-        "model": MODEL,
-        "data": "digits",
-        "eval_data": "digits",
-    }
-    fields.update(overrides)
-    return AuditRequest(**fields)
+    options: dict[str, Any] = {"model": MODEL, "data": "digits", "eval_data": "digits"}
+    return AuditRequest.for_checkpoints(
+        checkpoints.pretrained, checkpoints.finetuned, **{**options, **overrides}
+    )
 
 
 def run_demo(

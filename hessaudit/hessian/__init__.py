@@ -16,6 +16,7 @@ examples. Models must be in eval mode. Estimators take their own ``torch.Generat
 - :mod:`.trace`: Hutchinson and Hutch++ trace estimates with standard errors.
 """
 
+from hessaudit.hessian._util import random_rademacher
 from hessaudit.hessian.gauss_newton import (
     BlockGaussNewton,
     confirm_piecewise_linear,
@@ -82,5 +83,6 @@ __all__ = [
     "per_example_gauss_newton_forms",
     "per_example_hvp",
     "power_iteration",
+    "random_rademacher",
     "trace_from_samples",
 ]

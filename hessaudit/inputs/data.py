@@ -6,7 +6,9 @@ Sources, one module each, tried in the order of :data:`SOURCES`:
 * :mod:`~hessaudit.inputs.digits`: the built-in ``digits`` and ``digits-pretrain`` sets (with
   ``:train``, ``:test``, ``:all``), matched by name before any file is looked at;
 * :mod:`~hessaudit.inputs.image_folder`: a directory in ImageFolder layout;
-* :mod:`~hessaudit.inputs.npz`: a ``.npz`` file with arrays ``x``, ``y`` (and ``clean_y``).
+* :mod:`~hessaudit.inputs.npz`: a ``.npz`` file with arrays ``x``, ``y`` (and ``clean_y``);
+* :mod:`~hessaudit.inputs.text_files`: a text table (``.csv``, ``.tsv``, ``.jsonl``, ``.parquet``),
+  tokenized for a text classifier.
 
 A value no named source takes must be an existing path; FIFOs and devices are refused before any
 source looks at it (a FIFO would block the first read forever). A path no source takes is an
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from hessaudit.errors import HessauditError
-from hessaudit.inputs import digits, image_folder, npz
+from hessaudit.inputs import digits, image_folder, npz, text_files
 from hessaudit.inputs.dataset import (
     Dataset,
     DataSource,
@@ -78,6 +80,7 @@ SOURCES: tuple[DataSource, ...] = (
     digits.SOURCE,
     image_folder.SOURCE,
     npz.SOURCE,
+    text_files.SOURCE,
 )
 _ROLES = ("train", "eval")
 
@@ -104,8 +107,8 @@ def load_data(
             count for ImageFolder, the task's for built-ins).
         samples: Keep a seeded random subset of this many examples, in the data's order.
         seed: Seed of that subset.
-        text_source: For text tables (.csv, .tsv, .jsonl, .parquet): the tokenizer and text options
-            (:func:`hessaudit.inputs.text_model.text_source`); see :mod:`.text_data`.
+        text_source: For text tables (.csv, .tsv, .jsonl, .parquet): the tokenizer and text
+            options (:func:`hessaudit.inputs.text_model.text_source`); see :mod:`.text_data`.
 
     Raises:
         HessauditError: missing or unknown source, unreadable or malformed data, labels out of
@@ -117,26 +120,15 @@ def load_data(
         raise HessauditError(f"--num-classes {num_classes}: must be a positive integer")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)):
         raise HessauditError(f"--samples {samples!r}: must be an integer")
-    text = str(source)
-    from pathlib import Path
-
-    from hessaudit.inputs import text_data, text_options  # text tables: inputs/text_data.py
-
-    path = Path(text).expanduser()
-    if path.is_file() and text_options.is_text_file(path):
-        refuse_special_file(path, "data")
-        fields = text_data.read_text_data(
-            path, text=text_source, num_classes=num_classes, samples=samples, seed=seed
-        )
-        return _with_num_classes(Dataset(**fields), num_classes)
     request = SourceRequest(
-        text=str(source), role=role, input_config=input_config, samples=samples, seed=seed
+        text=str(source), role=role, input_config=input_config, samples=samples, seed=seed,
+        text_source=text_source, num_classes=num_classes,
     )
     chosen = find_source(request)
     ds = chosen.load(request)
     if not chosen.draws_samples:
         ds = take_subset(ds, samples, seed)
-    if input_config is not None:
+    if input_config is not None and ds.scaling != "tokens":  # token ids are not images
         ds = _replace_x(ds, *adapt_images(ds.x, input_config, source=ds.source))
     return _with_num_classes(ds, num_classes)
 

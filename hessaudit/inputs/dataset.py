@@ -22,6 +22,7 @@ from hessaudit.errors import HessauditError
 
 if TYPE_CHECKING:
     from hessaudit.inputs.data_config import InputConfig
+    from hessaudit.inputs.text_tokens import TextSource
 
 __all__ = [
     "DataSource",
@@ -144,6 +145,9 @@ class SourceRequest:
     input_config: InputConfig | None = None
     samples: int | None = None
     seed: int = 0
+    #: For text tables: the tokenizer and text options (:mod:`hessaudit.inputs.text_files`).
+    text_source: TextSource | None = None
+    num_classes: int | None = None
 
     @property
     def path(self) -> Path:

@@ -3,9 +3,9 @@
 :func:`read_text_data` reads a ``.csv``, ``.tsv``, ``.jsonl`` or ``.parquet`` file
 (:mod:`hessaudit.inputs.text_table`), takes the seeded subset of ``samples`` rows (the same draw
 as for images: ``torch.randperm(N, generator=seed)[:samples]``, kept in file order), tokenizes
-it (:mod:`hessaudit.inputs.text_tokens`) and returns the fields of a
-:class:`hessaudit.inputs.data.Dataset`: ``x`` the packed (N, 3, L) int64 tokens, ``y`` the
-labels, ``scaling`` ``"tokens"`` and ``preprocessing`` the tokenization steps in words.
+it (:mod:`hessaudit.inputs.text_tokens`) and returns a
+:class:`~hessaudit.inputs.text_dataset.TextDataset`: ``x`` the packed (N, 3, L) int64 tokens,
+``y`` the labels, ``scaling`` ``"tokens"`` and ``preprocessing`` the tokenization steps in words.
 :func:`hessaudit.inputs.data.load_data` dispatches text files here; the options and the
 tokenizer come from :func:`hessaudit.inputs.text_model.text_source`.
 """
@@ -32,8 +32,8 @@ def read_text_data(
     num_classes: int | None = None,
     samples: int | None = None,
     seed: int = 0,
-) -> dict[str, Any]:
-    """The Dataset fields of the text table ``path`` (see the module docstring).
+) -> Any:
+    """The data set of the text table ``path`` (see the module docstring).
 
     Raises:
         HessauditError: no text model to tokenize for (``text`` is None), a bad file, a label
@@ -80,12 +80,13 @@ def read_text_data(
         names = [text.id2label.get(i) for i in range(count)]
         if all(isinstance(n, str) for n in names):
             classes = tuple(str(n) for n in names)
-    return {
-        "x": x,
-        "y": torch.tensor(labels, dtype=torch.int64),
-        "num_classes": count,
-        "source": str(path),
-        "classes": classes,
-        "scaling": "tokens",
-        "preprocessing": tuple(steps),
-    }
+    assert text.dataset is not None, "text_source() sets the data set class"
+    return text.dataset(
+        x=x,
+        y=torch.tensor(labels, dtype=torch.int64),
+        num_classes=count,
+        source=str(path),
+        classes=classes,
+        scaling="tokens",
+        preprocessing=tuple(steps),
+    )

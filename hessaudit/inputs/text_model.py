@@ -36,10 +36,11 @@ import torch
 from torch import Tensor, nn
 
 from hessaudit.errors import HessauditError
+from hessaudit.inputs.text_dataset import TextDataset, trim_padding
 from hessaudit.inputs.text_options import TextOptions, is_text_file
 from hessaudit.inputs.text_tokens import ModelLimits, TextSource, load_tokenizer
 
-__all__ = ["ComposedLayerNorm", "TextClassifier", "text_source", "trim_padding"]
+__all__ = ["ComposedLayerNorm", "TextClassifier", "text_source"]
 
 
 class ComposedLayerNorm(nn.LayerNorm):
@@ -73,16 +74,9 @@ def _is_batched(x: Tensor) -> bool:
     return False
 
 
-def trim_padding(x: Tensor) -> Tensor:
-    """``x`` (N, 3, L) without the trailing columns where every example is padding."""
-    used = torch.nonzero(x[:, 1].ne(0).any(dim=0))
-    if used.numel() == 0:
-        return x
-    return x[..., : int(used.max()) + 1]
-
-
 class TextClassifier(nn.Module):
-    """Wrap ``hf_model`` (a ``*ForSequenceClassification``) to read packed (N, 3, L) tokens.
+    """Wrap ``hf_model`` (a ``*ForSequenceClassification``) to read packed (N, 3, L) tokens
+    (or (N, 2, L) ids and mask, or (N, L) ids).
 
     ``directory`` is the folder the model came from (its tokenizer is the default one);
     ``trim`` cuts each batch to its longest example outside ``vmap`` (see the module docstring).
@@ -124,16 +118,38 @@ class TextClassifier(nn.Module):
     def hf_model(self) -> nn.Module:
         return self._hf
 
+    @property
+    def config(self) -> object:
+        """The wrapped model's ``config`` (labels, sizes), for code that reads it."""
+        return getattr(self._hf, "config", None)
+
+    @property
+    def base_model_prefix(self) -> str:
+        """The wrapped model's encoder attribute (``bert``, ``roberta``...): every parameter
+        outside it belongs to the classification head."""
+        return str(getattr(self._hf, "base_model_prefix", "") or "")
+
     def train(self, mode: bool = True) -> TextClassifier:
         super().train(mode)
         self._hf.training = mode  # the children are shared; the wrapped root's own flag
         return self
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits of packed tokens: (N, 3, L) ids, mask, types; also (N, 2, L) ids and mask,
+        or (N, L) ids alone (no padding). Ids stored as floats are rounded."""
         batched = _is_batched(x)
+        if x.is_floating_point():
+            x = x.round().long()
+        if x.ndim == 2:  # ids only: nothing is padding
+            x = torch.stack([x, torch.ones_like(x)], dim=1)
+        if x.ndim != 3 or x.shape[1] not in (2, 3):
+            raise HessauditError(
+                f"a text classifier takes tokens of shape (N, 3, L) (ids, attention mask, "
+                f"token types), (N, 2, L) or (N, L); got shape {tuple(x.shape)}"
+            )
         if self.trim and not batched:
             x = trim_padding(x)
-        ids, mask, types = x[:, 0], x[:, 1], x[:, 2]
+        ids, mask = x[:, 0], x[:, 1]
         attention: Tensor = mask
         if batched and self.mask_passes_through:
             dtype = self._hf.get_input_embeddings().weight.dtype
@@ -142,7 +158,7 @@ class TextClassifier(nn.Module):
             attention = torch.where(mask[:, None, None, :].ne(0), zero, lowest)
         kwargs: dict[str, Tensor] = {"input_ids": ids, "attention_mask": attention}
         if self.takes_token_types:
-            kwargs["token_type_ids"] = types
+            kwargs["token_type_ids"] = x[:, 2] if x.shape[1] == 3 else torch.zeros_like(ids)
         return self._hf(**kwargs).logits
 
     def limits(self) -> ModelLimits:
@@ -168,7 +184,7 @@ class TextClassifier(nn.Module):
 
 
 def _labels(model: TextClassifier) -> tuple[dict[str, int], dict[int, str]]:
-    config = getattr(model.hf_model, "config", None)
+    config = model.config
     label2id = getattr(config, "label2id", None) or {}
     id2label = getattr(config, "id2label", None) or {}
     return (
@@ -225,4 +241,5 @@ def text_source(
         limits=model.limits(),
         label2id=label2id,
         id2label=id2label,
+        dataset=TextDataset,
     )

@@ -147,6 +147,8 @@ def parse_label(value: Any, label2id: Mapping[str, int], *, where: str) -> tuple
         return _non_negative(int(value), where), False
     if isinstance(value, str):
         key = value.strip()
+        if not key:
+            raise HessauditError(f"{where}: the label is empty")
         if key in label2id:
             return int(label2id[key]), True
         if _INT.fullmatch(key) or _FLOAT.fullmatch(key):
@@ -260,6 +262,10 @@ def _read_jsonl(fh: Any, what: str) -> tuple[dict[str, list[Any]], int]:
 
 
 def _read_parquet(fh: Any, what: str) -> tuple[dict[str, list[Any]], int]:
+    """Columns of a .parquet file, with two size checks before any string is decoded: what the
+    file declares (uncompressed pages, 16 bytes a row and column for the decoded objects), then
+    what its dictionary-encoded strings expand to (a short dictionary value repeated by a
+    run-length index over many rows takes little room on disk and in the pages)."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -269,13 +275,18 @@ def _read_parquet(fh: Any, what: str) -> tuple[dict[str, list[Any]], int]:
         ) from None
     stored = os.fstat(fh.fileno()).st_size
     try:
-        parquet = pq.ParquetFile(fh)
+        names = pq.ParquetFile(fh).schema_arrow.names
+        fh.seek(0)
+        parquet = pq.ParquetFile(fh, read_dictionary=names)  # strings stay dictionary-encoded
         meta = parquet.metadata
-        declared = sum(
+        pages = sum(
             max(int(meta.row_group(i).total_byte_size), 0) for i in range(meta.num_row_groups)
         )
-        check_expansion(declared, stored, what, before="decoding it")
+        rows = int(meta.num_rows)
+        check_expansion(pages + 16 * rows * max(len(names), 1), stored, what,
+                        before="decoding it")
         table = parquet.read()
+        check_expansion(_decoded_bytes(table), stored, what, before="decoding it")
         frame = table.to_pandas()
     except HessauditError:
         raise
@@ -283,5 +294,27 @@ def _read_parquet(fh: Any, what: str) -> tuple[dict[str, list[Any]], int]:
         raise HessauditError(f"{what} is not a readable .parquet file: {oneline(exc)}") from None
     header = [str(c) for c in frame.columns]
     _check_header(header, what)
-    rows = len(frame)
-    return {name: frame.iloc[:, i].tolist() for i, name in enumerate(header)}, rows
+    return {name: frame.iloc[:, i].tolist() for i, name in enumerate(header)}, len(frame)
+
+
+def _decoded_bytes(table: Any) -> int:
+    """Bytes the columns of an Arrow table take once every value is decoded: a dictionary
+    column's value lengths summed over its indices, other columns as they are held, plus 16
+    bytes a cell for the Python objects."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = 16 * table.num_rows * max(table.num_columns, 1)
+    for column in table.columns:
+        for chunk in column.chunks:
+            if pa.types.is_dictionary(chunk.type) and (
+                pa.types.is_string(chunk.dictionary.type)
+                or pa.types.is_large_string(chunk.dictionary.type)
+                or pa.types.is_binary(chunk.dictionary.type)
+                or pa.types.is_large_binary(chunk.dictionary.type)
+            ):
+                lengths = pc.binary_length(chunk.dictionary)
+                total += int(pc.sum(pc.take(lengths, chunk.indices)).as_py() or 0)
+            else:
+                total += int(chunk.nbytes)
+    return total

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,8 @@ class ModelLimits:
 
 @dataclass(frozen=True)
 class TextSource:
-    """Everything needed to turn a text table into tensors for one model."""
+    """Everything needed to turn a text table into tensors for one model; ``dataset`` makes
+    the data set from its fields (:class:`hessaudit.inputs.text_dataset.TextDataset`)."""
 
     options: TextOptions
     tokenizer: Any
@@ -117,6 +118,7 @@ class TextSource:
     limits: ModelLimits
     label2id: Mapping[str, int] = field(default_factory=dict)
     id2label: Mapping[int, str] = field(default_factory=dict)
+    dataset: Callable[..., Any] | None = None
 
 
 def _batch_encode(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None,

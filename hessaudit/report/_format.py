@@ -7,6 +7,11 @@ level of float64 rounding, relative 1e-12, are left out). :func:`fmt_pair` forma
 two numbers with the same, smallest number of digits that tells them apart (a gate's observed
 value and its threshold: ``1.2000001`` vs ``1.2``, never ``1.2`` vs ``1.2`` for a failing
 gate).
+
+Every number a report shows goes through this module; the others are for fixed kinds of
+value: :func:`fmt_signed` and :func:`fmt_percent` (changes), :func:`fmt_fraction` (a share or
+an accuracy in percent), :func:`fmt_metric` (the short numbers of training and tuning logs)
+and :func:`fmt_coefficient` (a correlation).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 
 #: Significant digits shown by default.
 SIGNIFICANT = 6
+#: Significant digits of a training or tuning metric (loss, accuracy, a searched value).
+METRIC_DIGITS = 4
 _MAX_DIGITS = 17
 #: A relative difference this small is floating-point rounding, not a difference to show
 #: (24.999999999999993 is shown as 25; 1.0000001 is not shown as 1).
@@ -84,3 +91,28 @@ def fmt_percent(value: Any, digits: int = 4) -> str:
     if _as_float(value) is None:
         return "-"
     return fmt_signed(value, digits) + "%"
+
+
+def fmt_fraction(value: Any, decimals: int = 1) -> str:
+    """A fraction as a percentage with fixed ``decimals``: ``0.9345`` -> ``93.45%`` (2);
+    ``-`` for none or a value that is not finite."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{100.0 * float(value):.{decimals}f}%"
+
+
+def fmt_metric(value: Any, digits: int = METRIC_DIGITS) -> str:
+    """A metric of a training or tuning log: a float with ``digits`` significant digits
+    (:func:`fmt_number`), ``-`` for none or a float that is not finite, anything else as is
+    (an epoch count, a loss name)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return fmt_number(value, digits) if math.isfinite(value) else "-"
+    return str(value)
+
+
+def fmt_coefficient(value: float | None) -> str:
+    """A correlation coefficient in [-1, 1]: sign and two decimals (``+0.83``); ``-`` for
+    none."""
+    return "-" if value is None else f"{value:+.2f}"

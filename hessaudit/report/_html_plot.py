@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hessaudit.audit.gates import layer_shares
+from hessaudit.report._format import fmt_fraction
 from hessaudit.report.escape import visible
 
 
@@ -30,7 +31,8 @@ def plot_png(document: Mapping[str, Any], *, highlight: set[str] | None = None) 
     # Tick labels are plain text: no mathtext ('$x^2$' in a name), shown with visible escapes.
     labels = [visible(name) for name in names]
     hcal = [max(float(layer["hcal"]), 0.0) for layer in layers]
-    shares = [100 * share for share in layer_shares(layers)]
+    fractions = layer_shares(layers)
+    shares = [100 * share for share in fractions]
     colors = [
         "#c44e52" if name in highlight else "#8172b2" if layer.get("is_new_head") else "#4c72b0"
         for name, layer in zip(names, layers, strict=True)
@@ -52,8 +54,8 @@ def plot_png(document: Mapping[str, Any], *, highlight: set[str] | None = None) 
     right.set_xlabel("share of the Hessian term G (%)")
     right.set_title("share of G = √Hcal / Σ√Hcal", fontsize=11, loc="left")
     right.set_xlim(0, max(max(shares) * 1.15, 1.0))
-    for position, share in zip(positions, shares, strict=True):
-        right.text(share, position, f" {share:.1f}%", va="center", fontsize=8)
+    for position, share, fraction in zip(positions, shares, fractions, strict=True):
+        right.text(share, position, f" {fmt_fraction(fraction)}", va="center", fontsize=8)
     left.set_yticks(positions, labels, fontsize=8, parse_math=False, usetex=False)
     left.invert_yaxis()
     for axis in (left, right):

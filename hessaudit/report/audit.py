@@ -11,10 +11,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from hessaudit.audit import gates
 from hessaudit.audit.bound import C_DOMINANCE_RATIO, estimate_label
 from hessaudit.audit.loss_bound import c_source_label
+from hessaudit.report._format import fmt_fraction, fmt_pair
 from hessaudit.report._format import fmt_number as fmt
-from hessaudit.report._format import fmt_pair
 from hessaudit.report._layout import Column, fit_table, merge_identical
 from hessaudit.report.console import print_table, stdout, table_width
 from hessaudit.report.escape import console_text, visible
@@ -36,14 +37,14 @@ def share_bar(share: float, width: int = _BAR_WIDTH) -> Text:
 
 
 def share_percent(share: float) -> str:
-    return f"{100 * share:5.1f}%"
+    """A share as a percentage aligned in a column: ``  5.0%``, `` 42.5%``, ``100.0%``."""
+    return fmt_fraction(share).rjust(6)
 
 
 def layer_shares(document: dict[str, Any]) -> list[float]:
-    """Each layer's share of sum_i sqrt(hcal_i), the quantity the Hessian term scales."""
-    roots = [math.sqrt(max(layer["hcal"], 0.0)) for layer in document["layers"]]
-    total = sum(roots)
-    return [root / total if total > 0 else 0.0 for root in roots]
+    """Each layer's share of sum_i sqrt(hcal_i), the quantity the Hessian term scales
+    (:func:`hessaudit.audit.gates.layer_shares` of the document's layers)."""
+    return gates.layer_shares(document["layers"])
 
 
 def _with_note(value: str, note: str | None, style: str) -> tuple[Text, Text]:

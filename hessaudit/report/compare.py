@@ -11,8 +11,8 @@ from rich.text import Text
 
 from hessaudit.audit.compare import SUMMARY_LABELS
 from hessaudit.audit.measures import MEASURE_LABELS
+from hessaudit.report._format import fmt_fraction, fmt_pair, fmt_percent, fmt_signed
 from hessaudit.report._format import fmt_number as fmt
-from hessaudit.report._format import fmt_pair, fmt_percent, fmt_signed
 from hessaudit.report._layout import Column, fit_table
 from hessaudit.report.console import print_table, stdout, table_width, warn
 from hessaudit.report.escape import console_text, visible
@@ -27,10 +27,6 @@ def _pct(value: float | None, *, worse_if_up: bool = True) -> Text:
     return Text(fmt_percent(value), style=style)
 
 
-def _signed(value: float | None) -> str:
-    return fmt_signed(value)
-
-
 def summary_table(document: Mapping[str, Any], width: int | None = None) -> Table:
     """The summary's changes, laid out for ``width`` cells (``None``: as wide as it needs)."""
     rows = []
@@ -42,7 +38,7 @@ def summary_table(document: Mapping[str, Any], width: int | None = None) -> Tabl
         change = (_pct(entry["rel_change_pct"]) if key != "ratio_to_gap"
                   else Text(fmt_percent(entry["rel_change_pct"])))
         rows.append((label, fmt(entry["base"]), fmt(entry["new"]),
-                     _signed(entry["abs_change"]), change))
+                     fmt_signed(entry["abs_change"]), change))
     kinds = [document[side].get("bound_kind") for side in ("base", "new")]
     if kinds[0] != kinds[1] or "estimate" in kinds:
         # Text, not markup: the kinds come from the input files.
@@ -58,14 +54,13 @@ def summary_table(document: Mapping[str, Any], width: int | None = None) -> Tabl
 def layers_table(document: Mapping[str, Any], width: int | None = None) -> Table:
     """Hcal per layer, laid out for ``width`` cells (``None``: as wide as it needs)."""
     layers = document["layers"]
-    shares = [(f"{100 * la['base_share']:.1f}%", f"{100 * la['new_share']:.1f}%")
-              for la in layers]
+    shares = [(fmt_fraction(la["base_share"]), fmt_fraction(la["new_share"])) for la in layers]
     columns = [
         Column("layer", "layer", [visible(la["name"]) for la in layers], "left", "name",
                shrink=30),
         Column("base", "base Hcal", [fmt(la["base"]) for la in layers], drop=60),
         Column("new", "new Hcal", [fmt(la["new"]) for la in layers]),
-        Column("change", "change", [_signed(la["abs_change"]) for la in layers], drop=40),
+        Column("change", "change", [fmt_signed(la["abs_change"]) for la in layers], drop=40),
         Column("pct", "change %", [_pct(la["rel_change_pct"]) for la in layers]),
         Column("share", "share base → new", [f"{b} → {n}" for b, n in shares],
                forms=[(20, [f"{b}\n→ {n}" for b, n in shares])], drop=50),
@@ -89,7 +84,7 @@ def measures_table(document: Mapping[str, Any], width: int | None = None) -> Tab
                "left", "prose"),
         Column("base", "base", [fmt(e["base"]) for _, e in entries]),
         Column("new", "new", [fmt(e["new"]) for _, e in entries]),
-        Column("change", "change", [_signed(e["abs_change"]) for _, e in entries]),
+        Column("change", "change", [fmt_signed(e["abs_change"]) for _, e in entries]),
         Column("pct", "change %", [_pct(e["rel_change_pct"]) for _, e in entries]),
     ]
     table, _ = fit_table(columns, width, title="Measures (base → new)")

@@ -25,15 +25,12 @@ from rich.text import Text
 from hessaudit.audit.measures import MEASURE_LABELS
 from hessaudit.correlate.core import CSV_COLUMNS
 from hessaudit.correlate.read import plain
+from hessaudit.report._format import fmt_coefficient as _r
+from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._layout import Column, fit_table
-from hessaudit.report.audit import fmt
 from hessaudit.report.console import print_table, stdout, table_width
 
 _MAX_LEGEND_GROUPS = 12
-
-
-def _r(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.2f}"
 
 
 def _with_ci(value: float | None, lo: float | None, hi: float | None, sep: str = " ") -> str:

@@ -16,8 +16,8 @@ from typing import Any
 from hessaudit.audit.bound import estimate_label
 from hessaudit.audit.gates import layer_shares
 from hessaudit.audit.loss_bound import c_source_label
+from hessaudit.report._format import fmt_fraction, fmt_pair
 from hessaudit.report._format import fmt_number as fmt
-from hessaudit.report._format import fmt_pair
 from hessaudit.report._html_fields import fields_section, measures_section
 from hessaudit.report._html_plot import plot_png
 from hessaudit.report._html_style import CSS
@@ -290,7 +290,7 @@ def _layers_section(document: Mapping[str, Any], failing: set[str], *, hcal_bars
                     fraction = max(float(layer["hcal"]), 0.0) / top if top > 0 else 0.0
                     content = _css_bar(fraction, failing=bad) + content
             elif key == "share":
-                content = f"{_css_bar(share, failing=bad)}{100 * share:.1f}%"
+                content = f"{_css_bar(share, failing=bad)}{fmt_fraction(share)}"
             else:
                 content = _layer_cell(layer, key)
             cells.append(_cell(header, content, cls))

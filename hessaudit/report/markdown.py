@@ -18,8 +18,8 @@ from hessaudit.audit.bound import estimate_label
 from hessaudit.audit.compare import SUMMARY_LABELS
 from hessaudit.audit.gates import layer_shares
 from hessaudit.audit.loss_bound import c_source_label
+from hessaudit.report._format import fmt_fraction, fmt_pair, fmt_percent, fmt_signed
 from hessaudit.report._format import fmt_number as fmt
-from hessaudit.report._format import fmt_pair, fmt_percent, fmt_signed
 from hessaudit.report.escape import md_code, md_text
 
 # Tables with more rows than this are folded into <details>.
@@ -37,14 +37,6 @@ def _cell(text: Any) -> str:
 
 # Every string from an input (names, paths, JSON fields) goes through md_code / md_text.
 _code = md_code
-
-
-def _pct(value: float | None) -> str:
-    return fmt_percent(value)
-
-
-def _signed(value: float | None) -> str:
-    return fmt_signed(value)
 
 
 def _bar(share: float) -> str:
@@ -179,7 +171,7 @@ def audit_markdown(document: Mapping[str, Any]) -> str:
             f"{layer.get('numel', 0):,}",
             fmt(layer.get("dist_fro")),
             fmt(layer["hcal"]),
-            f"{_bar(share)} {100 * share:.1f}%",
+            f"{_bar(share)} {fmt_fraction(share)}",
         ]
         for layer, share in zip(layers, layer_shares(layers), strict=True)
     ]
@@ -203,8 +195,8 @@ def compare_markdown(document: Mapping[str, Any]) -> str:
             label,
             fmt(entry["base"]),
             fmt(entry["new"]),
-            _signed(entry["abs_change"]),
-            _pct(entry["rel_change_pct"]),
+            fmt_signed(entry["abs_change"]),
+            fmt_percent(entry["rel_change_pct"]),
         ]
         for key, label in SUMMARY_LABELS.items()
         if (entry := document["summary"].get(key)) is not None
@@ -220,8 +212,8 @@ def compare_markdown(document: Mapping[str, Any]) -> str:
             _code(layer["name"]),
             fmt(layer["base"]),
             fmt(layer["new"]),
-            _signed(layer["abs_change"]),
-            _pct(layer["rel_change_pct"]),
+            fmt_signed(layer["abs_change"]),
+            fmt_percent(layer["rel_change_pct"]),
         ]
         for layer in layers
     ]

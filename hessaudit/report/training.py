@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -25,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from hessaudit.report import _layout
-from hessaudit.report._format import fmt_number
+from hessaudit.report._format import fmt_fraction, fmt_metric
 from hessaudit.report.console import print_table, stderr, stdout, table_width
 from hessaudit.report.escape import console_text, visible
 from hessaudit.report.plain_progress import PlainProgress
@@ -33,22 +32,6 @@ from hessaudit.report.progress import live_bar
 from hessaudit.robust.types import FinetuneResult, TrainingDisplay
 
 __all__ = ["LogTrainingDisplay", "RichTrainingDisplay", "summary_rows", "training_display"]
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "-"
-        return fmt_number(value, digits)
-    return str(value)
-
-
-def _pct(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return f"{100.0 * float(value):.2f}%"
 
 
 def start_lines(info: Mapping[str, Any]) -> list[str]:
@@ -103,18 +86,22 @@ def epoch_line(row: Mapping[str, Any], *, total: int | None = None) -> str:
     epoch = row.get("epoch")
     head = f"epoch {epoch}/{total}" if total else f"epoch {epoch}"
     parts = [
-        f"{head}: train loss {_num(row.get('train_loss'))} acc {_num(row.get('train_acc'))}",
+        f"{head}: train loss {fmt_metric(row.get('train_loss'))} "
+        f"acc {fmt_metric(row.get('train_acc'))}",
     ]
-    if row.get("val_acc") is not None and _num(row.get("val_acc")) != "-":
-        parts.append(f"val acc {_num(row.get('val_acc'))} loss {_num(row.get('val_loss'))}")
-    if row.get("heldout_acc") is not None and _num(row.get("heldout_acc")) != "-":
+    if row.get("val_acc") is not None and fmt_metric(row.get("val_acc")) != "-":
         parts.append(
-            f"held-out acc {_num(row.get('heldout_acc'))} loss {_num(row.get('heldout_loss'))}"
+            f"val acc {fmt_metric(row.get('val_acc'))} loss {fmt_metric(row.get('val_loss'))}"
         )
-    if _num(row.get("max_radius_ratio")) != "-":
-        parts.append(f"max dist/radius {_num(row.get('max_radius_ratio'), 3)}")
-    elif _num(row.get("max_distance")) != "-":
-        parts.append(f"max dist {_num(row.get('max_distance'), 3)}")
+    if row.get("heldout_acc") is not None and fmt_metric(row.get("heldout_acc")) != "-":
+        parts.append(
+            f"held-out acc {fmt_metric(row.get('heldout_acc'))} "
+            f"loss {fmt_metric(row.get('heldout_loss'))}"
+        )
+    if fmt_metric(row.get("max_radius_ratio")) != "-":
+        parts.append(f"max dist/radius {fmt_metric(row.get('max_radius_ratio'), 3)}")
+    elif fmt_metric(row.get("max_distance")) != "-":
+        parts.append(f"max dist {fmt_metric(row.get('max_distance'), 3)}")
     if row.get("seconds") is not None:
         parts.append(f"{float(row['seconds']):.1f}s")
     return " | ".join(parts)
@@ -129,22 +116,31 @@ def summary_rows(result: FinetuneResult) -> list[tuple[str, str]]:
     rows.append(("epochs run", f"{result.epochs_run}{stop}{resumed}"))
     if result.best_val_acc is not None:
         rows.append(
-            ("best epoch (validation acc.)", f"{result.best_epoch} ({_pct(result.best_val_acc)})")
+            (
+                "best epoch (validation acc.)",
+                f"{result.best_epoch} ({fmt_fraction(result.best_val_acc, 2)})",
+            )
         )
     else:
         rows.append(("best epoch", f"{result.best_epoch} (final: no validation split)"))
-    if _num(final.get("heldout_acc")) != "-":
+    if fmt_metric(final.get("heldout_acc")) != "-":
         rows.append(
             (
                 "held-out accuracy (start -> final)",
-                f"{_pct(initial.get('heldout_acc'))} -> {_pct(final.get('heldout_acc'))}",
+                f"{fmt_fraction(initial.get('heldout_acc'), 2)} -> "
+                f"{fmt_fraction(final.get('heldout_acc'), 2)}",
             )
         )
-    if _num(final.get("val_acc")) != "-":
-        rows.append(("validation accuracy (final)", _pct(final.get("val_acc"))))
-    rows.append(("training accuracy, training labels (final)", _pct(final.get("train_acc"))))
-    if _num(final.get("train_acc_clean")) != "-":
-        rows.append(("training accuracy, clean labels (final)", _pct(final.get("train_acc_clean"))))
+    if fmt_metric(final.get("val_acc")) != "-":
+        rows.append(("validation accuracy (final)", fmt_fraction(final.get("val_acc"), 2)))
+    rows.append(
+        ("training accuracy, training labels (final)", fmt_fraction(final.get("train_acc"), 2))
+    )
+    if fmt_metric(final.get("train_acc_clean")) != "-":
+        rows.append(
+            ("training accuracy, clean labels (final)",
+             fmt_fraction(final.get("train_acc_clean"), 2))
+        )
     config = result.config
     rows.append(("loss", config.loss))
     rows.append(("noise matrix", result.noise_matrix_source or "none"))
@@ -156,13 +152,13 @@ def summary_rows(result: FinetuneResult) -> list[tuple[str, str]]:
             )
         )
     rows.append(("constraint", config.constraint or "none"))
-    if _num(final.get("max_radius_ratio")) != "-":
-        rows.append(("largest distance / radius", _num(final.get("max_radius_ratio"), 3)))
-    if _num(final.get("max_distance")) != "-":
+    if fmt_metric(final.get("max_radius_ratio")) != "-":
+        rows.append(("largest distance / radius", fmt_metric(final.get("max_radius_ratio"), 3)))
+    if fmt_metric(final.get("max_distance")) != "-":
         rows.append(
             (
                 "largest layer distance",
-                f"{_num(final.get('max_distance'), 4)} ({final.get('max_distance_layer')})",
+                f"{fmt_metric(final.get('max_distance'), 4)} ({final.get('max_distance_layer')})",
             )
         )
     if result.audit is not None:
@@ -170,9 +166,9 @@ def summary_rows(result: FinetuneResult) -> list[tuple[str, str]]:
         if isinstance(audit.get("bound"), Mapping):  # nested layout
             audit = {**audit, **audit["bound"]}
         if isinstance(audit.get("hessian_term"), (int, float)):
-            rows.append(("audit: Hessian term G", _num(float(audit["hessian_term"]))))
+            rows.append(("audit: Hessian term G", fmt_metric(float(audit["hessian_term"]))))
         if isinstance(audit.get("bound"), (int, float)):
-            rows.append(("audit: bound (xi not included)", _num(float(audit["bound"]))))
+            rows.append(("audit: bound (xi not included)", fmt_metric(float(audit["bound"]))))
     rows.append(("outputs", str(result.out)))
     return rows
 
@@ -275,7 +271,8 @@ class RichTrainingDisplay(TrainingDisplay):
         self._progress.update(
             self._epoch_task,
             completed=int(row.get("epoch", 0)),
-            stats=f"loss {_num(row.get('train_loss'))} acc {_num(row.get('train_acc'))}",
+            stats=f"loss {fmt_metric(row.get('train_loss'))} "
+            f"acc {fmt_metric(row.get('train_acc'))}",
         )
         self._print(prefix + epoch_line(row, total=self._epochs))
 
@@ -328,10 +325,12 @@ class LogTrainingDisplay(TrainingDisplay):
     def finish(self, result: FinetuneResult) -> None:
         parts = [f"done: {result.epochs_run} epochs"]
         final = result.final
-        if _num(final.get("heldout_acc")) != "-":
-            parts.append(f"held-out acc {_num(final.get('heldout_acc'))}")
+        if fmt_metric(final.get("heldout_acc")) != "-":
+            parts.append(f"held-out acc {fmt_metric(final.get('heldout_acc'))}")
         if result.best_val_acc is not None:
-            parts.append(f"best val acc {_num(result.best_val_acc)} (epoch {result.best_epoch})")
+            parts.append(
+                f"best val acc {fmt_metric(result.best_val_acc)} (epoch {result.best_epoch})"
+            )
         parts.append(f"outputs in {result.out}")
         self._write(", ".join(parts))
 

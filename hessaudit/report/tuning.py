@@ -3,7 +3,6 @@ trial and a table of the best ones, or plain log lines with ``--quiet``."""
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -12,7 +11,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hessaudit.report._format import fmt_number
+from hessaudit.report._format import fmt_metric
 from hessaudit.report._layout import Column, fit_table, merge_identical
 from hessaudit.report.console import print_table, stderr, stdout, table_width
 from hessaudit.report.escape import console_text, visible
@@ -22,18 +21,8 @@ from hessaudit.robust.tune.results import TrialRecord, TuneDisplay, TuneResult
 __all__ = ["LogTuneDisplay", "RichTuneDisplay", "trial_line", "tune_display"]
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "-"
-        return fmt_number(value, 4)
-    return str(value)
-
-
 def _params(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+    return ", ".join(f"{k}={fmt_metric(v)}" for k, v in params.items())
 
 
 def trial_line(record: TrialRecord, best: TrialRecord | None) -> str:
@@ -41,12 +30,12 @@ def trial_line(record: TrialRecord, best: TrialRecord | None) -> str:
     m = record.metrics
     parts = [f"trial {record.number} {record.state}"]
     if record.score is not None:
-        parts.append(f"score {_fmt(record.score)}")
+        parts.append(f"score {fmt_metric(record.score)}")
     parts.append(
-        f"noisy val acc {_fmt(m.get('val_acc'))}, corrected val loss "
-        f"{_fmt(m.get('val_loss_corrected'))}"
-        + (f", bound {_fmt(m.get('bound'))}" if m.get("bound") is not None else "")
-        + f", epochs {_fmt(m.get('epochs_run'))}"
+        f"noisy val acc {fmt_metric(m.get('val_acc'))}, corrected val loss "
+        f"{fmt_metric(m.get('val_loss_corrected'))}"
+        + (f", bound {fmt_metric(m.get('bound'))}" if m.get("bound") is not None else "")
+        + f", epochs {fmt_metric(m.get('epochs_run'))}"
     )
     parts.append(_params(record.params))
     if record.seconds is not None:
@@ -79,12 +68,14 @@ def best_table(result: TuneResult, width: int | None = None, top: int = 5) -> Ta
     best = complete[:top]
     columns = [
         Column("trial", "trial", [str(r.number) for r in best]),
-        Column("score", "score", [_fmt(r.score) for r in best]),
-        *[Column(f"param:{n}", visible(n), [visible(_fmt(r.params.get(n))) for r in best],
+        Column("score", "score", [fmt_metric(r.score) for r in best]),
+        *[Column(f"param:{n}", visible(n), [visible(fmt_metric(r.params.get(n))) for r in best],
                  drop=200 - i) for i, n in enumerate(names)],
-        Column("acc", "noisy val acc", [_fmt(r.metrics.get("val_acc")) for r in best], drop=30),
-        Column("epochs", "epochs", [_fmt(r.metrics.get("epochs_run")) for r in best], drop=20),
-        Column("seconds", "seconds", [_fmt(r.seconds) for r in best], drop=10),
+        Column("acc", "noisy val acc", [fmt_metric(r.metrics.get("val_acc")) for r in best],
+               drop=30),
+        Column("epochs", "epochs", [fmt_metric(r.metrics.get("epochs_run")) for r in best],
+               drop=20),
+        Column("seconds", "seconds", [fmt_metric(r.seconds) for r in best], drop=10),
     ]
     table, _ = fit_table(
         merge_identical(columns, ("score", "acc")), width,
@@ -104,7 +95,7 @@ def _summary(result: TuneResult) -> list[str]:
     final = result.document.get("final")
     if final:
         lines.append(
-            f"final model in {final['out']}: held-out acc {_fmt(final.get('heldout_acc'))}"
+            f"final model in {final['out']}: held-out acc {fmt_metric(final.get('heldout_acc'))}"
         )
     lines.append(f"reproduce: {result.document.get('command')}")
     return lines
@@ -162,7 +153,7 @@ class RichTuneDisplay(TuneDisplay):
         if self._progress is not None:
             self._progress.update(
                 self._epochs, completed=epoch,
-                note=f"trial {number}: noisy val acc {_fmt(metrics.get('val_acc'))}",
+                note=f"trial {number}: noisy val acc {fmt_metric(metrics.get('val_acc'))}",
             )
 
     def end_trial(self, record: TrialRecord, best: TrialRecord | None) -> None:
@@ -172,7 +163,7 @@ class RichTuneDisplay(TuneDisplay):
             self._progress.advance(self._trials)
             self._progress.update(
                 self._trials,
-                note="" if best is None else f"best {_fmt(best.score)} (trial {best.number})",
+                note="" if best is None else f"best {fmt_metric(best.score)} (trial {best.number})",
             )
 
     def _stop(self) -> None:

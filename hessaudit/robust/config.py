@@ -207,7 +207,7 @@ class FinetuneConfig:
         Raises :class:`HessauditError` naming the flag at fault (checked in a fixed order, so
         the first fault is always the one named).
         """
-        from hessaudit.audit.validate import data_config_flags
+        from hessaudit.inputs.data_flags import data_config_flags
 
         _check_required(self)
         _check_integers(self)

@@ -245,11 +245,11 @@ def _source_positions(
     subset is drawn again exactly as :func:`hessaudit.inputs.data.load_data` draws it and checked
     against the loaded labels; for an ImageFolder (whose subset is drawn among files, some of
     which may be unreadable) the positions are unknown: None."""
-    from hessaudit.inputs.data import choose_subset, load_data
-
     n = len(loaded)
     if config.samples is None:
         return list(range(n)), n
+    from hessaudit.inputs.data import choose_subset, load_data
+
     builtin = str(config.data).partition(":")[0] in ("digits", "digits-pretrain")
     if not builtin and Path(str(config.data)).expanduser().is_dir():
         return None, None

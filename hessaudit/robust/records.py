@@ -96,27 +96,14 @@ def audit_final_checkpoint(
     trained on (their clean labels when known), n = the training-set size; write
     ``audit.json`` and return its document."""
     from hessaudit.audit.bound import estimate_label
-    from hessaudit.audit.run import AuditRequest, run_audit, write_audit_json
+    from hessaudit.audit.request import AuditRequest
+    from hessaudit.audit.run import run_audit, write_audit_json
 
     display.log("auditing the final checkpoint against the pretrained one")
-    request = AuditRequest(
-        pretrained=str(config.pretrained),
-        finetuned=str(out / "final.safetensors"),
-        model=config.model,
-        data=config.data,
-        eval_data=config.eval_data,
-        num_classes=setup.num_classes,
-        samples=config.audit_samples,
-        batch_size=config.batch_size,
-        input_size=config.input_size,
-        mean=config.mean,
-        std=config.std,
-        interpolation=config.interpolation,
-        crop_pct=config.crop_pct,
-        n_train=len(setup.train),
-        seed=config.seed,
-        device=config.device,
-        allow_hub=config.allow_hub,
+    request = AuditRequest.for_checkpoints(
+        config.pretrained, out / "final.safetensors", model=config.model, data=config.data,
+        eval_data=config.eval_data, num_classes=setup.num_classes,
+        samples=config.audit_samples, n_train=len(setup.train), finetune=config,
         text=text_options(config),
     )
     from hessaudit.inputs.data import Dataset

@@ -71,7 +71,6 @@ from hessaudit.robust.trust import factory_record
 from hessaudit.robust.types import (
     METRIC_COLUMNS,
     FinetuneResult,
-    NoiseMatrixChoice,
     TrainingDisplay,
 )
 
@@ -236,7 +235,8 @@ def _result(
     audit: dict[str, Any] | None,
     info: dict[str, Any],
 ) -> FinetuneResult:
-    noise: NoiseMatrixChoice = run.noise
+    """What the run produced (``metrics``: every ``metrics.csv`` row, resumed ones included)."""
+    noise = run.noise
     return FinetuneResult(
         config=run.config,
         out=out,

@@ -119,25 +119,13 @@ def audit_bound(base: FinetuneConfig, trial_out: Path, audit_data: Path, n_train
                 k: int) -> float:
     """The audit's generalization bound of ``trial_out/final.safetensors`` against the
     pretrained weights, over ``audit_data`` (the training split, noisy labels)."""
-    from hessaudit.audit.run import AuditRequest, run_audit
+    from hessaudit.audit.request import AuditRequest
+    from hessaudit.audit.run import run_audit
 
-    request = AuditRequest(
-        pretrained=str(base.pretrained),
-        finetuned=str(trial_out / "final.safetensors"),
-        model=base.model,
-        data=str(audit_data),
-        num_classes=k,
-        samples=base.audit_samples,
-        batch_size=base.batch_size,
-        input_size=base.input_size,
-        mean=base.mean,
-        std=base.std,
-        interpolation=base.interpolation,
-        crop_pct=base.crop_pct,
-        n_train=n_train,
-        seed=base.seed,
-        device=base.device,
-        allow_hub=base.allow_hub,
+    request = AuditRequest.for_checkpoints(
+        base.pretrained, trial_out / "final.safetensors", model=base.model,
+        data=str(audit_data), num_classes=k, samples=base.audit_samples, n_train=n_train,
+        finetune=base,
     )
     return float(run_audit(request).bound.bound)
 
