@@ -73,3 +73,23 @@ def test_timm_resnet_quick(tmp_path) -> None:
     assert audit["inputs"]["input_config"]["size"] == [32, 32]
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["peak_rss_mib"] > 0 and meta["wall_seconds"] > 0
+
+
+def test_text_noisy_labels_quick(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    stdout = _run("text_noisy_labels", tmp_path)
+    assert "Clean held-out accuracy" in stdout and "G per module group" in stdout
+    frame = pd.read_csv(tmp_path / "results.csv")
+    assert set(frame["method"]) == {"ce", "reweight+proj"}
+    assert frame["heldout_acc"].between(0, 1).all() and (frame["G"] > 0).all()
+    assert frame["realized_noise"].gt(0.2).all()
+    # the group terms add up to G
+    groups = [c for c in frame.columns if c.startswith("G_")]
+    assert {"G_attention", "G_linear", "G_predictor"} <= set(groups)
+    assert (frame[groups].sum(axis=1) - frame["G"]).abs().max() < 1e-9 * frame["G"].max() + 1e-12
+    assert len(pd.read_csv(tmp_path / "selection.csv")) == 1
+    # the pretrained model is the pretraining run's final/ model folder, with its tokenizer
+    pretrained = tmp_path / "runs" / "pretrain" / "final"
+    assert (pretrained / "config.json").is_file() and (pretrained / "tokenizer.json").is_file()
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert 0.7 < meta["bayes_heldout_acc"] < 0.9 and meta["wall_seconds"] > 0

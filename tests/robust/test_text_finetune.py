@@ -18,14 +18,14 @@ import torch
 
 pytest.importorskip("transformers")
 
-from text_cases import make_text_case, sentences, write_rows  # noqa: E402
+from text_cases import make_text_case, sentences, write_rows
 
-from hessaudit.cli import main  # noqa: E402
-from hessaudit.robust.config import FinetuneConfig  # noqa: E402
-from hessaudit.robust.projection import distances  # noqa: E402
-from hessaudit.robust.trainer import resume_config, run_finetune  # noqa: E402
-from hessaudit.robust.training_run import TrainingRun  # noqa: E402
-from hessaudit.robust.types import TrainingDisplay  # noqa: E402
+from hessaudit.cli import main
+from hessaudit.robust.config import FinetuneConfig
+from hessaudit.robust.projection import distances
+from hessaudit.robust.trainer import resume_config, run_finetune
+from hessaudit.robust.training_run import TrainingRun
+from hessaudit.robust.types import TrainingDisplay
 
 ATTENTION, LINEAR, HEAD = 0.004, 0.006, 0.05
 

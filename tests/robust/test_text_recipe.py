@@ -11,16 +11,16 @@ import torch
 
 pytest.importorskip("transformers")
 
-from text_cases import make_text_case  # noqa: E402
+from text_cases import make_text_case
 
-from hessaudit.errors import HessauditError  # noqa: E402
-from hessaudit.inputs.models import build_model  # noqa: E402
-from hessaudit.robust.config import FinetuneConfig  # noqa: E402
-from hessaudit.robust.group_radii import group_radii, tensor_groups  # noqa: E402
-from hessaudit.robust.model_setup import make_optimizer, make_scheduler  # noqa: E402
-from hessaudit.robust.optim import no_decay_names  # noqa: E402
-from hessaudit.robust.projection import constrainable_names, layer_radii  # noqa: E402
-from hessaudit.robust.text_recipe import IMAGE_RECIPE, TEXT_RECIPE, linear_plan  # noqa: E402
+from hessaudit.errors import HessauditError
+from hessaudit.inputs.models import build_model
+from hessaudit.robust.config import FinetuneConfig
+from hessaudit.robust.group_radii import group_radii, tensor_groups
+from hessaudit.robust.model_setup import make_optimizer, make_scheduler
+from hessaudit.robust.optim import no_decay_names
+from hessaudit.robust.projection import constrainable_names, layer_radii
+from hessaudit.robust.text_recipe import IMAGE_RECIPE, TEXT_RECIPE, linear_plan
 
 
 @pytest.fixture(scope="module", params=["bert", "roberta"])

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from hessaudit.errors import HessauditError
-from hessaudit.robust.config import FinetuneConfig
 from hessaudit.inputs.text_options import is_text_file
+from hessaudit.robust.config import FinetuneConfig
 from hessaudit.robust.tune.space import NOT_TUNABLE, ParamSpec
 
 __all__ = ["DIRECTIONS", "OBJECTIVES", "RESUMABLE", "TuneSettings"]

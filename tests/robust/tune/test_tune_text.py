@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("optuna")
 pytest.importorskip("transformers")
 
-from text_cases import make_text_case, sentences, write_rows  # noqa: E402
+from text_cases import make_text_case, sentences, write_rows
 
-from hessaudit.cli import main  # noqa: E402
+from hessaudit.cli import main
 
 
 def _run(args: list) -> int:
