@@ -11,10 +11,11 @@ is right on about 82% of them).
    AdamW. Its ``final/`` model folder is the pretrained model of step 2.
 2. **Fine-tuning** on the 4-topic task (all 16 words per topic, so six words per topic are new
    to the model): 600 training sentences whose labels get symmetric noise (20%, 40%, 60%), a new
-   4-class head, seeds 0, 1, 2; accuracy on 2000 clean held-out sentences. Methods, all with the same optimization (:data:`TRAIN`: the Hugging Face
-   text recipe, AdamW with weight decay 0.01 except on biases and LayerNorm weights, a linear
-   schedule with 10% warm-up; lr 1e-3 and 20 epochs, long enough for an unconstrained model to
-   start fitting the noisy labels, which is the regime the claim is about):
+   4-class head, seeds 0, 1, 2; accuracy on 2000 clean held-out sentences. Methods, all with
+   the same optimization (:data:`TRAIN`: the Hugging Face text recipe, AdamW with weight decay
+   0.01 except on biases and LayerNorm weights, a linear schedule with 10% warm-up; lr 1e-3 and
+   20 epochs, long enough for an unconstrained model to start fitting the noisy labels, which
+   is the regime the claim is about):
 
    * ``ce``: plain cross-entropy, unconstrained;
    * ``reweight``: the backward-corrected loss with the true noise matrix F, unconstrained;

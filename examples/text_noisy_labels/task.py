@@ -8,9 +8,10 @@ for pretraining only), each with 16 words of its own; eight ambiguous words shar
 (:data:`SHARED`); 48 filler words common to all (:data:`FILLER`). A sentence of topic ``c`` has
 1 to 4 topical words and 4 to 10 filler words, in random order. Each topical word is drawn from
 ``c``'s own words with probability 0.8, from ``c``'s ambiguous words with probability 0.12, and
-from another topic's words with probability 0.08 (a misleading cue). So the topic is in a handful of words among
-fillers, and some sentences point to another topic: even the Bayes classifier (the generator's
-own likelihoods, :func:`bayes_accuracy`) is right on only about 82% of them.
+from another topic's words with probability 0.08 (a misleading cue). So the topic is in a
+handful of words among fillers, and some sentences point to another topic: even the Bayes
+classifier (the generator's own likelihoods, :func:`bayes_accuracy`) is right on only about 82%
+of them.
 
 **Tasks.** ``pretrain``: six topics (the four and food, travel), each with only its first 10
 words, clean labels, for the tiny BERT trained from scratch (the "pretrained" model).
@@ -27,31 +28,36 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
 TOPICS: dict[str, tuple[str, ...]] = {
-    "sports": tuple(
+    "sports": _words(
         "goal match coach league season striker referee stadium tournament score player "
-        "champion keeper derby medal sprint".split()
+        "champion keeper derby medal sprint"
     ),
-    "politics": tuple(
+    "politics": _words(
         "senate vote minister election policy parliament campaign law governor budget treaty "
-        "party debate reform cabinet mayor".split()
+        "party debate reform cabinet mayor"
     ),
-    "science": tuple(
+    "science": _words(
         "experiment theory lab molecule physics data hypothesis microscope genome telescope "
-        "chemical neuron quantum fossil formula particle".split()
+        "chemical neuron quantum fossil formula particle"
     ),
-    "music": tuple(
+    "music": _words(
         "guitar album concert melody band chorus rhythm singer orchestra piano lyrics tempo "
-        "drummer symphony violin song".split()
+        "drummer symphony violin song"
     ),
     # pretraining only
-    "food": tuple(
+    "food": _words(
         "recipe bread cheese soup kitchen chef flavor dessert salad spice bakery noodle sauce "
-        "grill menu butter".split()
+        "grill menu butter"
     ),
-    "travel": tuple(
+    "travel": _words(
         "flight hotel passport island beach luggage airport cruise museum visa journey map "
-        "border train resort ferry".split()
+        "border train resort ferry"
     ),
 }
 #: Ambiguous words, each shared by two topics.
@@ -61,10 +67,10 @@ SHARED: dict[str, tuple[str, str]] = {
     "fund": ("politics", "science"), "team": ("sports", "science"),
     "stage": ("music", "politics"),
 }
-FILLER = tuple(
+FILLER = _words(
     "the a of and in on with after before today yesterday people city new old big small said "
     "says local many some week year time good bad long short first last this that it they "
-    "we he she was is will from about near over again still just very".split()
+    "we he she was is will from about near over again still just very"
 )
 #: The fine-tuning task's topics (the classes, in this order).
 NAMES = ("sports", "politics", "science", "music")
