@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,7 +167,10 @@ def read_torch_file(
     """Every tensor of a torch state-dict file, read with ``weights_only=True``."""
     check_zip_archive(path, f"{what} {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a legacy pickle of another protocol: torch warns, then loads it or refuses it
+            warnings.filterwarnings("ignore", message=r".*pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise HessauditError(
             f"{what} {path} contains non-tensor Python objects and was not loaded (hessaudit "
