@@ -20,9 +20,10 @@ weight is the merged update.
 
 Names are mapped from peft's to the base model's: the ``base_model.model.`` prefix,
 ``.lora_A.weight`` / ``.lora_B.weight``, ``.base_layer.`` and ``.modules_to_save.[default.]`` are
-removed. Only ``peft_type: LORA`` is merged. Refused with one line: other adapter types; LoRA
-variants that change the formula (DoRA, aLoRA, ...) or that changed the base weights when
-initialised (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA, unless converted); LoRA on convolutions;
+removed; ``.original_module.`` tensors (the base's copy beside a saved module) are not used.
+Only ``peft_type: LORA`` is merged. Refused with one line: other adapter types; LoRA variants
+that change the formula (DoRA, aLoRA, ...) or that changed the base weights when initialised
+(PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA, unless converted); LoRA on convolutions;
 ``alpha_pattern`` keys that are regular expressions; any tensor that is not one of the above or
 has no counterpart in the base; A and B of different ranks.
 
@@ -183,6 +184,8 @@ def _split(name: str) -> tuple[str, str]:
     for suffix, role in _PARTS.items():
         if rest.endswith(suffix):
             return rest[: -len(suffix)], role
+    if ".original_module." in rest:  # the base's copy beside a saved module (bias="all")
+        return rest, "unused"
     for infix in (".modules_to_save.default.", ".modules_to_save.", ".base_layer."):
         rest = rest.replace(infix, ".")
     return rest, "whole"
@@ -223,44 +226,39 @@ def _merged_dtype(base: torch.Tensor) -> torch.dtype:
     return torch.promote_types(base.dtype, torch.float32)
 
 
-def merge_lora(
-    base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor], cfg: LoraConfig, where: str
-) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """The merged state dict, and the names it changed: ``adapted`` (weights with a low-rank
-    update), ``saved`` (tensors of ``modules_to_save``), ``replaced`` (other whole tensors)."""
+def _sort(
+    adapter: dict[str, torch.Tensor], where: str
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """(LoRA parts by module, whole tensors by base name) of the adapter's tensors."""
     lora: dict[str, dict[str, torch.Tensor]] = {}
     whole: dict[str, torch.Tensor] = {}
     for name, tensor in adapter.items():
         target, role = _split(name)
         if role == "whole":
-            if target in whole:
-                raise HessauditError(f"{where}: two tensors of the adapter map to {target!r}")
+            # bias="all" also stores a saved module's bias under .modules_to_save.: one value
+            if target in whole and not torch.equal(whole[target], tensor):
+                raise HessauditError(
+                    f"{where}: two different tensors of the adapter map to {target!r}"
+                )
             whole[target] = tensor
-        else:
+        elif role != "unused":
             lora.setdefault(target, {})[role] = tensor
+    return lora, whole
+
+
+def merge_lora(
+    base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor], cfg: LoraConfig, where: str
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """The merged state dict, and the names it changed: ``adapted`` (weights and biases with a
+    LoRA update), ``saved`` (tensors of ``modules_to_save``), ``replaced`` (other whole
+    tensors, e.g. biases trained with ``bias="all"``). Whole tensors go in first, the LoRA
+    updates on top of them (a trained bias plus ``s * lora_B.bias``)."""
+    lora, whole = _sort(adapter, where)
     merged = dict(base)
     changed: dict[str, list[str]] = {"adapted": [], "saved": [], "replaced": []}
-    for module, parts in lora.items():
-        weight = f"{module}.weight"
-        if weight not in base:
-            raise HessauditError(
-                f"{where} adapts {module!r}, which PRETRAINED has no weight for",
-                hint="PRETRAINED must be the adapter's base model",
-            )
-        w = base[weight]
-        merged[weight] = (w.double() + _update(module, parts, w, cfg, where)).to(_merged_dtype(w))
-        changed["adapted"].append(weight)
-        if "B_bias" in parts:
-            bias = f"{module}.bias"
-            if bias not in base or base[bias].shape != parts["B_bias"].shape:
-                raise HessauditError(f"{where}: lora_bias of {module!r} has no base bias to add to")
-            update = parts["B_bias"].double() * cfg.scaling(module, parts["A"].shape[0])
-            merged[bias] = (base[bias].double() + update).to(_merged_dtype(base[bias]))
-            changed["adapted"].append(bias)
     for name, tensor in whole.items():
-        module = name.rpartition(".")[0]
         # peft wraps every module whose name ends with an entry (no dot needed)
-        saved = any(module.endswith(m) for m in cfg.modules_to_save)
+        saved = any(name.rpartition(".")[0].endswith(m) for m in cfg.modules_to_save)
         if not saved and (name not in base or base[name].shape != tensor.shape):
             raise HessauditError(
                 f"{where}: tensor {name!r} is neither a LoRA matrix nor a module of "
@@ -269,6 +267,22 @@ def merge_lora(
             )
         merged[name] = tensor
         changed["saved" if saved else "replaced"].append(name)
+    for module, parts in lora.items():
+        weight, bias = f"{module}.weight", f"{module}.bias"
+        if weight not in base:
+            raise HessauditError(
+                f"{where} adapts {module!r}, which PRETRAINED has no weight for",
+                hint="PRETRAINED must be the adapter's base model",
+            )
+        w = merged[weight]
+        merged[weight] = (w.double() + _update(module, parts, w, cfg, where)).to(_merged_dtype(w))
+        changed["adapted"].append(weight)
+        if "B_bias" in parts:
+            if bias not in merged or merged[bias].shape != parts["B_bias"].shape:
+                raise HessauditError(f"{where}: lora_bias of {module!r} has no base bias to add to")
+            update = parts["B_bias"].double() * cfg.scaling(module, parts["A"].shape[0])
+            merged[bias] = (merged[bias].double() + update).to(_merged_dtype(merged[bias]))
+            changed["adapted"].append(bias)
     return merged, changed
 
 
