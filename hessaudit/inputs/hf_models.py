@@ -145,6 +145,12 @@ def build_hf_model(spec: str, *, num_classes: int | None = None) -> nn.Module:
             "installed",
             hint="pip install 'hessaudit[text]'",
         ) from None
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise HessauditError(
+            f"--model {spec}: transformers {transformers.__version__} is too old; hessaudit "
+            "needs transformers 5 or later",
+            hint="pip install 'hessaudit[text]'",
+        )
     auto = _auto_class(spec, config_dict)
     try:
         config_class = transformers.CONFIG_MAPPING[config_dict["model_type"]]
