@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_cases import moved, save_dir, save_tokens, tiny_model, token_batch
+from hf_cases import moved, save_dir, save_tokens, tiny_model, token_batch, transformers
 
 from hessaudit.cli import main
 from hessaudit.errors import HessauditError
@@ -114,7 +114,7 @@ def test_legacy_layernorm_names_are_renamed(tmp_path: Path) -> None:
     torch.save(state, folder / "pytorch_model.bin")
     ckpt = load_checkpoint(folder)
     assert set(ckpt.tensors) == set(model.state_dict())
-    assert ckpt.metadata["hf_legacy_names_renamed"] == sum(k.endswith(("gamma", "beta"))
+    assert ckpt.metadata["hf_renamed"] == sum(k.endswith(("gamma", "beta"))
                                                            for k in state)
 
 
@@ -397,3 +397,31 @@ def test_a_file_checkpoint_still_reads_as_before(tmp_path: Path) -> None:
     assert load_checkpoint(path).metadata == {}
     with pytest.raises(HessauditError, match="is a directory"):
         load_checkpoint(tmp_path)
+
+
+def test_a_base_model_without_its_prefix_pairs_with_the_classifier(bert, tmp_path: Path,
+                                                                   capsys) -> None:
+    """A BertModel saved alone (names without ``bert.``) as PRETRAINED: its names gain the
+    classifier's prefix, as from_pretrained gives them; the classifier is a new head."""
+    base = transformers.AutoModel.from_config(tiny_model("bert").config)
+    folder = save_dir(base, tmp_path / "base")
+    assert not any(k.startswith("bert.") for k in base.state_dict())
+    ckpt = load_checkpoint(folder)
+    assert all(k.startswith("bert.") for k in ckpt.tensors) and ckpt.metadata["hf_renamed"]
+    out = tmp_path / "i.json"
+    code, _, err = run_cli(["inspect", folder, bert["ft"], "--model", bert["pre"], "--json", out],
+                           capsys)
+    assert code == 0, err
+    layers = {layer["name"]: layer for layer in json.loads(out.read_text())["layers"]}
+    assert layers["classifier.weight"]["is_new_head"]
+    assert not layers["bert.encoder.layer.0.attention.self.query.weight"]["is_new_head"]
+
+
+def test_a_weights_only_directory_serves_any_model(tmp_path: Path) -> None:
+    """No config.json: the names are used as stored (a factory model's state dict)."""
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    state = {"fc.weight": torch.randn(3, 4), "fc.bias": torch.zeros(3)}
+    save_checkpoint(folder / "model.safetensors", state)
+    ckpt = load_checkpoint(folder)
+    assert set(ckpt.tensors) == set(state) and "hf_renamed" not in ckpt.metadata

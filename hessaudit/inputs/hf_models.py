@@ -36,12 +36,7 @@ from torch import Tensor, nn
 
 from hessaudit._messages import oneline
 from hessaudit.errors import HessauditError
-from hessaudit.inputs.hf_checkpoints import (
-    ADAPTER_CONFIG,
-    MODEL_CONFIG,
-    dir_member,
-    read_json,
-)
+from hessaudit.inputs.hf_files import ADAPTER_CONFIG, MODEL_CONFIG, dir_member, read_json
 
 __all__ = [
     "TEXT_ROWS",
@@ -49,6 +44,7 @@ __all__ = [
     "is_hf_model",
     "is_hf_model_dir",
     "read_model_config",
+    "runtime_names",
     "text_model_inputs",
 ]
 
@@ -107,6 +103,38 @@ def read_model_config(spec: str) -> dict[str, Any]:
     return config
 
 
+def _import_transformers(spec: str) -> Any:
+    """transformers, imported offline; 5 or later."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        import transformers
+    except ImportError:
+        raise HessauditError(
+            f"--model {spec} is a Hugging Face model directory and transformers is not "
+            "installed",
+            hint="pip install 'hessaudit[text]'",
+        ) from None
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise HessauditError(
+            f"--model {spec}: transformers {transformers.__version__} is too old; hessaudit "
+            "needs transformers 5 or later",
+            hint="pip install 'hessaudit[text]'",
+        )
+    return transformers
+
+
+def _from_config(
+    transformers: Any, auto: Any, config_dict: dict[str, Any], num_classes: int | None
+) -> nn.Module:
+    config = transformers.CONFIG_MAPPING[config_dict["model_type"]].from_dict(dict(config_dict))
+    if num_classes is not None and num_classes != config.num_labels:
+        config.num_labels = num_classes
+    return auto.from_config(
+        config, attn_implementation="eager", dtype=torch.float32, trust_remote_code=False
+    )
+
+
 def _auto_class(spec: str, config: dict[str, Any]) -> Any:
     import transformers
     from transformers.models.auto import modeling_auto
@@ -135,33 +163,10 @@ def build_hf_model(spec: str, *, num_classes: int | None = None) -> nn.Module:
     """Build the classifier of ``spec``'s ``config.json`` (module docstring), in eval mode,
     with random weights that the checkpoint then replaces."""
     config_dict = read_model_config(spec)
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    try:
-        import transformers
-    except ImportError:
-        raise HessauditError(
-            f"--model {spec} is a Hugging Face model directory and transformers is not "
-            "installed",
-            hint="pip install 'hessaudit[text]'",
-        ) from None
-    if int(transformers.__version__.split(".")[0]) < 5:
-        raise HessauditError(
-            f"--model {spec}: transformers {transformers.__version__} is too old; hessaudit "
-            "needs transformers 5 or later",
-            hint="pip install 'hessaudit[text]'",
-        )
+    transformers = _import_transformers(spec)
     auto = _auto_class(spec, config_dict)
     try:
-        config_class = transformers.CONFIG_MAPPING[config_dict["model_type"]]
-        config = config_class.from_dict(dict(config_dict))
-        if num_classes is not None and num_classes != config.num_labels:
-            config.num_labels = num_classes
-        model = auto.from_config(
-            config, attn_implementation="eager", dtype=torch.float32, trust_remote_code=False
-        )
-    except HessauditError:
-        raise
+        model = _from_config(transformers, auto, config_dict, num_classes)
     except Exception as exc:
         raise HessauditError(
             f"--model {spec}: transformers could not build the model from config.json: "
@@ -210,3 +215,61 @@ def _text_inputs_hook(
 def _logits_only(module: nn.Module, args: Any, output: Any) -> Any:
     logits = getattr(output, "logits", None)
     return logits if isinstance(logits, Tensor) else output
+
+
+def _meta_model(folder: Path) -> nn.Module | None:
+    """The classifier of ``folder``'s config.json on the meta device (no memory, no weights),
+    or None when there is none to build: no usable config, transformers missing or too old."""
+    try:
+        config_dict = read_model_config(str(folder))
+        transformers = _import_transformers(str(folder))
+        auto = _auto_class(str(folder), config_dict)
+    except HessauditError:
+        return None
+    try:
+        with torch.device("meta"):
+            return _from_config(transformers, auto, config_dict, None)
+    except Exception:
+        return None  # names stay as stored; a mismatch is reported when they are used
+
+
+def runtime_names(folder: Path, tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], int]:
+    """``tensors`` under the names ``from_pretrained`` gives them in memory, for the model
+    of ``folder``'s ``config.json`` (transformers' weight renamings, the base-model prefix
+    added or removed), and how many names changed. Unchanged when there is no model to build.
+
+    Raises:
+        HessauditError: a tensor whose conversion needs tensor operations, or two tensors that
+            would get one name.
+    """
+    model = _meta_model(folder)
+    if model is None:
+        return tensors, 0
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    meta = model.state_dict()
+    out: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for name, tensor in tensors.items():
+        new, pattern = rename_source_key(
+            name, renamings, converters, base_model_prefix=model.base_model_prefix,
+            meta_state_dict=meta,
+        )
+        if pattern is not None:
+            raise HessauditError(
+                f"checkpoint {folder}: tensor {name!r} is stored in a layout that transformers "
+                "converts with tensor operations on load; hessaudit does not apply them",
+                hint="save the model with save_pretrained(..., save_original_format=False)",
+            )
+        if new in out:
+            raise HessauditError(
+                f"checkpoint {folder}: {origin[new]!r} and {name!r} both become {new!r} under "
+                "the names transformers uses in memory"
+            )
+        out[new] = tensor
+        origin[new] = name
+    return out, sum(new != old for new, old in origin.items())

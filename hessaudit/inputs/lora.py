@@ -43,14 +43,13 @@ import torch
 
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.checkpoints import Checkpoint, FileRecord, load_checkpoint
-from hessaudit.inputs.hf_checkpoints import (
+from hessaudit.inputs.hf_checkpoints import read_safetensors_file, read_torch_file
+from hessaudit.inputs.hf_files import (
     ADAPTER_CONFIG,
     dir_member,
     files_record,
     is_adapter_dir,
     read_json,
-    read_safetensors_file,
-    read_torch_file,
 )
 
 __all__ = ["LoraConfig", "load_finetuned", "merge_lora", "read_lora_config"]
