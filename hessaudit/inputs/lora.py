@@ -207,18 +207,18 @@ def _update(module: str, parts: dict[str, torch.Tensor], base: torch.Tensor, cfg
         raise HessauditError(
             f"{where}: module {module!r}: A has rank {r} but B has {b.shape[1]} columns"
         )
-    delta = (b.double() @ a.double()) * cfg.scaling(module, r)
-    straight, turned = tuple(delta.shape), tuple(delta.shape[::-1])
-    shape = tuple(base.shape)
-    if embedding or (shape == turned and (shape != straight or cfg.fan_in_fan_out)):
-        delta = delta.T
-    if tuple(delta.shape) != shape:
+    # shapes are checked before B @ A is formed: a hostile pair must not allocate out x in
+    straight = (int(b.shape[0]), int(a.shape[1]))
+    turned, shape = straight[::-1], tuple(base.shape)
+    transpose = embedding or (shape == turned and (shape != straight or cfg.fan_in_fan_out))
+    if (turned if transpose else straight) != shape:
         raise HessauditError(
             f"{where}: the update of {module!r} has shape {straight} but the base weight has "
             f"{shape}",
             hint="the adapter was trained on another base model than PRETRAINED",
         )
-    return delta
+    delta = (b.double() @ a.double()) * cfg.scaling(module, r)
+    return delta.T if transpose else delta
 
 
 def _merged_dtype(base: torch.Tensor) -> torch.dtype:
