@@ -241,6 +241,7 @@ REFUSALS = {
     "conv": ({}, {f"{_Q}.lora_A.weight": torch.ones(2, 16, 1, 1),
                   f"{_Q}.lora_B.weight": torch.ones(16, 2, 1, 1)}, "linear and embedding"),
     "bad-r": ({"r": "four"}, _ab(), "'r' must be a whole number"),
+    "nested-targets": ({"target_modules": [[[["query"]]]]}, _ab(), "'target_modules' must be"),
     # B @ A would be 10^10 entries (80 GB): refused on the shapes, before it is formed
     "outer-product-bomb": ({"r": 1}, {f"{_Q}.lora_A.weight": torch.ones(1, 100_000),
                                       f"{_Q}.lora_B.weight": torch.ones(100_000, 1)},

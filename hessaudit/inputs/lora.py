@@ -162,6 +162,10 @@ def read_lora_config(folder: Path) -> LoraConfig:
     for flag in ("use_rslora", "fan_in_fan_out"):
         if not isinstance(config.get(flag, False), bool):
             raise HessauditError(f"{where}: {flag!r} must be true or false")
+    targets = config.get("target_modules")
+    if not (targets is None or isinstance(targets, str)
+            or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+        raise HessauditError(f"{where}: 'target_modules' must be a name, a list of names or null")
     saved = config.get("modules_to_save") or []
     if not isinstance(saved, list) or not all(isinstance(s, str) and s for s in saved):
         raise HessauditError(f"{where}: 'modules_to_save' must be a list of module names")
@@ -172,7 +176,7 @@ def read_lora_config(folder: Path) -> LoraConfig:
         fan_in_fan_out=bool(config.get("fan_in_fan_out", False)),
         alpha_pattern=_patterns(config, "alpha_pattern", where, integer=False),
         rank_pattern=_patterns(config, "rank_pattern", where, integer=True),
-        target_modules=config.get("target_modules"),
+        target_modules=targets,
         modules_to_save=tuple(saved),
     )
 
