@@ -169,6 +169,7 @@ def test_padding_changes_no_logit(tmp_path: Path, kind: str) -> None:
         ({"model_type": "no-such-model"}, "no-such-model"),
         ({"problem_type": "regression"}, "regression"),
         ({"quantization_config": {"quant_method": "bitsandbytes"}}, "quantized"),
+        ({"vocab_size": 10**12}, "more than this machine's"),
     ],
 )
 def test_model_dir_refusals(bert, tmp_path: Path, capsys, edit, words) -> None:

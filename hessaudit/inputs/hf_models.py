@@ -124,6 +124,20 @@ def _import_transformers(spec: str) -> Any:
     return transformers
 
 
+def _check_memory(spec: str, size: int) -> None:
+    """Refuse a config whose float32 weights alone exceed this machine's memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    if total > 0 and size > total:
+        raise HessauditError(
+            f"--model {spec}: config.json describes a model of {size >> 30} GiB (float32), "
+            f"more than this machine's {total >> 30} GiB of memory",
+            hint="check that --model is the directory you meant",
+        )
+
+
 def _from_config(
     transformers: Any, auto: Any, config_dict: dict[str, Any], num_classes: int | None
 ) -> nn.Module:
@@ -166,7 +180,13 @@ def build_hf_model(spec: str, *, num_classes: int | None = None) -> nn.Module:
     transformers = _import_transformers(spec)
     auto = _auto_class(spec, config_dict)
     try:
+        with torch.device("meta"):  # no memory: count before building for real
+            size = sum(p.numel() for p in _from_config(
+                transformers, auto, config_dict, num_classes).parameters()) * 4
+        _check_memory(spec, size)
         model = _from_config(transformers, auto, config_dict, num_classes)
+    except HessauditError:
+        raise
     except Exception as exc:
         raise HessauditError(
             f"--model {spec}: transformers could not build the model from config.json: "
