@@ -159,3 +159,35 @@ def test_forward_over_forward_through_layer_norm() -> None:
                                                           y[n:n + 1]), w)
         exact = float(v.reshape(-1) @ hessian @ v.reshape(-1))
         assert _relerr(float(got[n]), exact) <= 1e-10, (n, float(got[n]), exact)
+
+
+def test_cli_on_token_ids_matches_the_dense_oracle(setup, tmp_path: Path, capsys) -> None:
+    """``hessaudit measure --dtype float64`` on the model directory and an .npz of token ids
+    (float32 ids and masks), example-max, positive part, against the same oracle."""
+    import json
+
+    import numpy as np
+
+    from hessaudit.cli import main
+    from hessaudit.inputs.checkpoints import save_checkpoint
+
+    _, layers, data = setup
+    name = LAYERS[1]
+    folder = tmp_path / "bert"
+    save_dir(moved(tiny_model("bert"), scale=0.05, seed=2), folder)
+    layer = layers[1]
+    save_checkpoint(tmp_path / "pre.safetensors", {
+        k: (layer.pretrained if k == name else v).float()
+        for k, v in load_checkpoint(folder).tensors.items()
+    })
+    np.savez(tmp_path / "tok.npz", x=data.x.float().numpy(), y=data.y.numpy())
+    out = tmp_path / "audit.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in ["measure", tmp_path / "pre.safetensors", folder, "--model", folder,
+                               "--data", tmp_path / "tok.npz", "--dtype", "float64",
+                               "--include", name, "--no-spectrum", "--json", out]])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    row = json.loads(out.read_text())["layers"][0]
+    # the oracle's v is the float64 difference of the float32 files, as here
+    assert row["name"] == name and row["converged"]
+    assert _relerr(row["hcal"], oracle(setup, "example-max")[name][1]) <= MeasureSettings().tol
