@@ -137,7 +137,9 @@ def load_checkpoint(
 
     Args:
         path: A ``.safetensors``, ``.pt``, ``.pth``, ``.bin`` or ``.ckpt`` file (other
-            extensions are sniffed).
+            extensions are sniffed), or a Hugging Face model directory
+            (:mod:`hessaudit.inputs.hf_checkpoints`, which reads, validates and records the
+            directory's files as one checkpoint).
         map_location: Device the tensors are loaded to.
 
     Raises:
@@ -145,6 +147,8 @@ def load_checkpoint(
             Python objects, holds no tensors, or holds NaN/Inf values.
     """
     p = Path(path)
+    if p.is_dir():
+        return _load_model_dir(p, map_location)
     fmt = _find_format(p)
     record = fmt.record(p)
     tensors, container, metadata = fmt.read(p, map_location)
@@ -247,3 +251,15 @@ def _all_finite(tensor: torch.Tensor) -> bool:
         return bool(torch.isfinite(tensor).all())
     except (RuntimeError, NotImplementedError):  # float8 and other dtypes without the kernel
         return bool(torch.isfinite(tensor.to(torch.float32)).all())
+
+
+def _load_model_dir(p: Path, map_location: str | torch.device) -> Checkpoint:
+    from hessaudit.inputs.hf_checkpoints import read_model_dir
+
+    read = read_model_dir(p, map_location=map_location)
+    tensors, stripped = strip_with_check(read.tensors, p)
+    _check_finite(tensors, p)
+    record = FileRecord(path=read.path, sha256=read.sha256, size=read.size)
+    return Checkpoint(
+        tensors=tensors, record=record, container=None, metadata=read.metadata, stripped=stripped
+    )

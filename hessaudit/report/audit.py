@@ -19,6 +19,7 @@ from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._layout import Column, fit_table, merge_identical
 from hessaudit.report.console import print_table, stdout, table_width
 from hessaudit.report.escape import console_text, visible
+from hessaudit.report.groups import group_rows
 
 _BAR_WIDTH = 12
 #: Ranks of the per-layer table's steps (lowest first; see hessaudit.report._layout).
@@ -133,6 +134,8 @@ def summary_panel(document: dict[str, Any]) -> Panel:
     lines.add_row("n", console_text(document["n"]))
     lines.add_row("epsilon", fmt(document["epsilon"]))
     lines.add_row("Hessian term G", fmt(document["hessian_term"]))
+    for label, text in group_rows(document):  # G per module group (attention, linear, ...)
+        lines.add_row(label, text)
     bound = Text(fmt(document["bound"]), style="bold green")
     label = estimate_label(document)
     if label is not None:
