@@ -6,13 +6,13 @@ import copy
 import json
 
 import pytest
-from test_cli_gates import MODEL, make_checkpoints, run_cli, run_main
-from test_gates import audit_doc
 
 from hessaudit.audit.compare import change, compare_audits, compare_to_json, load_audit
 from hessaudit.audit.gates import Gate
 from hessaudit.errors import HessauditError
 from hessaudit.report.markdown import compare_markdown
+from tests.documents import audit_doc
+from tests.invoke import MODEL, make_checkpoints, run_cli, run_main
 
 # --------------------------------------------------------------------------- library
 

@@ -12,40 +12,7 @@ from hessaudit.audit import gates
 from hessaudit.audit.gates import Gate
 from hessaudit.errors import HessauditError
 from hessaudit.report.markdown import audit_markdown, write_summary
-
-
-def audit_doc(**overrides):
-    """A minimal hessaudit.audit/1 document with three layers."""
-    layers = [
-        {"name": name, "hcal": hcal, "numel": numel, "dist_fro": dist, "is_new_head": head}
-        for name, hcal, numel, dist, head in [
-            ("conv1.weight", 4.0, 10, 1.0, False),
-            ("layer4.0.weight", 1.0, 20, 2.0, False),
-            ("layer4.1.weight", 0.25, 20, 2.0, False),
-            ("fc.weight", 0.25, 5, 0.5, True),
-        ]
-    ]
-    document = {
-        "schema": "hessaudit.audit/1",
-        "layers": layers,
-        "train_loss": 0.1,
-        "eval_loss": 0.3,
-        "gap": 0.2,
-        "ratio_to_gap": 1.5,
-        "hessian_term": 0.3,
-        "bound": 0.4,
-        "C": 2.0,
-        "C_source": "empirical_max",
-        "n": 100,
-        "epsilon": 0.0,
-        "settings": {"reduce": "example-max", "form": "positive"},
-        "inputs": {"model": "m", "data": "digits", "finetuned": {"path": "ft.safetensors"}},
-        "bound_note": "xi not included",
-        "gates": [],
-        "success": True,
-    }
-    document.update(overrides)
-    return document
+from tests.documents import audit_doc
 
 
 def by_name(records):

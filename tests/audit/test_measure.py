@@ -6,20 +6,17 @@ import math
 
 import pytest
 import torch
-from _nets import (
-    IMAGE,
-    dense_block_hessian,
-    dense_per_example_hessians,
-    make_data,
-    make_mlp,
-    make_relu_cnn,
-    make_smooth_cnn,
-    positive_part,
-)
 
 from hessaudit.audit.layers import pair_layers
 from hessaudit.audit.measure import MeasureSettings, measure_layers
 from hessaudit.inputs.data import Dataset
+from tests.cases import NETS, Net
+from tests.oracles import (
+    dense_block_hessian,
+    dense_joint_hessian,
+    dense_per_example_hessians,
+    quadratic_forms,
+)
 
 RTOL = 1e-8
 
@@ -44,11 +41,10 @@ def _pretrained_from(model: torch.nn.Module, *, seed: int, scale: float = 0.3, n
     return pretrained
 
 
-def _setup(make, *, head: str, n: int = 6, seed: int = 0):
-    model = make(seed)
-    shape = (4,) if make is make_mlp else IMAGE
-    x, y = make_data(seed + 1, n, shape)
-    pretrained = _pretrained_from(model, seed=seed + 2, new_head=head)
+def _setup(net: Net, *, n: int = 6, seed: int = 0):
+    model = net.model(seed)
+    x, y = net.data(seed + 1, n)
+    pretrained = _pretrained_from(model, seed=seed + 2, new_head=net.head)
     pairing = pair_layers(
         pretrained,
         model.state_dict(),
@@ -58,23 +54,19 @@ def _setup(make, *, head: str, n: int = 6, seed: int = 0):
     return model, pairing.layers, data
 
 
-def _dense_forms(hessian: torch.Tensor, v: torch.Tensor) -> tuple[float, float]:
-    return float(v @ hessian @ v), float(v @ positive_part(hessian) @ v)
-
-
 def _dense_reduced(model, layer, data, reduce, batch_size):
     """Reduced (raw, positive) forms from dense Hessians, straight from the definitions."""
     v = layer.delta.reshape(-1).to(torch.float64)
     if reduce == "mean":
-        return _dense_forms(dense_block_hessian(model, [(data.x, data.y)], layer.name), v)
+        return quadratic_forms(dense_block_hessian(model, [(data.x, data.y)], layer.name), v)
     if reduce == "batch-max":
         forms = [
-            _dense_forms(dense_block_hessian(model, [batch], layer.name), v)
+            quadratic_forms(dense_block_hessian(model, [batch], layer.name), v)
             for batch in data.batches(batch_size)
         ]
     else:
         hessians = dense_per_example_hessians(model, data.x, data.y, layer.name)
-        forms = [_dense_forms(h, v) for h in hessians]
+        forms = [quadratic_forms(h, v) for h in hessians]
     return max(f[0] for f in forms), max(f[1] for f in forms)
 
 
@@ -86,10 +78,8 @@ def _settings(**overrides) -> MeasureSettings:
 
 
 @pytest.mark.parametrize("reduce", ["example-max", "batch-max", "mean"])
-@pytest.mark.parametrize("make", [make_mlp, make_smooth_cnn], ids=["mlp", "smooth_cnn"])
-def test_smooth_forms_equal_dense_hessian(make, reduce):
-    head = "head" if make is make_mlp else "fc"
-    model, layers, data = _setup(make, head=head)
+def test_smooth_forms_equal_dense_hessian(smooth_net, reduce):
+    model, layers, data = _setup(smooth_net)
     assert any(layer.is_new_head for layer in layers)
     settings = _settings(reduce=reduce)
     results = measure_layers(model, layers, data, settings, generator=torch.Generator())
@@ -103,7 +93,7 @@ def test_smooth_forms_equal_dense_hessian(make, reduce):
 
 
 def test_example_max_equals_explicit_loop_over_examples():
-    model, layers, data = _setup(make_mlp, head="head", n=5)
+    model, layers, data = _setup(NETS["mlp"], n=5)
     settings = _settings(reduce="example-max")
     together = measure_layers(model, layers, data, settings, generator=torch.Generator())
     one_by_one = [
@@ -127,7 +117,7 @@ def test_example_max_equals_explicit_loop_over_examples():
 
 @pytest.mark.parametrize("reduce", ["example-max", "batch-max", "mean"])
 def test_relu_cnn_takes_exact_jvp_path_equal_to_dense(reduce):
-    model, layers, data = _setup(make_relu_cnn, head="fc")
+    model, layers, data = _setup(NETS["relu_cnn"])
     settings = _settings(reduce=reduce)
     results = measure_layers(model, layers, data, settings, generator=torch.Generator())
     for layer, result in zip(layers, results, strict=True):
@@ -138,7 +128,7 @@ def test_relu_cnn_takes_exact_jvp_path_equal_to_dense(reduce):
 
 
 def test_forced_lanczos_on_relu_cnn_agrees_with_jvp():
-    model, layers, data = _setup(make_relu_cnn, head="fc")
+    model, layers, data = _setup(NETS["relu_cnn"])
     fast = measure_layers(model, layers, data, _settings(), generator=torch.Generator())
     slow = measure_layers(
         model, layers, data, _settings(engine="lanczos"), generator=torch.Generator()
@@ -149,25 +139,12 @@ def test_forced_lanczos_on_relu_cnn_agrees_with_jvp():
 
 
 def test_cross_form_matches_released_code_definition():
-    model, layers, data = _setup(make_mlp, head="head", n=8)
+    model, layers, data = _setup(NETS["mlp"], n=8)
     names = [layer.name for layer in layers]
-    params = dict(model.named_parameters())
 
     def dense_cross(batch):
         # Full Hessian over all selected layers at once, other parameters fixed.
-        sizes = [params[name].numel() for name in names]
-        flat = torch.cat([params[name].detach().reshape(-1) for name in names])
-
-        def loss(w):
-            pieces = dict(zip(names, torch.split(w, sizes), strict=True))
-            state = {
-                k: (pieces[k].reshape(p.shape) if k in pieces else p.detach())
-                for k, p in params.items()
-            }
-            logits = torch.func.functional_call(model, state, (batch[0],))
-            return torch.nn.functional.cross_entropy(logits, batch[1])
-
-        hessian = torch.autograd.functional.hessian(loss, flat)
+        hessian, sizes = dense_joint_hessian(model, [batch], names)
         v = torch.cat([layer.delta.reshape(-1).to(torch.float64) for layer in layers])
         hv = torch.split(hessian @ v, sizes)
         vs = torch.split(v, sizes)
@@ -190,7 +167,7 @@ def test_cross_form_matches_released_code_definition():
 
 
 def test_top_eigenvalue_and_trace_match_eigh():
-    model, layers, data = _setup(make_mlp, head="head", n=6)
+    model, layers, data = _setup(NETS["mlp"], n=6)
     settings = _settings(spectrum=True, spectrum_samples=4, trace_probes=400)
     results = measure_layers(
         model, layers, data, settings, generator=torch.Generator().manual_seed(0)
@@ -204,7 +181,7 @@ def test_top_eigenvalue_and_trace_match_eigh():
 
 
 def test_zero_delta_gives_zero_not_nan():
-    model, _, data = _setup(make_mlp, head="head")
+    model, _, data = _setup(NETS["mlp"])
     same = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     pairing = pair_layers(same, model.state_dict())
     results = measure_layers(model, pairing.layers, data, _settings(), generator=torch.Generator())
@@ -216,7 +193,7 @@ def test_zero_delta_gives_zero_not_nan():
 
 
 def test_same_generator_seed_same_numbers():
-    model, layers, data = _setup(make_mlp, head="head")
+    model, layers, data = _setup(NETS["mlp"])
     settings = _settings(spectrum=True, lanczos_steps=10, tol=1e-3)
     first = measure_layers(
         model, layers, data, settings, generator=torch.Generator().manual_seed(3)
@@ -230,7 +207,7 @@ def test_same_generator_seed_same_numbers():
 def test_refuses_a_model_in_train_mode():
     from hessaudit.errors import HessauditError
 
-    model, layers, data = _setup(make_mlp, head="head")
+    model, layers, data = _setup(NETS["mlp"])
     model.train()
     with pytest.raises(HessauditError):
         measure_layers(model, layers, data, _settings(), generator=torch.Generator())

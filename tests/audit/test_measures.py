@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _nets import dense_block_hessian, make_data, make_mlp
 
 from hessaudit.audit.compare import compare_audits
 from hessaudit.audit.measures import MEASURE_NAMES, document_measures, noise_stability
 from hessaudit.cli import main
+from tests.cases import make_data, make_mlp
+from tests.oracles import dense_block_hessian
 
 
 def run_cli(args: list, capsys) -> tuple[int, str, str]:

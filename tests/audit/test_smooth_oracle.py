@@ -23,14 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
 from hessaudit.audit.layers import Layer, distance_vector, pair_layers
 from hessaudit.audit.measure import MeasureSettings, measure_layers
 from hessaudit.cli import main
 from hessaudit.inputs.checkpoints import save_checkpoint
 from hessaudit.inputs.data import Dataset
+from tests.oracles import dense_block_hessian, dense_per_example_hessians, eigh_forms
 
 F64 = torch.float64
 DEFAULTS = MeasureSettings()
@@ -123,25 +122,13 @@ def _v(layer: Layer) -> torch.Tensor:
     return (ft if layer.pretrained is None else ft - layer.pretrained.to(F64)).reshape(-1)
 
 
-def _loss(model, name, x, y):
-    shape = model.get_parameter(name).shape
-    return lambda w: F.cross_entropy(functional_call(model, {name: w.reshape(shape)}, (x,)), y)
-
-
 def _hessians(model, name: str, x, y, reduce: str) -> list[torch.Tensor]:
     """Dense block Hessians of the losses that ``reduce`` maximizes over (or of the mean)."""
-    w = model.get_parameter(name).detach().reshape(-1).clone()
     if reduce == "example-max":
-        def one(w, xn, yn):
-            return _loss(model, name, xn[None], yn[None])(w)
-
-        stacked = torch.func.vmap(torch.func.hessian(one), in_dims=(None, 0, 0))(w, x, y)
-        return list(stacked.detach())
+        return list(dense_per_example_hessians(model, x, y, name, vectorized=True))
     size = len(x) if reduce == "mean" else DEFAULTS.batch_size
     return [
-        torch.autograd.functional.hessian(
-            _loss(model, name, x[i : i + size], y[i : i + size]), w
-        ).detach()
+        dense_block_hessian(model, [(x[i : i + size], y[i : i + size])], name)
         for i in range(0, len(x), size)
     ]
 
@@ -153,11 +140,8 @@ def _oracle(case: str, reduce: str) -> dict[str, tuple[float, float]]:
     out = {}
     for layer in layers:
         v = _v(layer)
-        forms = []
-        for hessian in _hessians(model, layer.name, data.x, data.y, reduce):
-            lam, vec = torch.linalg.eigh(hessian)
-            c = vec.T @ v
-            forms.append((float(c.square() @ lam), float(c.square() @ lam.clamp_min(0))))
+        forms = [eigh_forms(hessian, v)
+                 for hessian in _hessians(model, layer.name, data.x, data.y, reduce)]
         out[layer.name] = (max(f[0] for f in forms), max(f[1] for f in forms))
     return out
 
@@ -271,12 +255,9 @@ def test_cli_at_defaults_matches_the_dense_oracle(tmp_path: Path, capsys):
     for layer, row in zip(pairing.layers, document["layers"], strict=True):
         assert row["name"] == layer.name and row["converged"] is True
         v = _v(layer)
-        raws, poss = [], []
-        for hessian in _hessians(model, layer.name, x, y, "example-max"):
-            lam, vec = torch.linalg.eigh(hessian)
-            c = (vec.T @ v).square()
-            raws.append(float(c @ lam))
-            poss.append(float(c @ lam.clamp_min(0)))
+        forms = [eigh_forms(hessian, v) for hessian in _hessians(model, layer.name, x, y,
+                                                                 "example-max")]
+        raws, poss = [f[0] for f in forms], [f[1] for f in forms]
         assert _relerr(row["quad_raw"], max(raws)) <= 1e-10
         assert _relerr(row["quad_pos"], max(poss)) <= document["settings"]["tol"]
         assert _relerr(row["hcal"], max(max(poss), 0.0)) <= document["settings"]["tol"]

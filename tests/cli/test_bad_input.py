@@ -333,7 +333,7 @@ def _data_empty_folder(e: Env):
 
 
 def _data_class_without_images(e: Env):
-    from tests.conftest import write_png
+    from tests.files import write_png
 
     root = e.tmp / "imgs"
     write_png(root / "a" / "0.png", size=(8, 8), mode="L")
@@ -651,7 +651,7 @@ def test_refused_pickle_never_runs_code(env: Env) -> None:
 def test_unreadable_image_is_skipped_with_a_warning(env: Env, capsys) -> None:
     """A broken or non-image file inside an image folder is skipped, and the warning names it
     and says why; the audit goes on with the rest."""
-    from tests.conftest import write_png
+    from tests.files import write_png
 
     root = env.tmp / "mixed"
     for cls in ("a", "b"):
@@ -671,6 +671,6 @@ def test_unreadable_image_is_skipped_with_a_warning(env: Env, capsys) -> None:
 
 
 def test_every_case_is_documented() -> None:
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
     missing = [case.id for case in CASES if f"`{case.id}`" not in doc]
     assert not missing, f"cases missing from docs/errors.md: {missing}"

@@ -20,7 +20,7 @@ import pytest
 
 from hessaudit.commands._pipes import stdout_outputs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run_closed(args: list[object], *, stderr_too: bool = False) -> tuple[int, str]:
@@ -48,12 +48,12 @@ def _assert_no_noise(err: str) -> None:
 @pytest.fixture(scope="module")
 def audits(tmp_path_factory) -> tuple[Path, Path]:
     """Two valid audits with many layers, so that the tables are long."""
-    from test_crafted_json import VALID, _layer
+    from tests.documents import VALID, layer_row
 
     folder = tmp_path_factory.mktemp("pipes")
     base, new = dict(VALID), dict(VALID)
-    base["layers"] = [_layer(f"block{i}.weight", 1e-3 * (i + 1)) for i in range(200)]
-    new["layers"] = [_layer(f"block{i}.weight", 2e-3 * (i + 1)) for i in range(200)]
+    base["layers"] = [layer_row(f"block{i}.weight", 1e-3 * (i + 1)) for i in range(200)]
+    new["layers"] = [layer_row(f"block{i}.weight", 2e-3 * (i + 1)) for i in range(200)]
     (folder / "base.json").write_text(json.dumps(base))
     (folder / "new.json").write_text(json.dumps(new))
     return folder / "base.json", folder / "new.json"

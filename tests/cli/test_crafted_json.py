@@ -20,59 +20,7 @@ from hypothesis import strategies as st
 
 from hessaudit.cli import app, main
 from hessaudit.commands.common import run_app
-
-
-def _layer(name: str, hcal: float, *, head: bool = False) -> dict[str, Any]:
-    return {
-        "name": name, "numel": 36, "is_new_head": head, "dist_fro": 0.25, "rel_dist": 0.2,
-        "quad_raw": hcal, "quad_pos": hcal, "cross": None, "hcal": hcal, "clamped": False,
-        "top_eig": 0.04, "trace": 0.07, "trace_stderr": 0.01, "converged": True,
-        "engine_path": "jvp", "quad_steps": 0, "quad_last_change": 0.0,
-    }
-
-
-#: A valid audit, shaped like the output of ``hessaudit measure --json``.
-VALID: dict[str, Any] = {
-    "schema": "hessaudit.audit/1",
-    "tool_version": "0.1.0",
-    "torch_version": "2.4.0",
-    "created": "2026-01-01T00:00:00+00:00",
-    "inputs": {
-        "pretrained": {"path": "pre.safetensors", "sha256": "a" * 64, "size": 1396},
-        "finetuned": {"path": "ft.safetensors", "sha256": "b" * 64, "size": 1744},
-        "model": "tinynet.py:make_tiny", "num_classes": 10, "data": "digits",
-        "data_sha256": None,
-        "data_summary": {"source": "digits:train", "n": 1201, "shape": [1, 8, 8]},
-        "eval_data": "digits:test", "eval_data_sha256": None, "samples": 20,
-        "audit_examples": 20, "seed": 0, "device": "cpu", "dtype": "float32",
-        "input_config": {"channels": 1, "size": None, "mean": None, "std": None},
-        "layer_selection": {"include": [], "exclude": [], "include_bias": False},
-    },
-    "settings": {
-        "reduce": "example-max", "form": "positive", "engine": "auto", "lanczos_steps": 40,
-        "tol": 0.001, "spectrum": True, "spectrum_samples": 32, "trace_probes": 8,
-        "batch_size": 32,
-    },
-    "layers": [
-        _layer("conv1.weight", 3.1e-4),
-        _layer("layer1.conv.weight", 1.2e-3),
-        _layer("fc.weight", 7.1e-3, head=True),
-    ],
-    "clamped_layers": [],
-    "unpaired": {"only_in_pretrained": [], "only_in_finetuned": [], "shape_mismatches": []},
-    "train_loss": 2.3166, "eval_loss": 2.3151, "gap": -0.0015, "ratio_to_gap": None,
-    "n": 1201, "C": 2.607, "C_source": "empirical_max", "epsilon": 0.0,
-    "hessian_term": 0.00474, "bound": 2.3214,
-    "bound_note": "the O(n^-3/4) Taylor remainder xi of Theorem 2.1 is not included",
-    "gates": [
-        {"name": "max-bound", "op": "<=", "threshold": 100.0, "observed": 2.32,
-         "passed": True, "source": "--max-bound"},
-        {"name": "max-layer-hcal:fc*", "op": "<=", "threshold": 1000.0, "observed": 0.0071,
-         "passed": True, "source": "--max-layer-hcal", "pattern": "fc*", "layers_matched": 1,
-         "worst_layer": "fc.weight", "failing_layers": []},
-    ],
-    "success": True,
-}
+from tests.documents import VALID, layer_row
 
 
 def run_cli(args: list[Any], capsys) -> tuple[int, str, str]:
@@ -385,7 +333,7 @@ def test_random_mutations_report(workdir: Path, capsys, data: bytes) -> None:
 def test_random_values_with_plots(workdir: Path, hcal: list[float]) -> None:
     """The matplotlib page on extreme but valid values (negative, 0, 1e300, tiny)."""
     document = copy.deepcopy(VALID)
-    document["layers"] = [_layer(f"l{i}.weight", h, head=i == 0) for i, h in enumerate(hcal)]
+    document["layers"] = [layer_row(f"l{i}.weight", h, head=i == 0) for i, h in enumerate(hcal)]
     (workdir / "plot.json").write_text(json.dumps(document))
     with pytest.raises(SystemExit) as exc:
         main(["report", str(workdir / "plot.json"), "--out", str(workdir / "p.html"), "-q"])

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _run(name: str, out: Path) -> str:

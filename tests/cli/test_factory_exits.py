@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hessaudit.cli import main
-from tests.conftest import TINY_FACTORY_SOURCE
+from tests.files import TINY_FACTORY_SOURCE
 
 EXTRA_FACTORIES = textwrap.dedent(
     '''

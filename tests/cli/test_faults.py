@@ -20,7 +20,7 @@ import torch
 from hessaudit.cli import main
 
 ZOO = "hessaudit.zoo:digits_cnn"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(args: list, capsys) -> tuple[int, str, str]:

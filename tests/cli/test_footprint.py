@@ -17,7 +17,7 @@ import pytest
 
 from hessaudit.cli import PRIVATE_CACHE_VARIABLES, private_caches
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run_clean(tmp_path: Path, *args: object) -> tuple[list[str], subprocess.CompletedProcess]:
@@ -37,7 +37,7 @@ def _run_clean(tmp_path: Path, *args: object) -> tuple[list[str], subprocess.Com
 
 
 def test_report_writes_nothing_under_home_or_tmpdir(tmp_path) -> None:
-    from test_crafted_json import VALID
+    from tests.documents import VALID
 
     (tmp_path / "a.json").write_text(json.dumps(VALID))
     created, proc = _run_clean(tmp_path, "report", tmp_path / "a.json", "--out",

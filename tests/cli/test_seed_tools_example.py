@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "noisy_labels" / "seed_tools.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "noisy_labels" / "seed_tools.py"
 
 
 @pytest.mark.slow

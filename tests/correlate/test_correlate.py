@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import json
 import math
 import subprocess
@@ -25,6 +24,7 @@ import torch
 from hessaudit.cli import main
 from hessaudit.correlate._stats import correlate_pair, median_ratio, pearson, spearman
 from hessaudit.correlate.core import CSV_COLUMNS, _round_up
+from tests.documents import crafted_sweep, sweep_audit, write_json
 
 try:
     import tomllib
@@ -53,73 +53,6 @@ def one_error_line(err: str, *names: str) -> None:
 
 
 # --------------------------------------------------------------------------- crafted audits
-
-
-def audit(gap: float | None, g: float, *, labels: dict | None = None, reduce="example-max",
-          dist: float = 1.0, noise: float | None = None, bound: float | None = None,
-          kind: str = "bound", model: str = "m.py:f") -> dict:
-    """A complete hessaudit.audit/1 document with the given gap and measures."""
-    layers = [
-        {"name": "conv.weight", "numel": 9, "is_new_head": False, "dist_fro": dist,
-         "rel_dist": 0.1, "quad_raw": g, "quad_pos": g, "cross": None, "hcal": g,
-         "clamped": False, "top_eig": 1.0, "trace": 2.0, "trace_stderr": 0.1, "converged": True,
-         "engine_path": "jvp", "quad_steps": 0, "quad_last_change": 0.0},
-    ]
-    bound_value = bound if bound is not None else 0.1 + g
-    return {
-        "schema": "hessaudit.audit/1", "tool_version": "0.1.0", "torch_version": "2",
-        "created": "2026-01-01T00:00:00+00:00",
-        "inputs": {
-            "pretrained": {"path": "pre.safetensors", "sha256": "a" * 64, "size": 1},
-            "finetuned": {"path": "ft.safetensors", "size": 1,
-                          "sha256": hashlib.sha256(repr((gap, g, dist)).encode()).hexdigest()},
-            "model": model, "num_classes": 10, "data": "digits", "data_sha256": None,
-            "eval_data": "digits" if gap is not None else None, "eval_data_sha256": None,
-            "samples": None, "audit_examples": 10, "audit_examples_from": "data", "seed": 0,
-            "device": "cpu", "dtype": "float32",
-            "layer_selection": {"include": [], "exclude": [], "include_bias": False,
-                                "include_norm": False, "new_heads": "from-zero"},
-            "tags": labels or {},
-        },
-        "settings": {"reduce": reduce, "form": "positive", "engine": "auto",
-                     "lanczos_steps": 40, "tol": 1e-3, "spectrum": True, "spectrum_samples": 32,
-                     "trace_probes": 8, "batch_size": 32, "recipe": "theorem"},
-        "layers": layers, "clamped_layers": [], "unpaired": {},
-        "train_loss": 0.1, "eval_loss": None if gap is None else 0.1 + gap, "gap": gap,
-        "ratio_to_gap": None if not gap or gap <= 0 else g / gap, "n": 10, "C": 1.0,
-        "C_source": "empirical_max", "epsilon": 0.0, "hessian_term": g, "bound": bound_value,
-        "bound_note": "", "hcal_scope": "all", "bound_kind": kind, "estimate_reasons": [],
-        "median_train_loss": 0.1, "C_over_median_loss": 10.0,
-        "measures": {
-            "hessian_term": g, "sum_sqrt_hcal": math.sqrt(g), "distance_fro": dist,
-            "distance_fro_sq": dist * dist, "trace_distance": 2 * dist * dist,
-            "trace_distance_stderr": 0.1, "trace_distance_trace": "mean-hessian-hutchinson",
-            "trace_examples": 10, "trace_probes": 8, "layers": 1,
-            "noise_stability": None if noise is None else {
-                "mean": noise, "std": 0.1, "stderr": 0.02, "draws": 20, "eps": 1e-3,
-                "loss_before": 1.0, "data": "eval_data", "examples": 5, "seed": 0},
-        },
-        "gates": [], "success": True,
-    }
-
-
-def write(folder: Path, name: str, document: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(json.dumps(document), encoding="utf-8")
-    return path
-
-
-def crafted_sweep(folder: Path, count: int = 8) -> list[Path]:
-    rng = np.random.default_rng(0)
-    paths = []
-    for k in range(count):
-        gap = float(0.1 + 0.1 * k + 0.02 * rng.standard_normal())
-        g = float(0.2 * gap + 0.05 * rng.standard_normal() + 0.1)
-        labels = {"axis": "size" if k % 2 else "epochs", "value": str(k)}
-        doc = audit(gap, g, labels=labels, dist=float(1 + rng.random()), noise=float(gap / 10))
-        paths.append(write(folder, f"a{k}.json", doc))
-    return paths
 
 
 # --------------------------------------------------------------------------- statistics
@@ -230,8 +163,8 @@ def test_crafted_sweep_through_the_cli(tmp_path, capsys):
 def test_audits_without_a_gap_are_listed_and_skipped(tmp_path, capsys):
     folder = tmp_path / "audits"
     crafted_sweep(folder, count=3)
-    write(folder, "nogap.json", audit(None, 0.3))
-    write(folder, "compare.json", {"schema": "hessaudit.compare/1"})
+    write_json(folder, "nogap.json", sweep_audit(None, 0.3))
+    write_json(folder, "compare.json", {"schema": "hessaudit.compare/1"})
     (folder / "notes.txt").write_text("not json")
     code, _, err = run_cli(["correlate", folder, "--json", tmp_path / "c.json", "--quiet"],
                            capsys)
@@ -249,7 +182,7 @@ def test_audits_without_a_gap_are_listed_and_skipped(tmp_path, capsys):
 
 def test_fewer_than_three_usable_audits_is_one_error_line(tmp_path, capsys):
     paths = crafted_sweep(tmp_path / "audits", count=2)
-    nogap = write(tmp_path, "nogap.json", audit(None, 0.3))
+    nogap = write_json(tmp_path, "nogap.json", sweep_audit(None, 0.3))
     out = tmp_path / "out"
     code, _, err = run_cli(["correlate", *paths, nogap, "--out", out], capsys)
     assert code == 1
@@ -272,7 +205,7 @@ def test_different_settings_are_warned(tmp_path, capsys):
     assert any("layer set" in w for w in warnings)
     assert not any("repeat" in w for w in warnings)
     # the same checkpoint audited twice (e.g. with two --loss-bound choices) is flagged
-    write(tmp_path / "audits", "again.json", json.loads(paths[1].read_text()))
+    write_json(tmp_path / "audits", "again.json", json.loads(paths[1].read_text()))
     code, _, err = run_cli(["correlate", tmp_path / "audits", "--quiet"], capsys)
     assert code == 0 and "1 audit(s) repeat a fine-tuned checkpoint" in err
 
@@ -348,7 +281,7 @@ def test_bad_correlate_options(tmp_path, capsys, monkeypatch, extra, names):
 
 def test_bad_audit_files_name_the_file(tmp_path, capsys):
     paths = crafted_sweep(tmp_path / "audits", count=3)
-    broken = write(tmp_path, "broken.json", {"schema": "hessaudit.audit/1"})
+    broken = write_json(tmp_path, "broken.json", {"schema": "hessaudit.audit/1"})
     broken.write_text('{"schema": "hessaudit.audit/1", "gap": NaN}')
     code, _, err = run_cli(["correlate", *paths, broken], capsys)
     assert code == 1
@@ -362,9 +295,9 @@ def test_hostile_strings_are_escaped(tmp_path, capsys):
     folder = tmp_path / "au<b>dits"
     evil = "<script>alert(1)</script>$\\frac{a}{$ \x1b[31mred\u202e=cmd|' /C calc'!A0"
     for k in range(4):
-        doc = audit(0.1 * (k + 1), 0.05 * (k + 1) ** 2, labels={"g": evil if k < 2 else "=1+1"},
-                    model=evil)
-        write(folder, f"<img src=x onerror=alert({k})>.json", doc)
+        doc = sweep_audit(0.1 * (k + 1), 0.05 * (k + 1) ** 2,
+                          labels={"g": evil if k < 2 else "=1+1"}, model=evil)
+        write_json(folder, f"<img src=x onerror=alert({k})>.json", doc)
     out = tmp_path / "out"
     code, stdout, err = run_cli(["correlate", folder, "--out", out, "--group-by", "g",
                                  "--json", tmp_path / "c.json"], capsys)
@@ -410,10 +343,9 @@ def test_correlate_help_imports_no_torch_numpy_or_pandas():
 def sweep(tmp_path_factory) -> Path:
     """Four tiny CNNs fine-tuned from one initialization on 15-120 digits, each audited with
     ``measure --eval-data digits --noise-stability`` into one folder."""
-    from conftest import TINY_FACTORY_SOURCE
-
     from hessaudit.inputs.checkpoints import save_checkpoint
     from hessaudit.inputs.data import load_data
+    from tests.files import TINY_FACTORY_SOURCE
 
     folder = tmp_path_factory.mktemp("sweep")
     factory = folder / "tinynet.py"

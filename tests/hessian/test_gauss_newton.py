@@ -6,17 +6,6 @@ import math
 
 import pytest
 import torch
-from _nets import (
-    CLASSES,
-    DTYPE,
-    dense_block_hessian,
-    dense_per_example_hessians,
-    make_data,
-    make_mlp,
-    make_relu_cnn,
-    make_smooth_cnn,
-    random_like_param,
-)
 from torch import nn
 from torch.func import functional_call
 
@@ -31,14 +20,22 @@ from hessaudit.hessian import (
     non_piecewise_linear_modules,
     per_example_gauss_newton_forms,
 )
-
-RELU_PARAMS = ["conv1.weight", "conv1.bias", "bn1.weight", "conv2.weight", "bn2.bias",
-               "fc.weight"]
-
-
-def _close(a, b, rtol=1e-10):
-    return float((a - b).abs().max()) <= rtol * max(float(b.abs().max()), 1e-300)
-
+from tests.cases import (
+    CLASSES,
+    DTYPE,
+    NETS,
+    make_data,
+    make_mlp,
+    make_relu_cnn,
+    make_smooth_cnn,
+    random_like_param,
+)
+from tests.oracles import (
+    close,
+    dense_block_hessian,
+    dense_per_example_hessians,
+    softmax_hessian,
+)
 
 # ---------------------------------------------------------------- module inspection
 
@@ -132,14 +129,14 @@ def test_timm_vit_is_not_piecewise_linear():
 # ---------------------------------------------------------------- exactness on a ReLU/BN/pool net
 
 
-@pytest.mark.parametrize("name", RELU_PARAMS)
-def test_gauss_newton_forms_equal_dense_per_example_hessian(name):
-    model = make_relu_cnn(0)
-    x, y = make_data(5, 6)
+def test_gauss_newton_forms_equal_dense_per_example_hessian(piecewise_block):
+    net, name = NETS[piecewise_block.net], piecewise_block.name
+    model = net.model(0)
+    x, y = net.data(5, 6)
     v = random_like_param(model, name, 2)
     dense = dense_per_example_hessians(model, x, y, name)
     forms = per_example_gauss_newton_forms(model, x, y, name, v)
-    assert _close(forms, torch.einsum("i,nij,j->n", v, dense, v), 1e-12)
+    assert close(forms, torch.einsum("i,nij,j->n", v, dense, v), 1e-12)
     # the per-example block is PSD with rank <= k - 1, so H^+ = H
     evals = torch.linalg.eigvalsh(dense)
     assert float(evals.min()) >= -1e-12
@@ -157,10 +154,10 @@ def test_block_gauss_newton_equals_block_hessian_on_relu_net():
         for cache in (False, True):
             op = BlockGaussNewton(model, batches, name, cache_graph=cache)
             assert (op.size, op.dtype) == (size, DTYPE)
-            assert _close(op.matvec(U), U @ dense, 1e-12)
-            assert _close(op.matvec(U[0]), dense @ U[0], 1e-12)
+            assert close(op.matvec(U), U @ dense, 1e-12)
+            assert close(op.matvec(U[0]), dense @ U[0], 1e-12)
             assert op.num_matvecs == 4
-        assert _close(gauss_newton_matvec(model, batches, name, U[1]), dense @ U[1], 1e-12)
+        assert close(gauss_newton_matvec(model, batches, name, U[1]), dense @ U[1], 1e-12)
 
 
 def test_block_gauss_newton_is_the_ggn_on_smooth_net():
@@ -175,14 +172,14 @@ def test_block_gauss_newton_is_the_ggn_on_smooth_net():
     J = torch.autograd.functional.jacobian(  # (N, k, d)
         lambda f: functional_call(model, {name: f.reshape(w.shape)}, (x,)), w.reshape(-1))
     p = torch.softmax(logits(w.reshape(-1)), dim=1)
-    A = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    A = softmax_hessian(p)
     ggn = torch.einsum("nkd,nkl,nle->de", J, A, J) / x.shape[0]
     U = torch.randn(2, w.numel(), dtype=DTYPE, generator=torch.Generator().manual_seed(1))
-    assert _close(BlockGaussNewton(model, [(x, y)], name).matvec(U), U @ ggn, 1e-12)
+    assert close(BlockGaussNewton(model, [(x, y)], name).matvec(U), U @ ggn, 1e-12)
     # and logit_jvp is J v
     z, u = logit_jvp(model, x, name, U[0])
-    assert _close(z, logits(w.reshape(-1)), 1e-14)
-    assert _close(u, J @ U[0], 1e-12)
+    assert close(z, logits(w.reshape(-1)), 1e-14)
+    assert close(u, J @ U[0], 1e-12)
 
 
 # ---------------------------------------------------------------- the forms themselves
@@ -193,8 +190,8 @@ def test_gauss_newton_forms_formula_and_stability():
     z = torch.randn(6, 4, generator=g, dtype=DTYPE)
     u = torch.randn(6, 4, generator=g, dtype=DTYPE)
     p = torch.softmax(z, 1)
-    A = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-    assert _close(gauss_newton_forms(z, u), torch.einsum("nk,nkl,nl->n", u, A, u), 1e-13)
+    A = softmax_hessian(p)
+    assert close(gauss_newton_forms(z, u), torch.einsum("nk,nkl,nl->n", u, A, u), 1e-13)
     # saturated softmax: the naive sum p u^2 - (sum p u)^2 cancels; ours stays >= 0 and tiny
     z_sat = torch.tensor([[60.0, 0.0, -5.0]], dtype=torch.float32)
     u_big = torch.tensor([[1e4, 1e4 + 1.0, 1e4]], dtype=torch.float32)

@@ -6,17 +6,6 @@ import math
 
 import pytest
 import torch
-from _nets import (
-    DTYPE,
-    dense_block_hessian,
-    dense_per_example_hessians,
-    known_spectrum,
-    make_data,
-    make_mlp,
-    make_smooth_cnn,
-    positive_part,
-    random_like_param,
-)
 
 from hessaudit.errors import HessauditError
 from hessaudit.hessian import (
@@ -25,6 +14,13 @@ from hessaudit.hessian import (
     lanczos_quadrature,
     lanczos_top_eigenvalue,
     lanczos_tridiagonal,
+)
+from tests.cases import DTYPE, make_data, make_mlp, make_smooth_cnn, random_like_param
+from tests.oracles import (
+    dense_block_hessian,
+    dense_per_example_hessians,
+    known_spectrum,
+    positive_part,
 )
 
 D = 48

@@ -6,39 +6,21 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
-from _nets import (
-    DTYPE,
-    block_loss,
-    dense_block_hessian,
-    make_data,
-    make_linear,
-    make_mlp,
-    make_relu_cnn,
-    make_smooth_cnn,
-    random_like_param,
-)
-from torch.func import functional_call
 
 from hessaudit.errors import HessauditError
 from hessaudit.hessian import BlockHessian, batch_quadratic_form, cross_term_forms
-
-NETS = {
-    "mlp": (make_mlp, (4,), ["fc1.weight", "fc2.weight", "head.bias"]),
-    "smooth_cnn": (make_smooth_cnn, None, ["conv1.weight", "fc.weight"]),
-    "relu_cnn": (make_relu_cnn, None, ["conv2.weight", "bn1.weight", "fc.weight"]),
-}
-CASES = [(net, name) for net, (_, _, names) in NETS.items() for name in names]
+from tests.cases import DTYPE, NETS, make_data, make_linear, random_like_param
+from tests.oracles import (
+    block_loss,
+    close,
+    dense_block_hessian,
+    dense_joint_hessian,
+    softmax_hessian,
+)
 
 
 def _setup(net: str, sizes=(5, 3)):
-    make, shape, _ = NETS[net]
-    model = make(0)
-    batches = [
-        make_data(10 + i, n, shape) if shape else make_data(10 + i, n)
-        for i, n in enumerate(sizes)
-    ]
-    return model, batches
+    return NETS[net].model(0), NETS[net].batches(sizes, seed=10)
 
 
 _DENSE: dict[tuple[str, str], torch.Tensor] = {}
@@ -51,38 +33,33 @@ def _dense(net, name, model, batches):
     return _DENSE[net, name]
 
 
-def _close(a, b, rtol=1e-10):
-    scale = max(float(b.abs().max()), 1e-300)
-    return float((a - b).abs().max()) <= rtol * scale
-
-
 @pytest.mark.parametrize("backend", ["autograd", "func"])
-@pytest.mark.parametrize(("net", "name"), CASES)
-def test_block_equals_dense_sub_block(net, name, backend):
+def test_block_equals_dense_sub_block(block, backend):
+    net, name = block.net, block.name
     model, batches = _setup(net)
     dense = _dense(net, name, model, batches)
     op = BlockHessian(model, batches, name, backend=backend)
     assert op.size == dense.shape[0] and op.dtype == DTYPE and op.backend == backend
     # (B, size) path, all unit vectors at once: the whole block.
     eye = torch.eye(op.size, dtype=DTYPE)
-    assert _close(op.matvec(eye), dense)  # rows of H I = columns of symmetric H
+    assert close(op.matvec(eye), dense)  # rows of H I = columns of symmetric H
     # flat 1-D path
     u = random_like_param(model, name, 1)
     assert op.matvec(u).shape == (op.size,)
-    assert _close(op.matvec(u), dense @ u)
+    assert close(op.matvec(u), dense @ u)
     assert op.num_matvecs == op.size + 2
 
 
-@pytest.mark.parametrize(("net", "name"), CASES)
-def test_backends_agree_and_cache_is_transparent(net, name):
-    model, batches = _setup(net)
+def test_backends_agree_and_cache_is_transparent(block):
+    model, batches = _setup(block.net)
+    name = block.name
     U = torch.randn(3, model.get_parameter(name).numel(), dtype=DTYPE,
                     generator=torch.Generator().manual_seed(2))
     ref = BlockHessian(model, batches, name, backend="autograd").matvec(U)
     for backend, cache in [("func", False), ("autograd", True)]:
         op = BlockHessian(model, batches, name, backend=backend, cache_graph=cache)
-        assert _close(op.matvec(U), ref, 1e-12)
-        assert _close(op.matvec(U[1]), ref[1], 1e-12)  # a cached graph is reused
+        assert close(op.matvec(U), ref, 1e-12)
+        assert close(op.matvec(U[1]), ref[1], 1e-12)  # a cached graph is reused
         assert op.num_matvecs == 4
 
 
@@ -91,12 +68,12 @@ def test_closed_form_softmax_regression():
     x, y = make_data(1, 7, (4,))
     W, b = model.fc.weight.detach(), model.fc.bias.detach()
     p = torch.softmax(x @ W.T + b, dim=1)
-    A = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    A = softmax_hessian(p)
     # vec(W) is row-major (class-major), so the block is sum_n A_n kron x_n x_n^T / N
     expected = sum(torch.kron(A[n], torch.outer(x[n], x[n])) for n in range(7)) / 7
     for backend in ("autograd", "func"):
         H = BlockHessian(model, [(x, y)], "fc.weight", backend=backend).to_dense()
-        assert _close(H, expected, 1e-12)
+        assert close(H, expected, 1e-12)
 
 
 def test_finite_differences_of_gradients():
@@ -113,7 +90,7 @@ def test_finite_differences_of_gradients():
 
     fd = (grad_at(w + h * u) - grad_at(w - h * u)) / (2 * h)
     hv = BlockHessian(model, batches, name).matvec(u)
-    assert _close(hv, fd, 1e-7)
+    assert close(hv, fd, 1e-7)
 
 
 def test_batches_weigh_by_size():
@@ -123,7 +100,7 @@ def test_batches_weigh_by_size():
     u = random_like_param(model, "fc1.weight", 3)
     split = BlockHessian(model, batches, "fc1.weight").matvec(u)
     whole = BlockHessian(model, [(x, y)], "fc1.weight").matvec(u)
-    assert _close(split, whole, 1e-13)
+    assert close(split, whole, 1e-13)
 
 
 def test_model_left_untouched():
@@ -163,23 +140,6 @@ def test_refuses_training_mode_and_bad_inputs():
         BlockHessian(model, [], "conv1.weight")
 
 
-def _full_dense_hessian(model, batches, names):
-    """Dense Hessian of the mean loss w.r.t. the concatenation of ``names`` (others fixed)."""
-    params = [model.get_parameter(n) for n in names]
-    sizes = [p.numel() for p in params]
-    total = sum(x.shape[0] for x, _ in batches)
-
-    def loss(flat):
-        parts = torch.split(flat, sizes)
-        override = {n: part.reshape(p.shape) for n, part, p in zip(names, parts, params,
-                                                                   strict=True)}
-        return sum(F.cross_entropy(functional_call(model, override, (x,)), y, reduction="sum")
-                   for x, y in batches) / total
-
-    flat = torch.cat([p.detach().reshape(-1) for p in params])
-    return torch.autograd.functional.hessian(loss, flat), sizes
-
-
 @pytest.mark.parametrize("net", ["mlp", "relu_cnn"])
 def test_cross_term_forms_match_dense_formula(net):
     model, batches = _setup(net)
@@ -187,7 +147,7 @@ def test_cross_term_forms_match_dense_formula(net):
     vectors = {n: random_like_param(model, n, i).reshape(model.get_parameter(n).shape)
                for i, n in enumerate(names)}
     forms = cross_term_forms(model, batches, vectors)
-    H, sizes = _full_dense_hessian(model, batches, names)
+    H, sizes = dense_joint_hessian(model, batches, names)
     v = torch.cat([vectors[n].reshape(-1) for n in names])
     Hv = torch.split(H @ v, sizes)
     vs = torch.split(v, sizes)
@@ -204,7 +164,7 @@ def test_cross_term_forms_can_be_negative():
     # choose v_2 = -c * (H_21 v_1) direction so that v_2^T H_21 v_1 dominates negatively
     model, batches = _setup("mlp")
     names = ["fc1.weight", "head.weight"]
-    H, sizes = _full_dense_hessian(model, batches, names)
+    H, sizes = dense_joint_hessian(model, batches, names)
     v1 = random_like_param(model, names[0], 0)
     H21 = H[sizes[0]:, : sizes[0]]
     v2 = -10.0 * (H21 @ v1)

@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
-from _nets import DTYPE, dense_block_hessian, known_spectrum, make_data, make_mlp
 
 from hessaudit.errors import HessauditError
 from hessaudit.hessian import BlockHessian, lanczos_top_eigenvalue, power_iteration
+from tests.cases import DTYPE, make_data, make_mlp
+from tests.oracles import dense_block_hessian, known_spectrum
 
 D = 40
 

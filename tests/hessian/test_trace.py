@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
-from _nets import DTYPE, dense_block_hessian, known_spectrum, make_data, make_smooth_cnn
 
 from hessaudit.errors import HessauditError
 from hessaudit.hessian import BlockHessian, hutchinson_trace, hutchpp_trace
 from hessaudit.hessian.trace import student_t_quantile
+from tests.cases import DTYPE, make_data, make_smooth_cnn
+from tests.oracles import dense_block_hessian, known_spectrum
 
 D = 30
 

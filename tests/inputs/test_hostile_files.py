@@ -29,9 +29,9 @@ import pytest
 import torch
 
 from hessaudit.cli import main
-from tests.conftest import write_png
+from tests.files import write_png
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -24,7 +24,7 @@ import torch
 
 from hessaudit.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 MLP_FACTORY = '''
 import torch
@@ -328,9 +328,8 @@ def test_data_config_flags_are_recorded_and_used(tmp_path, tiny_checkpoints, cap
 @pytest.fixture
 def rgb_pair(tmp_path: Path):
     """The tiny factory with 3 input channels, as a checkpoint pair (no timm config)."""
-    from conftest import TINY_FACTORY_SOURCE, CheckpointPair, perturbed
-
     from hessaudit.inputs.checkpoints import save_checkpoint
+    from tests.files import TINY_FACTORY_SOURCE, CheckpointPair, perturbed
 
     factory = tmp_path / "rgbnet.py"
     factory.write_text(

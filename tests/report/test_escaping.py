@@ -17,7 +17,6 @@ import re
 from html.parser import HTMLParser
 
 import pytest
-from test_gates import audit_doc
 
 from hessaudit.cli import main
 from hessaudit.report._format import (
@@ -29,6 +28,7 @@ from hessaudit.report._format import (
     fmt_percent,
 )
 from hessaudit.report.escape import ZERO_WIDTH_SPACE, console_text, md_text, visible
+from tests.documents import audit_doc
 
 #: Layer (module) names: torch forbids only '.' and ''.
 HOSTILE_LAYERS = [
@@ -162,9 +162,8 @@ def hostile_audit(tmp_path_factory):
     """A real audit of the hostile-named model on the hostile-named ImageFolder."""
     import importlib.util
 
-    from conftest import write_png
-
     from hessaudit.inputs.checkpoints import save_checkpoint
+    from tests.files import write_png
 
     tmp = tmp_path_factory.mktemp("hostile")
     factory = tmp / "hostile.py"

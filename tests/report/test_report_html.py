@@ -4,7 +4,7 @@ checkpoint paths, digests, layer names and hostile values included), every numbe
 JSON is on it, and the key ones are visible.
 
 One browser launch per width (a second or two each). Without Chromium the browser tests skip,
-except in CI (``CI=true``), where they fail (see tests/_report_page.py; .ci/run installs it).
+except in CI (``CI=true``), where they fail (see tests/report/page.py; .ci/run installs it).
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ import re
 import sys
 
 import pytest
-from _report_page import (
+
+from hessaudit.audit import gates
+from hessaudit.audit.gates import Gate
+from hessaudit.report._format import fmt_number
+from hessaudit.report.html import audit_html, plot_png
+from tests.documents import audit_doc
+from tests.invoke import MODEL, make_checkpoints, run_cli, run_main
+from tests.report.page import (
     layout,
     missing_numbers,
     number_tokens,
@@ -25,13 +32,6 @@ from _report_page import (
     run_browser,
     with_measures,
 )
-from test_cli_gates import MODEL, make_checkpoints, run_cli, run_main
-from test_gates import audit_doc
-
-from hessaudit.audit import gates
-from hessaudit.audit.gates import Gate
-from hessaudit.report._format import fmt_number
-from hessaudit.report.html import audit_html, plot_png
 
 BAR_BLUE = (0x4C, 0x72, 0xB0)
 FAIL_RED = (0xC4, 0x4E, 0x52)

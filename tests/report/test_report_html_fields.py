@@ -1,17 +1,17 @@
 """What ``hessaudit report``'s page shows, checked on its HTML: the engine path column, the
 bound kind in the summary, the measures side by side, identical form columns collapsed,
 digests shortened with the whole value on hover, and every other field of the audit file,
-escaped (the layout itself is checked in Chromium by tests/test_report_html.py)."""
+escaped (the layout itself is checked in Chromium by tests/report/test_report_html.py)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from _report_page import missing_numbers, number_tokens, page_text, with_measures
-from test_gates import audit_doc
 
 from hessaudit.report.html import audit_html
+from tests.documents import audit_doc
+from tests.report.page import missing_numbers, number_tokens, page_text, with_measures
 
 
 def test_engine_path_column_and_not_converged_tag():

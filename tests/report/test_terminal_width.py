@@ -27,12 +27,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import TINY_FACTORY_SOURCE, perturbed
 from rich.console import Console
 
 from hessaudit.report import _layout
 from hessaudit.report._format import fmt_number as fmt
 from hessaudit.report._format import fmt_percent, fmt_signed
+from tests.files import TINY_FACTORY_SOURCE, perturbed
 
 WIDTHS = (80, 120)
 MARKER = _layout.MARKER
@@ -310,10 +310,9 @@ def test_compare(tiny, width) -> None:
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_correlate(tmp_path, width) -> None:
-    from test_correlate import crafted_sweep
-
     from hessaudit.correlate import core as lib
     from hessaudit.report.correlate import print_correlate
+    from tests.documents import crafted_sweep
 
     paths = crafted_sweep(tmp_path / "audits")
     points, skipped = lib.load_points([], paths)
@@ -483,7 +482,7 @@ def in_tmux(command: str, folder: Path, width: int = 80, height: int = 40) -> li
     done = folder / "tmux-done"
     socket = f"hessaudit-tty-{os.getpid()}-{width}"
     tmux = ["tmux", "-L", socket, "-f", "/dev/null"]
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     script = (f"cd {repo} && OMP_NUM_THREADS=1 PYTHONPATH={repo} {command}; touch {done}; "
               "sleep 60")
     subprocess.run([*tmux, "new-session", "-d", "-x", str(width), "-y", str(height),

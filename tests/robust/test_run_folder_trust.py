@@ -22,7 +22,7 @@ import torch
 
 from hessaudit.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Killed(BaseException):

@@ -1,4 +1,4 @@
-"""Tiny float64 networks, data and dense Hessian oracles shared by the tests.
+"""Tiny float64 networks and batches shared by the tests, listed as data.
 
 Every network is built in eval mode with a deterministic initialisation drawn from its own
 ``torch.Generator`` (the global RNG is never touched), and is small enough that a dense block
@@ -10,18 +10,21 @@ readable (``conv1.weight``, ``fc.weight``, ...).
 - :func:`make_smooth_cnn`: conv net with tanh / softplus and average pooling (smooth).
 - :func:`make_relu_cnn`: conv + BatchNorm (eval, non-trivial running stats) + ReLU + max-pool
   (piecewise linear).
+
+:data:`NETS` names them with their input shape and head, :data:`BLOCKS` lists the parameter
+blocks the engine tests check against the dense oracles of :mod:`tests.oracles`;
+``conftest.py`` turns both into fixtures (``block``, ``piecewise_block``, ``smooth_net``).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 DTYPE = torch.float64
 CLASSES = 3
@@ -120,54 +123,72 @@ def random_like_param(model: nn.Module, name: str, seed: int, *, scale: float = 
     return scale * torch.randn(p.numel(), generator=g, dtype=p.dtype)
 
 
-def block_loss(
-    model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], name: str, *,
-    reduction: str = "mean",
-):
-    """The mean cross-entropy over all examples as a function of the flat block ``name``."""
-    p = model.get_parameter(name)
-    total = sum(x.shape[0] for x, _ in batches)
-
-    def loss(w_flat: Tensor) -> Tensor:
-        w = w_flat.reshape(p.shape)
-        out = 0.0
-        for x, y in batches:
-            logits = functional_call(model, {name: w}, (x,))
-            out = out + F.cross_entropy(logits, y, reduction="sum")
-        return out / total if reduction == "mean" else out
-
-    return loss
+# --------------------------------------------------------------------------- cases as data
 
 
-def dense_block_hessian(
-    model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], name: str
-) -> Tensor:
-    """Independent oracle: torch.autograd.functional.hessian of the flat-block loss."""
-    w = model.get_parameter(name).detach().reshape(-1).clone()
-    return torch.autograd.functional.hessian(block_loss(model, batches, name), w)
+@dataclass(frozen=True)
+class Net:
+    """A test network: its builder, one example's input shape, the prefix of its classifier
+    head and whether it is piecewise linear in every parameter (the exact JVP path)."""
+
+    name: str
+    make: Callable[..., nn.Module]
+    input_shape: tuple[int, ...]
+    head: str
+    piecewise_linear: bool
+
+    def model(self, seed: int = 0) -> nn.Module:
+        return self.make(seed)
+
+    def data(self, seed: int, n: int) -> tuple[Tensor, Tensor]:
+        """``n`` examples of this net's input shape (:func:`make_data`)."""
+        return make_data(seed, n, self.input_shape)
+
+    def batches(self, sizes: Sequence[int], *, seed: int) -> list[tuple[Tensor, Tensor]]:
+        """Batches of ``sizes`` examples, the i-th drawn with seed ``seed + i``."""
+        return [self.data(seed + i, n) for i, n in enumerate(sizes)]
 
 
-def dense_per_example_hessians(model: nn.Module, x: Tensor, y: Tensor, name: str) -> Tensor:
-    """(N, d, d) stack of per-example dense block Hessians (a loop: oracle, not engine)."""
-    return torch.stack([
-        dense_block_hessian(model, [(x[n : n + 1], y[n : n + 1])], name)
-        for n in range(x.shape[0])
-    ])
+NETS: dict[str, Net] = {
+    net.name: net
+    for net in [
+        Net("linear", make_linear, (4,), "fc", piecewise_linear=False),
+        Net("mlp", make_mlp, (4,), "head", piecewise_linear=False),
+        Net("smooth_cnn", make_smooth_cnn, IMAGE, "fc", piecewise_linear=False),
+        Net("relu_cnn", make_relu_cnn, IMAGE, "fc", piecewise_linear=True),
+    ]
+}
+
+#: The smooth nets with hidden layers (the measure's Lanczos path).
+SMOOTH_NETS = ["mlp", "smooth_cnn"]
 
 
-def known_spectrum(
-    eigenvalues: Sequence[float] | Tensor, seed: int, *, dtype: torch.dtype = DTYPE
-) -> Tensor:
-    """Q diag(eigenvalues) Q^T with Q a seeded random orthogonal matrix."""
-    lam = torch.as_tensor(eigenvalues, dtype=dtype)
-    d = lam.numel()
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=dtype))
-    q = q * torch.sign(torch.diagonal(r))
-    return (q * lam) @ q.T
+@dataclass(frozen=True)
+class Block:
+    """One parameter block of one of :data:`NETS`."""
+
+    net: str
+    name: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.net}-{self.name}"
 
 
-def positive_part(matrix: Tensor) -> Tensor:
-    """H^+ by eigh: keep the positive eigenvalues."""
-    lam, vec = torch.linalg.eigh(matrix)
-    return (vec * lam.clamp_min(0)) @ vec.T
+#: Blocks checked against the dense oracles: weights and biases, first, middle and last
+#: layers, and BatchNorm scales and shifts with BatchNorm (eval) downstream.
+BLOCKS = [
+    Block("mlp", "fc1.weight"),
+    Block("mlp", "fc2.weight"),
+    Block("mlp", "head.bias"),
+    Block("smooth_cnn", "conv1.weight"),
+    Block("smooth_cnn", "conv2.weight"),
+    Block("smooth_cnn", "fc.weight"),
+    Block("relu_cnn", "conv1.weight"),
+    Block("relu_cnn", "conv1.bias"),
+    Block("relu_cnn", "bn1.weight"),
+    Block("relu_cnn", "conv2.weight"),
+    Block("relu_cnn", "bn2.weight"),
+    Block("relu_cnn", "bn2.bias"),
+    Block("relu_cnn", "fc.weight"),
+]
