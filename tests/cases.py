@@ -138,6 +138,7 @@ class Net:
     piecewise_linear: bool
 
     def model(self, seed: int = 0) -> nn.Module:
+        """The net initialised from ``seed`` (float64, eval mode)."""
         return self.make(seed)
 
     def data(self, seed: int, n: int) -> tuple[Tensor, Tensor]:
