@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_cases import VOCAB, save_dir, save_tokens, tiny_model, token_batch, transformers
 
 from hessaudit.cli import main
 from hessaudit.inputs.checkpoints import load_checkpoint
 from hessaudit.inputs.lora import load_finetuned
+from tests.hf_cases import VOCAB, save_dir, save_tokens, tiny_model, token_batch, transformers
 
 peft = pytest.importorskip("peft")
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_cases import save_dir, tiny_model, transformers
 from safetensors import safe_open
 from torch import nn
 
@@ -17,6 +16,7 @@ from hessaudit.audit.layers import pair_layers
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.checkpoints import load_checkpoint
 from hessaudit.inputs.models import build_model, classifier_names
+from tests.hf_cases import save_dir, tiny_model, transformers
 
 EXPECTED = {
     "bert": {

@@ -16,7 +16,14 @@ import torch
 
 pytest.importorskip("transformers")
 
-from text_cases import (
+from hessaudit.errors import HessauditError
+from hessaudit.inputs.data import load_data
+from hessaudit.inputs.models import build_model
+from hessaudit.inputs.text_model import text_source
+from hessaudit.inputs.text_options import TextOptions
+from hessaudit.inputs.text_table import parse_label
+from hessaudit.inputs.text_tokens import ModelLimits
+from tests.text_cases import (
     LABELS,
     assert_one_error,
     make_text_case,
@@ -25,14 +32,6 @@ from text_cases import (
     snapshot,
     write_rows,
 )
-
-from hessaudit.errors import HessauditError
-from hessaudit.inputs.data import load_data
-from hessaudit.inputs.models import build_model
-from hessaudit.inputs.text_model import text_source
-from hessaudit.inputs.text_options import TextOptions
-from hessaudit.inputs.text_table import parse_label
-from hessaudit.inputs.text_tokens import ModelLimits
 
 FORMATS = (".csv", ".tsv", ".jsonl", ".parquet")
 

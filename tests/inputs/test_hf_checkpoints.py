@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_cases import moved, save_dir, save_tokens, tiny_model, token_batch, transformers
 
 from hessaudit.cli import main
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.checkpoints import load_checkpoint, save_checkpoint
 from hessaudit.inputs.models import build_model, load_model
+from tests.hf_cases import moved, save_dir, save_tokens, tiny_model, token_batch, transformers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(args: list, capsys) -> tuple[int, str, str]:
@@ -131,7 +131,7 @@ def test_hugging_face_cache_snapshot_links_are_read(tmp_path: Path) -> None:
         blob.write_bytes((src / name).read_bytes())
         (snap / name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
     assert set(load_checkpoint(snap).tensors) == set(model.state_dict())
-    assert type(build_model(str(snap))).__name__ == "BertForSequenceClassification"
+    assert type(build_model(str(snap)).hf_model).__name__ == "BertForSequenceClassification"
 
 
 # --------------------------------------------------------------------------- --model DIR
@@ -139,7 +139,7 @@ def test_hugging_face_cache_snapshot_links_are_read(tmp_path: Path) -> None:
 
 def test_model_dir_builds_an_eager_classifier_that_returns_logits(bert) -> None:
     model = build_model(str(bert["pre"]))
-    assert type(model).__name__ == "BertForSequenceClassification" and not model.training
+    assert type(model.hf_model).__name__ == "BertForSequenceClassification" and not model.training
     assert model.config._attn_implementation == "eager"
     x, _ = token_batch(n=4)
     logits = model(x)

@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from text_cases import (
+from tests.text_cases import (
     audit_json,
     dense_hessians,
     distance,
@@ -70,8 +70,9 @@ def close(a: float, b: float, rel: float, abs_: float = 0.0) -> bool:
 def _plain_losses(case, data) -> torch.Tensor:
     """Per-example cross-entropy of the plain Hugging Face model, one unpadded example at a
     time (label names mapped by hand)."""
-    from text_cases import LABELS
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tests.text_cases import LABELS
 
     model = AutoModelForSequenceClassification.from_pretrained(
         case.ft, local_files_only=True

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hf_cases import moved, save_dir, tiny_model, token_batch
 from torch.func import functional_call
 
 from hessaudit.audit.layers import pair_layers
@@ -32,6 +31,7 @@ from hessaudit.hessian.per_example import per_example_directional_second_derivat
 from hessaudit.inputs.checkpoints import load_checkpoint
 from hessaudit.inputs.data import Dataset
 from hessaudit.inputs.models import load_model
+from tests.hf_cases import moved, save_dir, tiny_model, token_batch
 
 F64 = torch.float64
 BATCH = 3
@@ -128,11 +128,6 @@ def test_raw_form_of_the_head_matches_the_dense_oracle(setup, reduce: str) -> No
     assert _relerr(result.hcal, max(raw, 0.0)) <= 1e-10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine's raw form is forward-over-forward, and torch's second forward-mode "
-    "derivative of layer_norm is wrong (torch 2.14)",
-)
 @pytest.mark.parametrize("reduce", ["example-max", "mean"])
 def test_raw_form_below_layernorm_matches_the_dense_oracle(setup, reduce: str) -> None:
     model, layers, data = setup
@@ -143,7 +138,6 @@ def test_raw_form_below_layernorm_matches_the_dense_oracle(setup, reduce: str) -
         assert _relerr(result.quad_raw, exact[result.name][0]) <= 1e-8, result.name
 
 
-@pytest.mark.xfail(strict=True, reason="torch's forward-over-forward of layer_norm is wrong")
 def test_forward_over_forward_through_layer_norm() -> None:
     """The engine function on a 2-layer net with one LayerNorm, against the dense Hessian."""
     g = torch.Generator().manual_seed(0)
