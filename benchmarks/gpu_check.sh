@@ -15,7 +15,7 @@ mkdir -p "$OUT"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
 } > "$OUT/device.txt" 2>&1
-timeout 240 $PY -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider \
+timeout 240 $PY -m pytest -m cuda tests/cli/test_cuda.py -q -p no:cacheprovider \
   > "$OUT/tests_cuda.txt" 2>&1; echo "tests_cuda rc=$?" >> "$OUT/summary.txt"
 timeout 120 $PY benchmarks/run.py --device cuda --only end_to_end --repeats 1 \
   --out "$OUT/end_to_end.json" > "$OUT/end_to_end.txt" 2>&1; echo "end_to_end rc=$?" >> "$OUT/summary.txt"
