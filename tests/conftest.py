@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny factory model written to a temporary file, checkpoint pairs built
-from it (and from timm's tiny ``test_resnet``), and small image data on disk.
+from it (and from timm's tiny ``test_resnet``), small image data on disk (all from
+:mod:`tests.files`), and the engine tests' nets and blocks (from :mod:`tests.cases`).
 
 Nothing here downloads anything; timm models are built with ``pretrained=False``.
 """
@@ -8,60 +9,19 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from tests import cases
+from tests.files import TINY_FACTORY_SOURCE, CheckpointPair, perturbed, write_png
+
 # The suite runs many tiny models: on a 2-core machine one intra-op thread is several times
 # faster than two competing ones, and keeps timings stable when other processes share the cores.
 torch.set_num_threads(1)
-
-#: Source of the factory file written by :func:`factory_file`. ``TinyNet`` takes (N, C, 8, 8)
-#: images (any size works: it pools to 2x2), has conv1 / bn1 / fc and a ``num_classes`` head.
-TINY_FACTORY_SOURCE = textwrap.dedent(
-    '''
-    import torch
-    from torch import nn
-
-
-    class TinyNet(nn.Module):
-        def __init__(self, num_classes=10, in_chans=1):
-            super().__init__()
-            self.conv1 = nn.Conv2d(in_chans, 4, 3, padding=1)
-            self.bn1 = nn.BatchNorm2d(4)
-            self.act = nn.ReLU()
-            self.pool = nn.AdaptiveAvgPool2d(2)
-            self.fc = nn.Linear(16, num_classes)
-
-        def forward(self, x):
-            x = self.pool(self.act(self.bn1(self.conv1(x))))
-            return self.fc(x.flatten(1))
-
-
-    def make_tiny(num_classes=10, in_chans=1, seed=0):
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            return TinyNet(num_classes, in_chans)
-
-
-    def make_fixed():
-        """No num_classes argument: always 10 outputs."""
-        return make_tiny(10)
-
-
-    def make_raising(num_classes=10):
-        raise ValueError("bad config: depth must be even")
-
-
-    def make_not_module(num_classes=10):
-        return "not a module"
-    '''
-)
 
 
 @pytest.fixture
@@ -97,31 +57,6 @@ def tiny_net(factory_file: Path) -> Callable[..., nn.Module]:
         return module.make_tiny(num_classes=num_classes, in_chans=in_chans, seed=seed).eval()
 
     return make
-
-
-def perturbed(state: dict[str, torch.Tensor], *, seed: int, scale: float = 0.05):
-    """A copy of ``state`` with every floating tensor moved by seeded Gaussian noise."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, t in state.items():
-        if t.is_floating_point() and not name.endswith(("running_mean", "running_var")):
-            out[name] = t + scale * torch.randn(t.shape, generator=g, dtype=t.dtype)
-        else:
-            out[name] = t.clone()
-    return out
-
-
-@dataclass(frozen=True)
-class CheckpointPair:
-    """A pretrained / fine-tuned pair on disk. The pretrained head has ``pre_classes`` outputs,
-    the fine-tuned head ``num_classes`` (a new head when they differ)."""
-
-    spec: str
-    pretrained: Path
-    finetuned: Path
-    pretrained_state: dict[str, torch.Tensor]
-    finetuned_state: dict[str, torch.Tensor]
-    num_classes: int
 
 
 @pytest.fixture
@@ -165,21 +100,6 @@ def timm_resnet_pair(tmp_path_factory) -> CheckpointPair:
     )
 
 
-def write_png(path: Path, size: tuple[int, int] = (6, 5), mode: str = "RGB", value: int = 128):
-    """Write a small PNG (size = width, height) filled with a gradient starting at ``value``."""
-    import numpy as np
-    from PIL import Image
-
-    w, h = size
-    channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
-    arr = (np.arange(h * w * channels).reshape(h, w, channels) + value) % 256
-    arr = arr.astype(np.uint8)
-    image = Image.fromarray(arr[:, :, 0] if mode == "L" else arr, mode=mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
-
-
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """ImageFolder with classes ``cat`` (3 RGB images) and ``dog`` (2 grayscale), 6x5 px."""
@@ -213,3 +133,27 @@ def digits_pretrained(tmp_path_factory) -> str:
     accuracy = pretrain_digits_cnn(path, epochs=3)
     assert accuracy > 0.7  # the pretraining task was learned
     return str(path)
+
+
+# --------------------------------------------------------------------------- nets and blocks
+
+
+@pytest.fixture(params=cases.BLOCKS, ids=lambda block: block.id)
+def block(request) -> cases.Block:
+    """Each of :data:`tests.cases.BLOCKS`."""
+    return request.param
+
+
+@pytest.fixture(
+    params=[b for b in cases.BLOCKS if cases.NETS[b.net].piecewise_linear],
+    ids=lambda block: block.id,
+)
+def piecewise_block(request) -> cases.Block:
+    """Each block of a piecewise-linear net (where the Gauss-Newton forms are exact)."""
+    return request.param
+
+
+@pytest.fixture(params=cases.SMOOTH_NETS)
+def smooth_net(request) -> cases.Net:
+    """Each smooth net with hidden layers, by name (ids ``mlp``, ``smooth_cnn``)."""
+    return cases.NETS[request.param]

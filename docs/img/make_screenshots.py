@@ -6,7 +6,7 @@
 
 Needs a headless Chromium (``apt-get install chromium``) and Pillow. A headless window is never
 narrower than 500 pixels, so the 400-pixel shot lays the page out in an iframe exactly 400
-pixels wide (as tests/test_report_html.py does); the white below the page is trimmed and the
+pixels wide (as tests/report/test_report_html.py does); the white below the page is trimmed and the
 images are stored with a 128-colour palette (small files).
 """
 

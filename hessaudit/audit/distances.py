@@ -89,11 +89,14 @@ def compare_weights(
         )
         if report is not None:
             return report
-    from hessaudit.inputs.checkpoints import load_checkpoint  # any other pair: with torch
+    # any other pair (torch files, Hugging Face directories, adapters): with torch
+    from hessaudit.audit.groups import default_layers
+    from hessaudit.inputs.checkpoints import load_checkpoint
+    from hessaudit.inputs.lora import load_finetuned
 
     pretrained = load_checkpoint(pretrained_path)
-    finetuned = load_checkpoint(finetuned_path)
-    parameter_names = order = None
+    finetuned = load_finetuned(finetuned_path, pretrained)  # a PEFT adapter: merged
+    parameter_names = order = module = None
     if model is not None:
         from hessaudit.inputs.models import load_model
 
@@ -116,6 +119,9 @@ def compare_weights(
         new_heads="exclude" if exclude_new_head else "from-zero",
         parameter_names=parameter_names,
         order=order,
+    )
+    pairing = default_layers(  # transformers and adapters: default layers
+        pairing, module, include=include, adapter=finetuned.metadata.get("adapter")
     )
     layers = [
         LayerDistance(

@@ -8,9 +8,10 @@ model) gets one group, first rule that applies:
   base model (``classifier``, DistilBERT's ``pre_classifier``, RoBERTa's ``classifier.dense`` and
   ``classifier.out_proj``); otherwise the parameters of
   :func:`hessaudit.inputs.models.classifier_names`.
-* ``embedding``: ``nn.Embedding`` weights, and parameters named like timm's ``pos_embed``,
-  ``cls_token``, ``dist_token``, ``reg_token``.
 * ``norm``: parameters of a normalization layer (a module whose class name contains ``Norm``).
+* ``embedding``: ``nn.Embedding`` weights, everything else inside an ``embeddings`` /
+  ``patch_embed`` module (ViT's patch projection, position embeddings, class token), and
+  parameters named like timm's ``pos_embed``, ``cls_token``, ``dist_token``, ``reg_token``.
 * ``attention``: parameters of a module inside an attention block: a path segment containing
   ``attention`` or ``attn`` (BERT/RoBERTa ``attention.self.query`` ... ``attention.output.dense``,
   DistilBERT ``attention.q_lin`` ... ``out_lin``, ViT ``attention.attention.query``, timm
@@ -41,7 +42,8 @@ from hessaudit.errors import HessauditError
 __all__ = ["GROUPS", "default_layers", "hessian_term_by_group", "layer_groups"]
 
 GROUPS = ("attention", "linear", "predictor", "embedding", "norm")
-_TOKENS = ("pos_embed", "cls_token", "dist_token", "reg_token")
+_TOKENS = ("pos_embed", "cls_token", "dist_token", "reg_token", "mask_token")
+_EMBEDDING_MODULES = ("embeddings", "embedding", "patch_embed", "patch_embeddings")
 
 
 def _head_names(model: nn.Module, heads: Collection[str]) -> set[str]:
@@ -66,12 +68,13 @@ def _group(name: str, model: nn.Module, heads: set[str]) -> str:
     if name in heads:
         return "predictor"
     module = _module_of(model, name)
-    last = name.rpartition(".")[2]
-    if isinstance(module, nn.Embedding | nn.EmbeddingBag) or last in _TOKENS:
-        return "embedding"
+    *path, last = name.lower().split(".")
     if module is not None and "Norm" in type(module).__name__:
         return "norm"
-    if any("attention" in part or "attn" in part for part in name.lower().split(".")[:-1]):
+    if (isinstance(module, nn.Embedding | nn.EmbeddingBag) or last in _TOKENS
+            or any(part in _EMBEDDING_MODULES for part in path)):
+        return "embedding"
+    if any("attention" in part or "attn" in part for part in path):
         return "attention"
     return "linear"
 

@@ -302,3 +302,15 @@ def _pair(
         if new_heads == "from-zero":
             layers.append(Layer(name, shape, ft.numel(), True, None, ft))
     return layers, only_in_finetuned, mismatches
+
+
+def unpaired_record(pairing: Pairing) -> dict[str, Any]:
+    """The document's ``unpaired``: selectable tensors without a same-shape counterpart."""
+    return {
+        "only_in_pretrained": list(pairing.only_in_pretrained),
+        "only_in_finetuned": list(pairing.only_in_finetuned),
+        "shape_mismatches": [
+            {"name": name, "pretrained": list(a), "finetuned": list(b)}
+            for name, a, b in pairing.shape_mismatches
+        ],
+    }

@@ -15,6 +15,7 @@ from typing import Any
 from hessaudit._atomic import write_text
 from hessaudit._version import __version__
 from hessaudit.audit.bound import BoundKind, BoundResult
+from hessaudit.audit.groups import hessian_term_by_group
 from hessaudit.audit.measure import LayerMeasure
 from hessaudit.audit.measures import NoiseStability, build_measures
 from hessaudit.audit.request import AuditRequest
@@ -84,6 +85,9 @@ class AuditResult:
             "C_source": bound["C_source"],
             "epsilon": bound["epsilon"],
             "hessian_term": bound["hessian_term"],
+            "hessian_term_by_group": hessian_term_by_group(
+                layers, self.inputs.get("layer_groups"), loss_bound=bound["C"], n=bound["n"]
+            ),
             "bound": bound["bound"],
             "bound_note": bound["note"],
             **self.kind.to_dict(),

@@ -44,7 +44,8 @@ from hessaudit.audit.examples import (
     take_samples,
 )
 from hessaudit.audit.gates import Gate, check_layer_gates
-from hessaudit.audit.layers import Layer, Pairing, pair_layers
+from hessaudit.audit.groups import default_layers, layer_groups
+from hessaudit.audit.layers import Layer, Pairing, pair_layers, unpaired_record
 from hessaudit.audit.loss_bound import parse_loss_bound, resolve_loss_bound
 from hessaudit.audit.measure import LayerMeasure, ProgressCallback, measure_layers
 from hessaudit.audit.measures import DEFAULT_NOISE_DRAWS, NoiseStability, noise_stability
@@ -68,7 +69,13 @@ from hessaudit.inputs.checkpoints import Checkpoint, load_checkpoint
 from hessaudit.inputs.data import Dataset, load_data
 from hessaudit.inputs.data_config import InputConfig
 from hessaudit.inputs.devices import resolve_device, resolve_dtype
-from hessaudit.inputs.models import disable_fused_attention, input_config, load_model
+from hessaudit.inputs.lora import load_finetuned
+from hessaudit.inputs.models import (
+    classifier_names,
+    disable_fused_attention,
+    input_config,
+    load_model,
+)
 from hessaudit.inputs.preprocess import check_forward
 from hessaudit.inputs.text_model import text_source
 from hessaudit.inputs.text_tokens import TextSource
@@ -123,10 +130,10 @@ def run_audit(
     bound, kind = _bound(request, layers, examples)
     result = AuditResult(
         request=request,
-        inputs=_inputs_record(request, loaded, examples, device),
+        inputs=_inputs_record(request, loaded, examples, device, measured),
         layers=layers,
         bound=bound,
-        unpaired=_unpaired_record(pairing),
+        unpaired=unpaired_record(pairing),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         torch_version=torch.__version__,
         kind=kind,
@@ -157,7 +164,7 @@ class _Loaded:
 
 def _load_model(request: AuditRequest, device: torch.device, dtype: torch.dtype) -> _Loaded:
     pretrained = load_checkpoint(request.pretrained)
-    finetuned = load_checkpoint(request.finetuned)
+    finetuned = load_finetuned(request.finetuned, pretrained)  # a PEFT adapter: merged
     model = load_model(
         request.model,
         finetuned.tensors,
@@ -189,6 +196,8 @@ def _select_layers(
         parameter_names={name for name, _ in loaded.model.named_parameters()},
         order=list(loaded.model.state_dict()),
     )
+    adapter = loaded.finetuned.metadata.get("adapter")  # transformers, adapters: defaults
+    pairing = default_layers(pairing, loaded.model, include=request.include, adapter=adapter)
     return pairing, select_layers(recipe, loaded.model, pairing.layers)
 
 
@@ -349,7 +358,8 @@ def _iterated_unconverged(layer: LayerMeasure, request: AuditRequest) -> bool:
 
 
 def _inputs_record(
-    request: AuditRequest, loaded: _Loaded, examples: _Examples, device: torch.device
+    request: AuditRequest, loaded: _Loaded, examples: _Examples, device: torch.device,
+    measured: list[Layer],
 ) -> dict[str, Any]:
     """The document's ``inputs``: what was audited, exactly (files, data, examples, seed)."""
     eval_record = examples.eval_record
@@ -382,16 +392,8 @@ def _inputs_record(
             "new_heads": _new_heads(request),
         },
         "tags": dict(request.tags),
+        "adapter": loaded.finetuned.metadata.get("adapter"),
+        "layer_groups": layer_groups(loaded.model, [layer.name for layer in measured],
+                                     heads=classifier_names(loaded.model)),
     }
 
-
-def _unpaired_record(pairing: Pairing) -> dict[str, Any]:
-    """The document's ``unpaired``: selectable tensors without a same-shape counterpart."""
-    return {
-        "only_in_pretrained": list(pairing.only_in_pretrained),
-        "only_in_finetuned": list(pairing.only_in_finetuned),
-        "shape_mismatches": [
-            {"name": name, "pretrained": list(a), "finetuned": list(b)}
-            for name, a, b in pairing.shape_mismatches
-        ],
-    }

@@ -35,6 +35,7 @@ from hessaudit.hessian._util import (
     frozen_parameters,
     get_parameter,
 )
+from hessaudit.hessian.exact_norms import exact_norms
 
 
 def per_example_hvp(
@@ -88,7 +89,8 @@ def per_example_directional_second_derivative(
 
     With phi(t) = (l_n(W_i + t v))_n, phi''(0) = (v^T H_{i,n} v)_n. A ``jvp`` of a ``jvp`` along
     the same direction gives all N values in one pass, at about the cost of a few forwards.
-    The values are raw block forms (they can be negative for smooth networks).
+    The values are raw block forms (they can be negative for smooth networks). Normalization
+    layers run under :func:`~hessaudit.hessian.exact_norms.exact_norms`.
     """
     check_eval_mode(model)
     check_xy(x, y)
@@ -105,7 +107,8 @@ def per_example_directional_second_derivative(
     def first(w: Tensor) -> Tensor:
         return torch.func.jvp(losses, (w,), (v,))[1]
 
-    _, second = torch.func.jvp(first, (w0,), (v,))
+    with exact_norms():  # torch's second forward derivative of layer_norm is wrong
+        _, second = torch.func.jvp(first, (w0,), (v,))
     return second.detach()
 
 

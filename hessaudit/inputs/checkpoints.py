@@ -138,16 +138,17 @@ def load_checkpoint(
     Args:
         path: A ``.safetensors``, ``.pt``, ``.pth``, ``.bin`` or ``.ckpt`` file (other
             extensions are sniffed), or a Hugging Face model directory
-            (:mod:`hessaudit.inputs.hf_checkpoints`).
+            (:mod:`hessaudit.inputs.hf_checkpoints`, which reads, validates and records the
+            directory's files as one checkpoint).
         map_location: Device the tensors are loaded to.
 
     Raises:
         HessauditError: the file is missing, empty, unreadable, corrupt, holds non-tensor
             Python objects, holds no tensors, or holds NaN/Inf values.
     """
-    if Path(path).is_dir():  # a Hugging Face model directory: hessaudit.inputs.hf_checkpoints
-        return _load_model_dir(Path(path), map_location)
     p = Path(path)
+    if p.is_dir():
+        return _load_model_dir(p, map_location)
     fmt = _find_format(p)
     record = fmt.record(p)
     tensors, container, metadata = fmt.read(p, map_location)
@@ -259,4 +260,6 @@ def _load_model_dir(p: Path, map_location: str | torch.device) -> Checkpoint:
     tensors, stripped = strip_with_check(read.tensors, p)
     _check_finite(tensors, p)
     record = FileRecord(path=read.path, sha256=read.sha256, size=read.size)
-    return Checkpoint(tensors, record, None, read.metadata, stripped)
+    return Checkpoint(
+        tensors=tensors, record=record, container=None, metadata=read.metadata, stripped=stripped
+    )

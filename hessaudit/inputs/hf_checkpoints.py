@@ -9,19 +9,27 @@ A directory given as PRETRAINED or FINETUNED (or ``finetune --pretrained``) is r
 3. ``pytorch_model.bin`` (read with ``torch.load(weights_only=True)``, nothing unpickled);
 4. ``pytorch_model.bin.index.json`` and its ``.bin`` shards.
 
-Every file read is a regular file *inside* the directory: an index may name shards only by a
-plain file name (no ``/``, no ``..``), and a symbolic link must resolve inside the directory,
-except the Hugging Face cache's own layout (``snapshots/REV/NAME`` linking to
-``../../blobs/HASH`` of the same repository). An index must map every tensor to one listed
-shard, each shard must exist and hold exactly the tensors the index gives it; a tensor found in
-two shards, or missing from its shard, is an error. Legacy names ``LayerNorm.gamma`` /
-``LayerNorm.beta`` (old BERT files) are renamed ``LayerNorm.weight`` / ``LayerNorm.bias``, as
-transformers does on load. Other model-specific renamings of ``from_pretrained`` are not
-applied: the names must be the model's.
+Every file read is a regular file inside the directory (:mod:`hessaudit.inputs.hf_files`: an
+index may name shards only by a plain file name, links stay inside). An index must map every
+tensor to one listed shard, each shard must exist and hold exactly the tensors the index gives
+it; a tensor found in two shards, or missing from its shard, is an error. Legacy names
+``LayerNorm.gamma`` / ``LayerNorm.beta`` (old BERT files) are renamed ``LayerNorm.weight`` /
+``LayerNorm.bias``.
+
+**Names.** transformers 5 keeps the files of some models in their original layout and renames
+on load (ViT's ``encoder.layer.0.attention.attention.query`` is ``layers.0.attention.q_proj``
+in memory). When the directory has a ``config.json`` of a classifier transformers knows, its
+tensors are renamed as ``from_pretrained`` would, to the names of that model in memory
+(:func:`hessaudit.inputs.hf_models.runtime_names`; a base model's names gain the classifier's
+prefix, ``embeddings.*`` -> ``bert.embeddings.*``), so that both checkpoints, an adapter and
+the model built by ``--model`` agree. A conversion that would need tensor operations (fused
+``qkv`` split, ...) is refused. Without a ``config.json``, or without transformers, the names
+are used as stored.
 
 The record of a directory (:class:`DirRead`): ``path`` the directory, ``size`` the bytes of the
 files read, ``sha256`` the SHA-256 of the manifest ``"NAME SHA256 SIZE\\n"`` over those files
-in reading order; ``metadata`` lists them (``hf_layout``, ``hf_files``).
+in reading order; ``metadata`` lists them (``hf_layout``, ``hf_files``, and ``hf_renamed``, the
+number of names changed, when any).
 
 A directory holding ``adapter_config.json`` is a PEFT adapter: it has no weights of its own and
 is read only as FINETUNED, on top of PRETRAINED (:mod:`hessaudit.inputs.lora`).
@@ -29,10 +37,9 @@ is read only as FINETUNED, on top of PRETRAINED (:mod:`hessaudit.inputs.lora`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,28 +50,25 @@ import torch
 from hessaudit._messages import few, oneline
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.guard import check_tensor_views, check_zip_archive, open_regular
+from hessaudit.inputs.hf_files import (
+    MODEL_CONFIG,
+    dir_member,
+    files_record,
+    is_adapter_dir,
+    read_json,
+)
 
 __all__ = [
-    "ADAPTER_CONFIG",
-    "MODEL_CONFIG",
     "DirRead",
-    "dir_member",
-    "files_record",
-    "is_adapter_dir",
-    "read_json",
     "read_model_dir",
     "read_safetensors_file",
     "read_torch_file",
 ]
 
-MODEL_CONFIG = "config.json"
-ADAPTER_CONFIG = "adapter_config.json"
 _SINGLE_ST = "model.safetensors"
 _INDEX_ST = "model.safetensors.index.json"
 _SINGLE_BIN = "pytorch_model.bin"
 _INDEX_BIN = "pytorch_model.bin.index.json"
-#: Largest JSON file read from a model directory (a config, an index): real ones are < 2 MiB.
-MAX_JSON_BYTES = 32 << 20
 #: Most shards an index may name (the largest public models have a few hundred).
 MAX_SHARDS = 10_000
 _LEGACY = ((".LayerNorm.gamma", ".LayerNorm.weight"), (".LayerNorm.beta", ".LayerNorm.bias"))
@@ -79,65 +83,6 @@ class DirRead:
     sha256: str
     size: int
     metadata: dict[str, Any]
-
-
-def is_adapter_dir(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a directory holding ``adapter_config.json`` (a PEFT adapter)."""
-    p = Path(path).expanduser()
-    return p.is_dir() and os.path.lexists(p / ADAPTER_CONFIG)
-
-
-def _hf_cache_blob(folder: Path, real: str) -> bool:
-    """Whether ``real`` is a blob of the Hugging Face cache repository ``folder`` belongs to
-    (``.../models--X/snapshots/REV`` -> ``.../models--X/blobs/HASH``)."""
-    snapshots = folder.parent
-    if snapshots.name != "snapshots":
-        return False
-    blobs = os.path.realpath(snapshots.parent / "blobs")
-    return os.path.dirname(real) == blobs
-
-
-def dir_member(folder: Path, name: str, what: str) -> Path:
-    """The file ``name`` of ``folder``, refused unless it is a plain name of a regular file
-    that stays inside ``folder`` (links included; see the module docstring)."""
-    if (
-        not isinstance(name, str) or not name or name in (".", "..") or "/" in name
-        or "\\" in name or os.sep in name or "\x00" in name
-    ):
-        raise HessauditError(
-            f"{what} names the file {name!r}: only plain file names inside {folder} are read",
-            hint="a model directory's index lists its shards by file name, never by path",
-        )
-    path = folder / name
-    if not os.path.lexists(path):
-        raise HessauditError(f"{what}: {path} does not exist")
-    real = os.path.realpath(path)
-    inside = os.path.dirname(real) == os.path.realpath(folder)
-    if not inside and not _hf_cache_blob(folder, real):
-        raise HessauditError(
-            f"{what}: {path} is a link to a file outside {folder}, not read",
-            hint="copy the file into the directory",
-        )
-    return path
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from a regular file of at most :data:`MAX_JSON_BYTES`."""
-    with open_regular(path, what) as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size > MAX_JSON_BYTES:
-            raise HessauditError(
-                f"{what} {path} is {size >> 20} MiB; a model directory's JSON files are at "
-                f"most {MAX_JSON_BYTES >> 20} MiB"
-            )
-        raw = fh.read(MAX_JSON_BYTES + 1)
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise HessauditError(f"{what} {path} is not valid JSON: {oneline(exc)}") from None
-    if not isinstance(value, dict):
-        raise HessauditError(f"{what} {path} holds a {type(value).__name__}, not a JSON object")
-    return value
 
 
 def read_safetensors_file(
@@ -166,7 +111,10 @@ def read_torch_file(
     """Every tensor of a torch state-dict file, read with ``weights_only=True``."""
     check_zip_archive(path, f"{what} {path}")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a legacy pickle of another protocol: torch warns, then loads it or refuses it
+            warnings.filterwarnings("ignore", message=r".*pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise HessauditError(
             f"{what} {path} contains non-tensor Python objects and was not loaded (hessaudit "
@@ -280,25 +228,6 @@ def _layout(folder: Path) -> tuple[str, str]:
     )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open_regular(path) as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def files_record(folder: Path, names: list[str]) -> tuple[str, int, list[dict[str, Any]]]:
-    """(manifest SHA-256, total size, per-file records) of ``names`` in ``folder``."""
-    files = []
-    for name in names:
-        path = folder / name
-        files.append({"name": name, "sha256": _sha256(path), "size": path.stat().st_size})
-    manifest = "".join(f"{f['name']} {f['sha256']} {f['size']}\n" for f in files)
-    digest = hashlib.sha256(manifest.encode()).hexdigest()
-    return digest, sum(f["size"] for f in files), files
-
-
 def read_model_dir(
     path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
 ) -> DirRead:
@@ -319,8 +248,13 @@ def read_model_dir(
     if not tensors:
         raise HessauditError(f"checkpoint {folder}: no tensors found")
     tensors, renamed = _rename_legacy(tensors, folder)
+    if os.path.lexists(folder / MODEL_CONFIG):
+        from hessaudit.inputs.hf_models import runtime_names
+
+        tensors, converted = runtime_names(folder, tensors)
+        renamed += converted
     digest, size, files = files_record(folder, names)
     metadata: dict[str, Any] = {"hf_layout": layout, "hf_files": files}
     if renamed:
-        metadata["hf_legacy_names_renamed"] = renamed
+        metadata["hf_renamed"] = renamed
     return DirRead(tensors=tensors, path=str(folder), sha256=digest, size=size, metadata=metadata)

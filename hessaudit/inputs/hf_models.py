@@ -13,14 +13,11 @@ A directory holding ``config.json`` is a transformers model:
   quantized, regression or multi-label model is refused with one line.
 * Eager attention (``attn_implementation="eager"``): the fused scaled-dot-product attention
   has no double backward on CPU, and the audit differentiates twice.
-* The model returns its logits tensor (a forward hook unwraps ``output.logits``), and a text
-  model takes one tensor ``x``, as every hessaudit model does (:func:`text_model_inputs`):
-  ``(N, L)`` token ids, or ``(N, R, L)`` with rows ``input_ids``, ``attention_mask`` and
-  optionally ``token_type_ids`` (:data:`TEXT_ROWS`). Ids may arrive as floats (the audit casts
-  inputs to its dtype); they are rounded to integers. The attention mask is passed to the model
-  as the additive 4-D mask (0 where attended, the dtype's minimum where padded) that
-  transformers builds itself, computed here so that no data-dependent branch runs under
-  ``torch.func.vmap``. Padded positions then change no logit.
+* A sequence classifier is wrapped in :class:`~hessaudit.inputs.text_model.TextClassifier`,
+  which takes one tensor ``x`` as every hessaudit model does (packed token rows ``input_ids``,
+  ``attention_mask``, ``token_type_ids``; see :mod:`hessaudit.inputs.text_tokens`) and returns
+  the logits; an image classifier returns its logits tensor (a forward hook unwraps
+  ``output.logits``).
 
 transformers is imported only inside :func:`build_hf_model`.
 """
@@ -36,12 +33,7 @@ from torch import Tensor, nn
 
 from hessaudit._messages import oneline
 from hessaudit.errors import HessauditError
-from hessaudit.inputs.hf_checkpoints import (
-    ADAPTER_CONFIG,
-    MODEL_CONFIG,
-    dir_member,
-    read_json,
-)
+from hessaudit.inputs.hf_files import ADAPTER_CONFIG, MODEL_CONFIG, dir_member, read_json
 
 __all__ = [
     "TEXT_ROWS",
@@ -49,7 +41,7 @@ __all__ = [
     "is_hf_model",
     "is_hf_model_dir",
     "read_model_config",
-    "text_model_inputs",
+    "runtime_names",
 ]
 
 #: Rows of a text input tensor ``(N, R, L)``, in order (R = 2 or 3).
@@ -67,10 +59,9 @@ def is_hf_model_dir(spec: str) -> bool:
 
 
 def is_hf_model(model: nn.Module) -> bool:
-    """True for a transformers model (a ``PreTrainedModel`` subclass), or a
-    :class:`~hessaudit.inputs.text_model.TextClassifier` around one, without importing
-    transformers."""
-    model = getattr(model, "hf_model", model)  # glue (t-finetune): the wrapped model
+    """True for a transformers model (a ``PreTrainedModel`` subclass, or the text wrapper
+    around one), without importing transformers."""
+    model = getattr(model, "hf_model", model)
     return any(
         cls.__module__.startswith("transformers.") and cls.__name__ == "PreTrainedModel"
         for cls in type(model).__mro__
@@ -109,6 +100,52 @@ def read_model_config(spec: str) -> dict[str, Any]:
     return config
 
 
+def _import_transformers(spec: str) -> Any:
+    """transformers, imported offline; 5 or later."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        import transformers
+    except ImportError:
+        raise HessauditError(
+            f"--model {spec} is a Hugging Face model directory and transformers is not "
+            "installed",
+            hint="pip install 'hessaudit[text]'",
+        ) from None
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise HessauditError(
+            f"--model {spec}: transformers {transformers.__version__} is too old; hessaudit "
+            "needs transformers 5 or later",
+            hint="pip install 'hessaudit[text]'",
+        )
+    return transformers
+
+
+def _check_memory(spec: str, size: int) -> None:
+    """Refuse a config whose float32 weights alone exceed this machine's memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    if total > 0 and size > total:
+        raise HessauditError(
+            f"--model {spec}: config.json describes a model of {size >> 30} GiB (float32), "
+            f"more than this machine's {total >> 30} GiB of memory",
+            hint="check that --model is the directory you meant",
+        )
+
+
+def _from_config(
+    transformers: Any, auto: Any, config_dict: dict[str, Any], num_classes: int | None
+) -> nn.Module:
+    config = transformers.CONFIG_MAPPING[config_dict["model_type"]].from_dict(dict(config_dict))
+    if num_classes is not None and num_classes != config.num_labels:
+        config.num_labels = num_classes
+    return auto.from_config(
+        config, attn_implementation="eager", dtype=torch.float32, trust_remote_code=False
+    )
+
+
 def _auto_class(spec: str, config: dict[str, Any]) -> Any:
     import transformers
     from transformers.models.auto import modeling_auto
@@ -133,29 +170,18 @@ def _auto_class(spec: str, config: dict[str, Any]) -> Any:
     )
 
 
-def build_hf_model(spec: str, *, num_classes: int | None = None) -> nn.Module:
+def build_hf_model(spec: str, *, num_classes: int | None = None, **_: Any) -> nn.Module:
     """Build the classifier of ``spec``'s ``config.json`` (module docstring), in eval mode,
     with random weights that the checkpoint then replaces."""
     config_dict = read_model_config(spec)
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    try:
-        import transformers
-    except ImportError:
-        raise HessauditError(
-            f"--model {spec} is a Hugging Face model directory and transformers is not "
-            "installed",
-            hint="pip install 'hessaudit[text]'",
-        ) from None
+    transformers = _import_transformers(spec)
     auto = _auto_class(spec, config_dict)
     try:
-        config_class = transformers.CONFIG_MAPPING[config_dict["model_type"]]
-        config = config_class.from_dict(dict(config_dict))
-        if num_classes is not None and num_classes != config.num_labels:
-            config.num_labels = num_classes
-        model = auto.from_config(
-            config, attn_implementation="eager", dtype=torch.float32, trust_remote_code=False
-        )
+        with torch.device("meta"):  # no memory: count before building for real
+            size = sum(p.numel() for p in _from_config(
+                transformers, auto, config_dict, num_classes).parameters()) * 4
+        _check_memory(spec, size)
+        model = _from_config(transformers, auto, config_dict, num_classes)
     except HessauditError:
         raise
     except Exception as exc:
@@ -164,50 +190,71 @@ def build_hf_model(spec: str, *, num_classes: int | None = None) -> nn.Module:
             f"{oneline(exc)}"
         ) from None
     if auto is transformers.AutoModelForSequenceClassification:
-        # glue (t-finetune): a text classifier reads the packed (N, 3, L) tokens of text data
-        # through hessaudit.inputs.text_model.TextClassifier, which knows the model's folder
-        # (its tokenizer) and computes LayerNorm with exact higher derivatives
-        from hessaudit.inputs.text_model import TextClassifier
+        from hessaudit.inputs.text_model import TextClassifier  # packed tokens in, logits out
 
-        return TextClassifier(model, directory=str(Path(spec).expanduser())).eval()
+        return TextClassifier(model, directory=spec).eval()
     model.register_forward_hook(_logits_only)
     return model.eval()
-
-
-def text_model_inputs(x: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
-    """Keyword inputs of a transformers text model from one tensor (module docstring)."""
-    if x.ndim == 2:
-        rows = [x]
-    elif x.ndim == 3 and x.shape[1] in (2, 3):
-        rows = list(x.unbind(1))
-    else:
-        raise HessauditError(
-            f"a text model takes token ids of shape (N, L) or (N, R, L) with R = 2 or 3 rows "
-            f"({', '.join(TEXT_ROWS)}); got shape {tuple(x.shape)}"
-        )
-    inputs = {"input_ids": _as_ids(rows[0])}
-    if len(rows) > 1:
-        keep = rows[1].to(dtype)
-        # (N, 1, 1, L): added to every query's scores; the 2-D mask transformers would expand
-        inputs["attention_mask"] = (1.0 - keep)[:, None, None, :] * torch.finfo(dtype).min
-    if len(rows) > 2:
-        inputs["token_type_ids"] = _as_ids(rows[2])
-    return inputs
-
-
-def _as_ids(t: Tensor) -> Tensor:
-    return t if not t.is_floating_point() else t.round().long()
-
-
-def _text_inputs_hook(
-    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-    if len(args) != 1 or not isinstance(args[0], Tensor) or "input_ids" in kwargs:
-        return None  # called the transformers way: leave it alone
-    dtype = module.get_input_embeddings().weight.dtype
-    return (), {**kwargs, **text_model_inputs(args[0], dtype)}
 
 
 def _logits_only(module: nn.Module, args: Any, output: Any) -> Any:
     logits = getattr(output, "logits", None)
     return logits if isinstance(logits, Tensor) else output
+
+
+def _meta_model(folder: Path) -> nn.Module | None:
+    """The classifier of ``folder``'s config.json on the meta device (no memory, no weights),
+    or None when there is none to build: no usable config, transformers missing or too old."""
+    try:
+        config_dict = read_model_config(str(folder))
+        transformers = _import_transformers(str(folder))
+        auto = _auto_class(str(folder), config_dict)
+    except HessauditError:
+        return None
+    try:
+        with torch.device("meta"):
+            return _from_config(transformers, auto, config_dict, None)
+    except Exception:
+        return None  # names stay as stored; a mismatch is reported when they are used
+
+
+def runtime_names(folder: Path, tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], int]:
+    """``tensors`` under the names ``from_pretrained`` gives them in memory, for the model
+    of ``folder``'s ``config.json`` (transformers' weight renamings, the base-model prefix
+    added or removed), and how many names changed. Unchanged when there is no model to build.
+
+    Raises:
+        HessauditError: a tensor whose conversion needs tensor operations, or two tensors that
+            would get one name.
+    """
+    model = _meta_model(folder)
+    if model is None:
+        return tensors, 0
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    meta = model.state_dict()
+    out: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for name, tensor in tensors.items():
+        new, pattern = rename_source_key(
+            name, renamings, converters, base_model_prefix=model.base_model_prefix,
+            meta_state_dict=meta,
+        )
+        if pattern is not None:
+            raise HessauditError(
+                f"checkpoint {folder}: tensor {name!r} is stored in a layout that transformers "
+                "converts with tensor operations on load; hessaudit does not apply them",
+                hint="save the model with save_pretrained(..., save_original_format=False)",
+            )
+        if new in out:
+            raise HessauditError(
+                f"checkpoint {folder}: {origin[new]!r} and {name!r} both become {new!r} under "
+                "the names transformers uses in memory"
+            )
+        out[new] = tensor
+        origin[new] = name
+    return out, sum(new != old for new, old in origin.items())

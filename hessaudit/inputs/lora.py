@@ -20,9 +20,10 @@ weight is the merged update.
 
 Names are mapped from peft's to the base model's: the ``base_model.model.`` prefix,
 ``.lora_A.weight`` / ``.lora_B.weight``, ``.base_layer.`` and ``.modules_to_save.[default.]`` are
-removed. Only ``peft_type: LORA`` is merged. Refused with one line: other adapter types; LoRA
-variants that change the formula (DoRA, aLoRA, ...) or that changed the base weights when
-initialised (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA, unless converted); LoRA on convolutions;
+removed; ``.original_module.`` tensors (the base's copy beside a saved module) are not used.
+Only ``peft_type: LORA`` is merged. Refused with one line: other adapter types; LoRA variants
+that change the formula (DoRA, aLoRA, ...) or that changed the base weights when initialised
+(PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA, unless converted); LoRA on convolutions;
 ``alpha_pattern`` keys that are regular expressions; any tensor that is not one of the above or
 has no counterpart in the base; A and B of different ranks.
 
@@ -42,14 +43,13 @@ import torch
 
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.checkpoints import Checkpoint, FileRecord, load_checkpoint
-from hessaudit.inputs.hf_checkpoints import (
+from hessaudit.inputs.hf_checkpoints import read_safetensors_file, read_torch_file
+from hessaudit.inputs.hf_files import (
     ADAPTER_CONFIG,
     dir_member,
     files_record,
     is_adapter_dir,
     read_json,
-    read_safetensors_file,
-    read_torch_file,
 )
 
 __all__ = ["LoraConfig", "load_finetuned", "merge_lora", "read_lora_config"]
@@ -162,6 +162,10 @@ def read_lora_config(folder: Path) -> LoraConfig:
     for flag in ("use_rslora", "fan_in_fan_out"):
         if not isinstance(config.get(flag, False), bool):
             raise HessauditError(f"{where}: {flag!r} must be true or false")
+    targets = config.get("target_modules")
+    if not (targets is None or isinstance(targets, str)
+            or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+        raise HessauditError(f"{where}: 'target_modules' must be a name, a list of names or null")
     saved = config.get("modules_to_save") or []
     if not isinstance(saved, list) or not all(isinstance(s, str) and s for s in saved):
         raise HessauditError(f"{where}: 'modules_to_save' must be a list of module names")
@@ -172,7 +176,7 @@ def read_lora_config(folder: Path) -> LoraConfig:
         fan_in_fan_out=bool(config.get("fan_in_fan_out", False)),
         alpha_pattern=_patterns(config, "alpha_pattern", where, integer=False),
         rank_pattern=_patterns(config, "rank_pattern", where, integer=True),
-        target_modules=config.get("target_modules"),
+        target_modules=targets,
         modules_to_save=tuple(saved),
     )
 
@@ -183,6 +187,8 @@ def _split(name: str) -> tuple[str, str]:
     for suffix, role in _PARTS.items():
         if rest.endswith(suffix):
             return rest[: -len(suffix)], role
+    if ".original_module." in rest:  # the base's copy beside a saved module (bias="all")
+        return rest, "unused"
     for infix in (".modules_to_save.default.", ".modules_to_save.", ".base_layer."):
         rest = rest.replace(infix, ".")
     return rest, "whole"
@@ -205,62 +211,57 @@ def _update(module: str, parts: dict[str, torch.Tensor], base: torch.Tensor, cfg
         raise HessauditError(
             f"{where}: module {module!r}: A has rank {r} but B has {b.shape[1]} columns"
         )
-    delta = (b.double() @ a.double()) * cfg.scaling(module, r)
-    straight, turned = tuple(delta.shape), tuple(delta.shape[::-1])
-    shape = tuple(base.shape)
-    if embedding or (shape == turned and (shape != straight or cfg.fan_in_fan_out)):
-        delta = delta.T
-    if tuple(delta.shape) != shape:
+    # shapes are checked before B @ A is formed: a hostile pair must not allocate out x in
+    straight = (int(b.shape[0]), int(a.shape[1]))
+    turned, shape = straight[::-1], tuple(base.shape)
+    transpose = embedding or (shape == turned and (shape != straight or cfg.fan_in_fan_out))
+    if (turned if transpose else straight) != shape:
         raise HessauditError(
             f"{where}: the update of {module!r} has shape {straight} but the base weight has "
             f"{shape}",
             hint="the adapter was trained on another base model than PRETRAINED",
         )
-    return delta
+    delta = (b.double() @ a.double()) * cfg.scaling(module, r)
+    return delta.T if transpose else delta
 
 
 def _merged_dtype(base: torch.Tensor) -> torch.dtype:
     return torch.promote_types(base.dtype, torch.float32)
 
 
-def merge_lora(
-    base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor], cfg: LoraConfig, where: str
-) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """The merged state dict, and the names it changed: ``adapted`` (weights with a low-rank
-    update), ``saved`` (tensors of ``modules_to_save``), ``replaced`` (other whole tensors)."""
+def _sort(
+    adapter: dict[str, torch.Tensor], where: str
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """(LoRA parts by module, whole tensors by base name) of the adapter's tensors."""
     lora: dict[str, dict[str, torch.Tensor]] = {}
     whole: dict[str, torch.Tensor] = {}
     for name, tensor in adapter.items():
         target, role = _split(name)
         if role == "whole":
-            if target in whole:
-                raise HessauditError(f"{where}: two tensors of the adapter map to {target!r}")
+            # bias="all" also stores a saved module's bias under .modules_to_save.: one value
+            if target in whole and not torch.equal(whole[target], tensor):
+                raise HessauditError(
+                    f"{where}: two different tensors of the adapter map to {target!r}"
+                )
             whole[target] = tensor
-        else:
+        elif role != "unused":
             lora.setdefault(target, {})[role] = tensor
+    return lora, whole
+
+
+def merge_lora(
+    base: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor], cfg: LoraConfig, where: str
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """The merged state dict, and the names it changed: ``adapted`` (weights and biases with a
+    LoRA update), ``saved`` (tensors of ``modules_to_save``), ``replaced`` (other whole
+    tensors, e.g. biases trained with ``bias="all"``). Whole tensors go in first, the LoRA
+    updates on top of them (a trained bias plus ``s * lora_B.bias``)."""
+    lora, whole = _sort(adapter, where)
     merged = dict(base)
     changed: dict[str, list[str]] = {"adapted": [], "saved": [], "replaced": []}
-    for module, parts in lora.items():
-        weight = f"{module}.weight"
-        if weight not in base:
-            raise HessauditError(
-                f"{where} adapts {module!r}, which PRETRAINED has no weight for",
-                hint="PRETRAINED must be the adapter's base model",
-            )
-        w = base[weight]
-        merged[weight] = (w.double() + _update(module, parts, w, cfg, where)).to(_merged_dtype(w))
-        changed["adapted"].append(weight)
-        if "B_bias" in parts:
-            bias = f"{module}.bias"
-            if bias not in base or base[bias].shape != parts["B_bias"].shape:
-                raise HessauditError(f"{where}: lora_bias of {module!r} has no base bias to add to")
-            update = parts["B_bias"].double() * cfg.scaling(module, parts["A"].shape[0])
-            merged[bias] = (base[bias].double() + update).to(_merged_dtype(base[bias]))
-            changed["adapted"].append(bias)
     for name, tensor in whole.items():
-        module = name.rpartition(".")[0]
         # peft wraps every module whose name ends with an entry (no dot needed)
-        saved = any(module.endswith(m) for m in cfg.modules_to_save)
+        saved = any(name.rpartition(".")[0].endswith(m) for m in cfg.modules_to_save)
         if not saved and (name not in base or base[name].shape != tensor.shape):
             raise HessauditError(
                 f"{where}: tensor {name!r} is neither a LoRA matrix nor a module of "
@@ -269,6 +270,22 @@ def merge_lora(
             )
         merged[name] = tensor
         changed["saved" if saved else "replaced"].append(name)
+    for module, parts in lora.items():
+        weight, bias = f"{module}.weight", f"{module}.bias"
+        if weight not in base:
+            raise HessauditError(
+                f"{where} adapts {module!r}, which PRETRAINED has no weight for",
+                hint="PRETRAINED must be the adapter's base model",
+            )
+        w = merged[weight]
+        merged[weight] = (w.double() + _update(module, parts, w, cfg, where)).to(_merged_dtype(w))
+        changed["adapted"].append(weight)
+        if "B_bias" in parts:
+            if bias not in merged or merged[bias].shape != parts["B_bias"].shape:
+                raise HessauditError(f"{where}: lora_bias of {module!r} has no base bias to add to")
+            update = parts["B_bias"].double() * cfg.scaling(module, parts["A"].shape[0])
+            merged[bias] = (merged[bias].double() + update).to(_merged_dtype(merged[bias]))
+            changed["adapted"].append(bias)
     return merged, changed
 
 

@@ -5,6 +5,8 @@ A model spec (``--model``) is one of the kinds of :data:`MODEL_KINDS`, tried in 
 * a factory ``path/to/file.py:function`` or ``package.module:function``
   (:mod:`hessaudit.inputs.factories`): any spec with a ``:`` that is not one of timm's prefixed
   names (``hf-hub:``, ``hf_hub:``, ``local-dir:``), see :func:`is_factory_spec`;
+* a Hugging Face model directory (``config.json``; :mod:`hessaudit.inputs.hf_models`), built
+  with transformers offline;
 * a timm model name, e.g. ``resnet18`` or ``vit_tiny_patch16_224``
   (:mod:`hessaudit.inputs.timm_models`): everything else.
 
@@ -38,6 +40,7 @@ from hessaudit.inputs.checkpoint_names import strip_prefixes
 from hessaudit.inputs.data_config import InputConfig, input_config
 from hessaudit.inputs.factories import build_factory
 from hessaudit.inputs.heads import classifier_names, head_out_features, infer_num_classes
+from hessaudit.inputs.hf_models import build_hf_model, is_hf_model_dir
 from hessaudit.inputs.timm_models import (
     HUB_PREFIXES,
     LOCAL_PREFIX,
@@ -83,6 +86,7 @@ class ModelKind:
 #: The kinds of model spec, tried in order; the first whose ``matches`` accepts the spec builds
 #: it. Register a new kind here, before timm (which takes every spec).
 MODEL_KINDS: tuple[ModelKind, ...] = (
+    ModelKind("huggingface", is_hf_model_dir, build_hf_model),
     ModelKind("factory", is_factory_spec, build_factory),
     ModelKind("timm", lambda spec: True, build_timm),
 )
@@ -112,10 +116,6 @@ def build_model(
     if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
         raise HessauditError(f"--num-classes {num_classes}: must be a positive integer")
     spec = spec.strip()
-    from hessaudit.inputs import hf_models  # a Hugging Face model directory (config.json)
-
-    if hf_models.is_hf_model_dir(spec):
-        return hf_models.build_hf_model(spec, num_classes=num_classes)
     return model_kind(spec).build(
         spec, num_classes=num_classes, allow_hub=allow_hub, check_classes=True
     )

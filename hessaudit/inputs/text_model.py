@@ -17,11 +17,9 @@ Three decisions keep every number exact:
   inspect the mask's values, so the wrapper passes the 4-D additive mask that builder would
   have made (0 for tokens, the dtype's minimum for padding), which ``masking_utils`` passes
   through unchanged. Models that do not build masks with ``masking_utils`` get the 2-D mask.
-* **LayerNorm.** torch's fused ``layer_norm`` has a wrong second-order forward-mode derivative
-  (a jvp of a jvp; pytorch/pytorch#196700), and the engine's raw form v^T H v is exactly such a
-  derivative. Every ``nn.LayerNorm`` of the model computes the same function from mean,
-  variance and ``rsqrt`` instead (:class:`ComposedLayerNorm`), whose derivatives of every order
-  are right.
+* **LayerNorm.** torch's fused ``layer_norm`` has a wrong second-order forward-mode derivative;
+  the engine computes its raw form under :func:`hessaudit.hessian.exact_norms.exact_norms`,
+  for every model, so the wrapper leaves the model's LayerNorms as they are.
 * **Attention.** The eager attention implementation: fused scaled-dot-product attention has no
   double backward on CPU.
 """
@@ -40,24 +38,7 @@ from hessaudit.inputs.text_dataset import TextDataset, trim_padding
 from hessaudit.inputs.text_options import TextOptions, is_text_file
 from hessaudit.inputs.text_tokens import ModelLimits, TextSource, load_tokenizer
 
-__all__ = ["ComposedLayerNorm", "TextClassifier", "text_source"]
-
-
-class ComposedLayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` computed as (x - mean) * rsqrt(var + eps) * weight + bias, with the
-    biased variance over the normalized dimensions: the same function as the fused kernel, with
-    correct higher-order forward-mode derivatives."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        dims = tuple(range(-len(self.normalized_shape), 0))
-        centered = x - x.mean(dim=dims, keepdim=True)
-        variance = centered.square().mean(dim=dims, keepdim=True)
-        out = centered * torch.rsqrt(variance + self.eps)
-        if self.weight is not None:
-            out = out * self.weight
-        if self.bias is not None:
-            out = out + self.bias
-        return out
+__all__ = ["TextClassifier", "text_source"]
 
 
 def _is_batched(x: Tensor) -> bool:
@@ -105,9 +86,6 @@ class TextClassifier(nn.Module):
             hf_model.set_attn_implementation("eager")
         elif getattr(hf_model, "config", None) is not None:
             hf_model.config._attn_implementation = "eager"
-        for module in hf_model.modules():
-            if type(module) is nn.LayerNorm:
-                module.__class__ = ComposedLayerNorm
         forward = inspect.signature(hf_model.forward).parameters
         self.takes_token_types = "token_type_ids" in forward
         module = sys.modules.get(type(hf_model).__module__)

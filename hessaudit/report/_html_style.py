@@ -1,7 +1,7 @@
 """The inline stylesheet of ``hessaudit report``'s page.
 
 Responsive by construction, so that the page never scrolls sideways, from a phone's 400 pixels
-to a desktop's 1280 (checked in a real headless Chromium by tests/test_report_html.py):
+to a desktop's 1280 (checked in a real headless Chromium by tests/report/test_report_html.py):
 
 * the Bound and Inputs panels sit side by side only above 860 px, and their grid columns are
   ``minmax(0, 1fr)``, so that a long value cannot widen its column past half the page;

@@ -25,7 +25,7 @@ When it is right, and when not. The product is exact when (a) the noisy label de
 label only through the prediction and (b) each anchor's softmax row is ``P(yhat | y)``. For a
 first model that classifies confidently and mostly correctly (deep nets trained with
 cross-entropy and stopped early), ``T_club`` is close to the identity and ``T_spade`` close to
-``F``: the estimate is good (tests/test_dual_t.py states the bound). If instead the outputs are
+``F``: the estimate is good (the bound: tests/robust/test_dual_t.py). If instead the outputs are
 *calibrated noisy posteriors* ``s(x) = P(z | x)``, the anchors already give ``T_club ~ F`` and
 the product ``F @ T_spade`` counts the noise twice; the confident-joint estimate
 (:func:`~hessaudit.robust.noise_matrix.estimate_noise_matrix`) does not have that failure.

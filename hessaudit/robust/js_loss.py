@@ -18,7 +18,7 @@ loss depends on ``p_y`` alone. With ``m_y = pi + (1 - pi) p_y`` and ``u = 1 - m_
 
 That closed form is what is computed, with ``1 - p_y`` summed from the other classes'
 probabilities and ``log1p`` so that it stays accurate in float32 as ``p_y -> 1`` (where the
-first two terms nearly cancel). Properties (checked in tests/test_js_loss.py):
+first two terms nearly cancel). Properties (checked in tests/robust/test_js_loss.py):
 ``0 <= L_JS <= H(pi) / (-(1 - pi) log(1 - pi))`` with ``H`` the binary entropy (reached when
 ``p_y = 0``); ``L_JS -> CE = -log p_y`` as ``pi -> 0`` and ``L_JS -> 1 - p_y`` (MAE / 2) as
 ``pi -> 1``, so ``pi`` moves the loss between the two. The seed clamps ``m`` and the label at

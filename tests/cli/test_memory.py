@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
-from test_crafted_json import VALID
+
+from tests.documents import VALID
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "timm", "torchvision")

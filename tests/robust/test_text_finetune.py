@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from text_cases import make_text_case, sentences, write_rows
+from tests.text_cases import make_text_case, sentences, write_rows
 
 from hessaudit.cli import main
 from hessaudit.robust.config import FinetuneConfig

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from text_cases import make_text_case
+from tests.text_cases import make_text_case
 
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.models import build_model

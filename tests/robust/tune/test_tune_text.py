@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("optuna")
 pytest.importorskip("transformers")
 
-from text_cases import make_text_case, sentences, write_rows
+from tests.text_cases import make_text_case, sentences, write_rows
 
 from hessaudit.cli import main
 
