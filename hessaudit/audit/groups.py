@@ -49,7 +49,6 @@ _EMBEDDING_MODULES = ("embeddings", "embedding", "patch_embed", "patch_embedding
 def _head_names(model: nn.Module, heads: Collection[str]) -> set[str]:
     from hessaudit.inputs.hf_models import is_hf_model
 
-    model = getattr(model, "hf_model", model)  # glue (t-finetune): a TextClassifier's model
     prefix = getattr(model, "base_model_prefix", None)
     if is_hf_model(model) and prefix and isinstance(getattr(model, prefix, None), nn.Module):
         return {n for n, _ in model.named_parameters() if not n.startswith(prefix + ".")}

@@ -18,14 +18,13 @@ import torch
 
 pytest.importorskip("transformers")
 
-from tests.text_cases import make_text_case, sentences, write_rows
-
 from hessaudit.cli import main
 from hessaudit.robust.config import FinetuneConfig
 from hessaudit.robust.projection import distances
 from hessaudit.robust.trainer import resume_config, run_finetune
 from hessaudit.robust.training_run import TrainingRun
 from hessaudit.robust.types import TrainingDisplay
+from tests.text_cases import make_text_case, sentences, write_rows
 
 ATTENTION, LINEAR, HEAD = 0.004, 0.006, 0.05
 

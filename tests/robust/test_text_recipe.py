@@ -11,8 +11,6 @@ import torch
 
 pytest.importorskip("transformers")
 
-from tests.text_cases import make_text_case
-
 from hessaudit.errors import HessauditError
 from hessaudit.inputs.models import build_model
 from hessaudit.robust.config import FinetuneConfig
@@ -21,6 +19,7 @@ from hessaudit.robust.model_setup import make_optimizer, make_scheduler
 from hessaudit.robust.optim import no_decay_names
 from hessaudit.robust.projection import constrainable_names, layer_radii
 from hessaudit.robust.text_recipe import IMAGE_RECIPE, TEXT_RECIPE, linear_plan
+from tests.text_cases import make_text_case
 
 
 @pytest.fixture(scope="module", params=["bert", "roberta"])

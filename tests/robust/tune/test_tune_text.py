@@ -11,9 +11,8 @@ import pytest
 pytest.importorskip("optuna")
 pytest.importorskip("transformers")
 
-from tests.text_cases import make_text_case, sentences, write_rows
-
 from hessaudit.cli import main
+from tests.text_cases import make_text_case, sentences, write_rows
 
 
 def _run(args: list) -> int:
