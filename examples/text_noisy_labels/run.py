@@ -3,7 +3,7 @@ on a (tiny) BERT, and lower the Hessian measure?
 
 Everything runs offline from text this script generates (:mod:`task`: topic sentences of a
 few topical words among fillers, some misleading; on the fine-tuning task the Bayes classifier
-is right on about 82% of them).
+is right on about 93% of them).
 
 1. **Pretraining** (the "related task"): a tiny BERT (2 layers, hidden 32, word-level
    tokenizer) trained from a random initialization on a 6-topic task that uses only 10 of each

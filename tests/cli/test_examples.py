@@ -92,4 +92,4 @@ def test_text_noisy_labels_quick(tmp_path) -> None:
     pretrained = tmp_path / "runs" / "pretrain" / "final"
     assert (pretrained / "config.json").is_file() and (pretrained / "tokenizer.json").is_file()
     meta = json.loads((tmp_path / "meta.json").read_text())
-    assert 0.7 < meta["bayes_heldout_acc"] < 0.9 and meta["wall_seconds"] > 0
+    assert 0.85 < meta["bayes_heldout_acc"] < 0.98 and meta["wall_seconds"] > 0
