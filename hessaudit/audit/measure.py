@@ -49,16 +49,14 @@ from hessaudit.audit.distributed import SINGLE, Context, ShardedOperator
 from hessaudit.audit.layers import Layer
 from hessaudit.errors import HessauditError
 from hessaudit.hessian import (
-    BlockGaussNewton,
     BlockHessian,
+    LayerwiseGaussNewton,
     confirm_piecewise_linear,
     cross_term_forms,
-    gauss_newton_probe_forms,
     hutchinson_trace,
     is_piecewise_linear,
     lanczos_top_eigenvalue,
     per_example_directional_second_derivative,
-    per_example_gauss_newton_forms,
     trace_from_samples,
 )
 from hessaudit.inputs.data import Dataset
@@ -167,12 +165,15 @@ def choose_engine_path(
     requested: str,
     *,
     piecewise: bool | None = None,
+    confirm: Callable[..., tuple[bool, float]] | None = None,
 ) -> str:
     """Return ``"jvp"`` or ``"lanczos"`` for one layer, as described in the module docstring.
 
     The numerical confirmation uses the first :data:`_CONFIRM_EXAMPLES` examples of ``x``
     (a smooth operation downstream of the layer moves every example's form, so a few suffice).
-    ``piecewise`` passes a precomputed :func:`~hessaudit.hessian.is_piecewise_linear`.
+    ``piecewise`` passes a precomputed :func:`~hessaudit.hessian.is_piecewise_linear`;
+    ``confirm`` replaces :func:`~hessaudit.hessian.confirm_piecewise_linear` (without its model
+    argument), e.g. by :meth:`~hessaudit.hessian.LayerwiseGaussNewton.confirm`.
     """
 
     if requested == "lanczos":
@@ -187,7 +188,8 @@ def choose_engine_path(
     if not bool(torch.any(v != 0)):
         return "jvp"
     xs, ys = x[:_CONFIRM_EXAMPLES], y[:_CONFIRM_EXAMPLES]
-    agrees, _ = confirm_piecewise_linear(model, xs, ys, layer.name, v, rtol=_CONFIRM_RTOL)
+    check = confirm or (lambda *a, **k: confirm_piecewise_linear(model, *a, **k))
+    agrees, _ = check(xs, ys, layer.name, v, rtol=_CONFIRM_RTOL)
     return "jvp" if agrees else "lanczos"
 
 
@@ -204,6 +206,9 @@ class _Work:
     spectrum_local_n: int
     spectrum_n: int
     ctx: Context
+    # the JVP path's forms and spectrum operators, shared by all layers (None: no layer can
+    # take that path)
+    gn: LayerwiseGaussNewton | None = None
 
 
 def measure_layers(
@@ -254,6 +259,8 @@ def measure_layers(
         cross_values = _cross_forms(model, layers, work, settings.reduce)
 
     piecewise = settings.engine == "auto" and is_piecewise_linear(model)
+    if settings.engine == "jvp" or piecewise:
+        work.gn = LayerwiseGaussNewton(model, {la.name: _delta_like(model, la) for la in layers})
     results = []
     for index, layer in enumerate(layers):
         results.append(
@@ -295,7 +302,8 @@ def _measure_one(
 ) -> LayerMeasure:
     v = _delta_like(model, layer)
     path = choose_engine_path(
-        model, *work.batches[0], layer, settings.engine, piecewise=piecewise
+        model, *work.batches[0], layer, settings.engine, piecewise=piecewise,
+        confirm=work.gn.confirm if work.gn else None,
     )
     zero = not bool(torch.any(v != 0))
     ctx = work.ctx
@@ -308,8 +316,9 @@ def _measure_one(
     if zero:
         quad_raw = quad_pos = 0.0
     elif path == "jvp":
+        gn = work.gn or LayerwiseGaussNewton(model, {})
         quad_raw = quad_pos = _reduce_per_example(
-            [per_example_gauss_newton_forms(model, x, y, layer.name, v) for x, y in work.local],
+            [gn.forms(x, y, layer.name, v) for x, y in work.local],
             settings.reduce,
             ctx,
         )
@@ -423,10 +432,11 @@ def _spectrum(
     param = dict(model.named_parameters())[name]
     size, dtype, device = param.numel(), param.dtype, param.device
     local = None
+    gn = work.gn or LayerwiseGaussNewton(model, {})
     if work.spectrum_local:
         cache = _cache_fits(work.spectrum_local_n)
         local = (
-            BlockGaussNewton(model, work.spectrum_local, name, cache_graph=cache)
+            gn.block(work.spectrum_local, name, cache_graph=cache)
             if path == "jvp"
             else BlockHessian(model, work.spectrum_local, name, cache_graph=cache)
         )
@@ -451,9 +461,7 @@ def _spectrum(
         )
         sums = torch.zeros(settings.trace_probes, dtype=torch.float64, device=device)
         for x, _ in work.spectrum_local:
-            forms = gauss_newton_probe_forms(
-                model, x, name, probes, chunk_size=_PROBE_CHUNK
-            )
+            forms = gn.probe_forms(x, name, probes, chunk_size=_PROBE_CHUNK)
             sums += forms.double().sum(dim=1)
         samples = ctx.sum(sums) / work.spectrum_n
         trace = trace_from_samples(samples)
