@@ -49,8 +49,11 @@ def _has_custom_function(root: Tensor) -> bool:
     return False
 
 
-def _second_tangent(rec: Recording, name: str, v: Tensor) -> Tensor:
-    """t2 = d^2/ds^2 y_i(W_i + s v) at s = 0, module-local."""
+def _second_tangent(rec: Recording, name: str, v: Tensor) -> Tensor | None:
+    """t2 = d^2/ds^2 y_i(W_i + s v) at s = 0, module-local; None when it is zero because the
+    module's output is linear in the parameter (:meth:`Recording.linear_in`)."""
+    if rec.linear_in(name):
+        return None
     f = rec.local(name)
 
     def first(w: Tensor) -> Tensor:
@@ -67,7 +70,15 @@ def second_order_terms(
     y: Tensor,
 ) -> dict[str, Tensor] | None:
     """``name -> (N,)`` values q_n + <r_n, t2_n> (module docstring) for the recorded batch with
-    labels ``y``; ``tangents[name]`` is t. The graph of ``rec`` is consumed."""
+    labels ``y``; ``tangents[name]`` is t. The graph of ``rec`` is consumed.
+
+    First one double-backward pass along all layers' tangents at once, T = (t_1, ..., t_L):
+    when the product of the Hessian of S = sum_n s_n . z_n with respect to all the taps and T
+    is exactly zero in every entry (what autograd computes for a piecewise-linear network:
+    the second derivative of every ReLU, pooling, BatchNorm in eval mode, convolution and
+    linear map is structurally zero), every layer's q is zero, barring an exact cancellation
+    of different layers' terms in every entry. Otherwise one double-backward pass per layer.
+    """
     z = rec.logits
     assert z is not None
     if _has_custom_function(z):
@@ -80,20 +91,37 @@ def second_order_terms(
         r_of = {id(leaf): r for leaf, r in zip(leaves, grads, strict=True)}
         out = {}
         for n in names:
-            leaf = rec.sites[n].leaf
-            t = tangents[n]
-            r = r_of[id(leaf)]
-            if r is None:  # the logits do not depend on this layer
-                out[n] = torch.zeros(t.shape[0], dtype=t.dtype, device=t.device)
-                continue
-            w = vectors[n].to(t.dtype)
-            value = (r.detach() * _second_tangent(rec, n, w)).flatten(1).sum(1)
-            if r.requires_grad:
-                (hv,) = torch.autograd.grad((r * t).sum(), leaf, retain_graph=True,
-                                            allow_unused=True)
-                if hv is not None:
-                    value = value + (hv.detach() * t).flatten(1).sum(1)
-            out[n] = value.detach()
+            t2 = _second_tangent(rec, n, vectors[n].to(tangents[n].dtype))
+            r = r_of[id(rec.sites[n].leaf)]
+            zero = torch.zeros(tangents[n].shape[0], dtype=z.dtype, device=z.device)
+            out[n] = zero if r is None or t2 is None else (r.detach() * t2).flatten(1).sum(1)
+        if not _all_zero_curvature(r_of, rec, names, tangents):
+            for n in names:
+                out[n] = out[n] + _curvature(r_of[id(rec.sites[n].leaf)], rec, n, tangents[n])
     except RuntimeError:  # an operation without a double backward
         return None
     return out
+
+
+def _all_zero_curvature(r_of: Mapping[int, Tensor | None], rec: Recording,
+                        names: Sequence[str], tangents: Mapping[str, Tensor]) -> bool:
+    """Whether the Hessian of S along all taps' tangents at once is exactly zero."""
+    terms = [(r_of[id(rec.sites[n].leaf)] * tangents[n]).sum() for n in names
+             if r_of[id(rec.sites[n].leaf)] is not None
+             and r_of[id(rec.sites[n].leaf)].requires_grad]
+    if not terms:
+        return True
+    leaves = rec.leaves(names)
+    hv = torch.autograd.grad(torch.stack(terms).sum(), leaves, retain_graph=True,
+                             allow_unused=True)
+    return all(h is None or not bool(h.any()) for h in hv)
+
+
+def _curvature(r: Tensor | None, rec: Recording, name: str, t: Tensor) -> Tensor:
+    """(N,) q_n = t^T (d^2 S / dy_i^2) t for one layer, by one double-backward pass."""
+    zero = torch.zeros(t.shape[0], dtype=t.dtype, device=t.device)
+    if r is None or not r.requires_grad:
+        return zero
+    (hv,) = torch.autograd.grad((r * t).sum(), rec.sites[name].leaf, retain_graph=True,
+                                allow_unused=True)
+    return zero if hv is None else (hv.detach() * t).flatten(1).sum(1)

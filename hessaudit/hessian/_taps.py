@@ -210,16 +210,21 @@ class Recording:
 
         return f
 
+    def linear_in(self, name: str) -> bool:
+        """Whether the module's output is linear in the parameter (plus a constant): the weight
+        of torch's own Linear or Conv forward, called with one positional input. Such a module
+        re-runs deterministically, so its tangent needs no :meth:`verify`."""
+        site = self.sites[name]
+        return (type(site.module).forward in _LINEAR_FORWARDS and site.attrs[name] == "weight"
+                and len(site.args) == 1 and not site.kwargs)
+
     def tangent_map(self, name: str) -> Callable[[Tensor], Tensor]:
-        """u -> (dy/dW) u for the module of ``name`` alone: a JVP of :meth:`local`, or, for the
-        weight of a module whose output is linear in it (torch's own Linear and Conv forward,
-        one positional input), the linear map itself (no primal pass)."""
+        """u -> (dy/dW) u for the module of ``name`` alone: the linear map itself when
+        :meth:`linear_in` (no primal pass), else a JVP of :meth:`local`."""
         site = self.sites[name]
         f = self.local(name)
-        module = site.module
-        linear = type(module).forward in _LINEAR_FORWARDS
-        if linear and site.attrs[name] == "weight" and len(site.args) == 1 and not site.kwargs:
-            (a,) = site.args
+        if self.linear_in(name):
+            module, (a,) = site.module, site.args
             if isinstance(module, nn.Linear):
                 return lambda u: F.linear(a, u)
             return lambda u: module._conv_forward(a, u, None)

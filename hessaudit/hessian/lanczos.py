@@ -51,10 +51,15 @@ from torch import Tensor
 
 from hessaudit.errors import HessauditError
 from hessaudit.hessian._util import check_generator, random_normal
+from hessaudit.hessian.version import legacy
 
 MatVec = Callable[..., Tensor]
 
 DEFAULT_EIGEN_STEPS = 100
+# Lanczos vectors per stored block (see _Lanczos)
+_BLOCK = 8
+# a Gram-Schmidt pass that keeps at least this fraction of the norm needs no second pass
+_DGKS = 1 / math.sqrt(2)
 DEFAULT_EIGEN_TOL = 1e-3
 
 
@@ -91,6 +96,7 @@ class _Lanczos:
         self.matvec = matvec
         self.pass_rows = _accepts_rows(matvec)
         self.B, self.d = V.shape
+        self.dtype = V.dtype
         self.max_steps = max_steps
         self.tol = default_breakdown_tol(V.dtype) if breakdown_tol is None else breakdown_tol
         norms = V.norm(dim=1)
@@ -98,9 +104,13 @@ class _Lanczos:
         self.active = norms > 0
         safe = norms.clamp_min(torch.finfo(V.dtype).tiny)[:, None]
         q = torch.where(self.active[:, None], V / safe, torch.zeros_like(V))
-        # Lanczos vectors, one (B, d) tensor per step: memory grows with the steps actually taken
-        # and never needs a second copy (a growing stacked buffer would, when it is resized).
-        self.Q: list[Tensor] = [q]
+        # Lanczos vectors, stored in (B, <= _BLOCK, d) blocks allocated as the steps are taken
+        # (never a second copy, as a growing stacked buffer would need when resized; at most
+        # _BLOCK - 1 vectors ahead of the steps taken, never more than ``max_steps`` in all).
+        # Gram-Schmidt runs one matrix product per block instead of a few passes per vector.
+        self.blocks: list[Tensor] = []
+        self.stored = 0
+        self._store(q)
         self.alphas = torch.zeros(self.B, max_steps, dtype=torch.float64, device=V.device)
         self.betas = torch.zeros(self.B, max_steps, dtype=torch.float64, device=V.device)
         self.rayleigh = torch.zeros(self.B, dtype=torch.float64, device=V.device)
@@ -109,6 +119,50 @@ class _Lanczos:
         self.scale = torch.zeros(self.B, dtype=torch.float64, device=V.device)
         self.steps = 0
         self.matvecs = 0
+
+    def _store(self, q: Tensor) -> None:
+        slot = self.stored % _BLOCK
+        if slot == 0:
+            size = min(_BLOCK, max(self.max_steps - self.stored, 1))
+            self.blocks.append(q.new_zeros(self.B, size, self.d))
+        self.blocks[-1][:, slot] = q
+        self.stored += 1
+
+    def vector(self, j: int) -> Tensor:
+        """The j-th Lanczos vector, (B, d) (a view into its block)."""
+        return self.blocks[j // _BLOCK][:, j % _BLOCK]
+
+    def _views(self) -> list[Tensor]:
+        """The stored vectors as (B, n_k, d) views, block by block."""
+        full, rest = divmod(self.stored, _BLOCK)
+        views = self.blocks[:full]
+        return [*views, self.blocks[full][:, :rest]] if rest else views
+
+    def _orthogonalize(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """w minus its projection on every stored vector by classical Gram-Schmidt (all
+        coefficients against the same w, then one update), repeated once when the first pass
+        removed more than 1 - 1/sqrt(2) of the norm of any row (the Daniel-Gragg-Kaufman-
+        Stewart criterion: otherwise the first pass is already orthogonal to working precision;
+        "twice is enough"). Returns the new w and the total coefficient of the last stored
+        vector. (Before issue 16: always two passes, one vector at a time.)"""
+        j = self.stored - 1
+        correction = torch.zeros(self.B, dtype=w.dtype, device=w.device)
+        for sweep in range(2):
+            if legacy():
+                coefs = [(self.vector(k) * w).sum(dim=1) for k in range(self.stored)]
+                for k, c in enumerate(coefs):
+                    w = w - c[:, None] * self.vector(k)
+                correction = correction + coefs[j]
+                continue
+            before = w.norm(dim=1)
+            views = self._views()
+            coefs = [torch.bmm(Q, w.unsqueeze(2)) for Q in views]  # (B, n_k, 1) each
+            for Q, c in zip(views, coefs, strict=True):
+                w = w - torch.bmm(c.transpose(1, 2), Q).squeeze(1)
+            correction = correction + coefs[-1][:, -1, 0]
+            if sweep == 0 and bool((w.norm(dim=1) >= _DGKS * before).all()):
+                break
+        return w, correction
 
     def _apply(self, q: Tensor) -> Tensor:
         n_active = int(self.active.sum())
@@ -131,7 +185,7 @@ class _Lanczos:
         if j >= self.max_steps:
             raise RuntimeError("Lanczos step budget exhausted")
         act = self.active
-        q = self.Q[j]
+        q = self.vector(j)
         w = self._apply(q)
         self.scale = torch.where(act, torch.maximum(self.scale, w.norm(dim=1).double()),
                                  self.scale)
@@ -140,13 +194,8 @@ class _Lanczos:
             self.rayleigh = alpha.double()
         w = w - alpha[:, None] * q
         if j > 0:
-            w = w - self.betas[:, j - 1].to(w.dtype)[:, None] * self.Q[j - 1]
-        correction = torch.zeros_like(alpha)
-        for _ in range(2):  # classical Gram-Schmidt, twice
-            coefs = [(qk * w).sum(dim=1) for qk in self.Q]  # all against the same w
-            for qk, c in zip(self.Q, coefs, strict=True):
-                w = w - c[:, None] * qk
-            correction = correction + coefs[j]
+            w = w - self.betas[:, j - 1].to(w.dtype)[:, None] * self.vector(j - 1)
+        w, correction = self._orthogonalize(w)
         alpha = (alpha + correction).double()
         beta = w.norm(dim=1).double()
         self.alphas[:, j] = torch.where(act, alpha, 0.0)
@@ -157,8 +206,8 @@ class _Lanczos:
         self.active = act & ~broke
         scale = torch.where(self.active, beta, 1.0).to(w.dtype)
         if j + 1 < self.max_steps:  # the last step's residual is never used as a vector
-            self.Q.append(torch.where(self.active[:, None], w / scale[:, None],
-                                      torch.zeros_like(w)))
+            self._store(torch.where(self.active[:, None], w / scale[:, None],
+                                    torch.zeros_like(w)))
         self.steps = j + 1
 
     def stop(self, rows: Tensor) -> None:

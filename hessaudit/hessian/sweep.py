@@ -189,9 +189,13 @@ class LayerwiseGaussNewton:
         out = {}
         for n in names:
             w0 = rec.frozen[n]
+            v = self.vectors[n].to(w0.dtype)
             try:
-                y, t = torch.func.jvp(rec.local(n), (w0,), (self.vectors[n].to(w0.dtype),))
-                rec.verify(n, y)
+                if rec.linear_in(n):
+                    t = rec.tangent_map(n)(v)
+                else:
+                    y, t = torch.func.jvp(rec.local(n), (w0,), (v,))
+                    rec.verify(n, y)
             except ValueError as err:
                 self.fallbacks.setdefault(n, str(err))
                 continue
