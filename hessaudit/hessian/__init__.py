@@ -48,6 +48,7 @@ from hessaudit.hessian.per_example import (
     per_example_directional_second_derivative,
     per_example_hvp,
 )
+from hessaudit.hessian._util import random_rademacher
 from hessaudit.hessian.power import power_iteration
 from hessaudit.hessian.quadrature import QuadratureResult, lanczos_quadrature
 from hessaudit.hessian.sweep import LayerwiseGaussNewton, OutputJacobianGaussNewton
@@ -88,5 +89,6 @@ __all__ = [
     "per_example_gauss_newton_forms",
     "per_example_hvp",
     "power_iteration",
+    "random_rademacher",
     "trace_from_samples",
 ]

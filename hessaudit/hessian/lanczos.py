@@ -17,7 +17,8 @@ Conventions shared by every routine here:
   61 GB: size B to the layer.
 - Start vectors ``v`` may be ``(B, d)`` or 1-D ``(d,)``. For a 1-D start vector the per-row
   fields of the result are 0-d tensors; for ``(B, d)`` they are ``(B,)`` tensors.
-- Lanczos vectors live in the operator's dtype and device (float32 by default in an audit);
+- Lanczos vectors live in the operator's dtype and device (stored and orthogonalized by
+  :class:`~hessaudit.hessian._basis.LanczosBasis`) (float32 by default in an audit);
   the tridiagonal coefficients and their small eigenproblems are float64.
 
 The Lanczos process from q_1 = v / ||v|| builds an orthonormal basis Q_m of the Krylov space
@@ -50,16 +51,13 @@ import torch
 from torch import Tensor
 
 from hessaudit.errors import HessauditError
+from hessaudit.hessian._basis import LanczosBasis
 from hessaudit.hessian._util import check_generator, random_normal
 from hessaudit.hessian.version import legacy
 
 MatVec = Callable[..., Tensor]
 
 DEFAULT_EIGEN_STEPS = 100
-# Lanczos vectors per stored block (see _Lanczos)
-_BLOCK = 8
-# a Gram-Schmidt pass that keeps at least this fraction of the norm needs no second pass
-_DGKS = 1 / math.sqrt(2)
 DEFAULT_EIGEN_TOL = 1e-3
 
 
@@ -75,13 +73,6 @@ def default_breakdown_tol(dtype: torch.dtype) -> float:
     reorthogonalization keeps the noise vectors orthogonal and their quadrature weight ~0.
     """
     return 0.01 * math.sqrt(torch.finfo(dtype).eps)
-
-
-def _project(Q: Tensor, w: Tensor) -> Tensor:
-    """(B, n) inner products of the rows of w (B, d) with the n vectors of each row of Q
-    (B, n, d), as a row vector times a transposed matrix (measured 4x faster on CPU than the
-    matrix-times-vector form, which reads Q with a stride)."""
-    return torch.bmm(w.unsqueeze(1), Q.transpose(1, 2)).squeeze(1)
 
 
 def _accepts_rows(matvec: MatVec) -> bool:
@@ -111,13 +102,8 @@ class _Lanczos:
         self.active = norms > 0
         safe = norms.clamp_min(torch.finfo(V.dtype).tiny)[:, None]
         q = torch.where(self.active[:, None], V / safe, torch.zeros_like(V))
-        # Lanczos vectors, stored in (B, <= _BLOCK, d) blocks allocated as the steps are taken
-        # (never a second copy, as a growing stacked buffer would need when resized; at most
-        # _BLOCK - 1 vectors ahead of the steps taken, never more than ``max_steps`` in all).
-        # Gram-Schmidt runs one matrix product per block instead of a few passes per vector.
-        self.blocks: list[Tensor] = []
-        self.stored = 0
-        self._store(q)
+        self.basis = LanczosBasis(self.B, self.d, max_steps, dtype=V.dtype, device=V.device)
+        self.basis.store(q)
         self.alphas = torch.zeros(self.B, max_steps, dtype=torch.float64, device=V.device)
         self.betas = torch.zeros(self.B, max_steps, dtype=torch.float64, device=V.device)
         self.rayleigh = torch.zeros(self.B, dtype=torch.float64, device=V.device)
@@ -126,78 +112,14 @@ class _Lanczos:
         self.scale = torch.zeros(self.B, dtype=torch.float64, device=V.device)
         self.steps = 0
         self.matvecs = 0
-        self.reorthogonalizations = 0
-        # semiorthogonality: |q_j . q_k| below sqrt(eps) keeps T_m the projection of a matrix
-        # within O(eps ||H||) of H (Simon 1984), so products above it are removed
-        self._delta = math.sqrt(torch.finfo(V.dtype).eps)
 
-    def _store(self, q: Tensor) -> None:
-        slot = self.stored % _BLOCK
-        if slot == 0:
-            size = min(_BLOCK, max(self.max_steps - self.stored, 1))
-            self.blocks.append(q.new_zeros(self.B, size, self.d))
-        self.blocks[-1][:, slot] = q
-        self.stored += 1
+    @property
+    def stored(self) -> int:
+        return self.basis.stored
 
     def vector(self, j: int) -> Tensor:
         """The j-th Lanczos vector, (B, d) (a view into its block)."""
-        return self.blocks[j // _BLOCK][:, j % _BLOCK]
-
-    def _views(self) -> list[Tensor]:
-        """The stored vectors as (B, n_k, d) views, block by block."""
-        full, rest = divmod(self.stored, _BLOCK)
-        views = self.blocks[:full]
-        return [*views, self.blocks[full][:, :rest]] if rest else views
-
-    def _partial_reorthogonalization(self, j: int, w: Tensor,
-                                     alpha: Tensor) -> tuple[Tensor, Tensor]:
-        """Selective reorthogonalization by measured inner products: c = Q^T w against every
-        stored vector (one pass over them). The components along q_j and q_{j-1} are always
-        removed (q_j's goes into alpha_j); the others only when some |c_k| exceeds sqrt(eps)
-        ||w|| in an active row, by the full Gram-Schmidt of :meth:`_orthogonalize` (a second
-        pass over the vectors). Below that the new vector is semiorthogonal, which keeps T_m
-        accurate to working precision (Simon 1984). Returns w and alpha_j (float64)."""
-        views = self._views()
-        coefs = torch.cat([_project(Q, w) for Q in views], dim=1)
-        far = coefs[:, : max(j - 1, 0)].abs().amax(dim=1) if j > 1 else coefs[:, :0].sum(1)
-        if j > 1 and bool((self.active & (far > self._delta * w.norm(dim=1))).any()):
-            w, correction = self._orthogonalize(w, coefs)
-            self.reorthogonalizations += 1
-            return w, (alpha + correction).double()
-        for k in (j, j - 1) if j > 0 else (j,):
-            w = w - coefs[:, k : k + 1] * self.vector(k)
-        return w, (alpha + coefs[:, j]).double()
-
-    def _orthogonalize(self, w: Tensor, coefs: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """w minus its projection on every stored vector by classical Gram-Schmidt (all
-        coefficients against the same w (``coefs`` when already computed), then one update),
-        repeated once when the first pass
-        removed more than 1 - 1/sqrt(2) of the norm of any row (the Daniel-Gragg-Kaufman-
-        Stewart criterion: otherwise the first pass is already orthogonal to working precision;
-        "twice is enough"). Returns the new w and the total coefficient of the last stored
-        vector. (Before issue 16: always two passes, one vector at a time.)"""
-        j = self.stored - 1
-        correction = torch.zeros(self.B, dtype=w.dtype, device=w.device)
-        for sweep in range(2):
-            if legacy():
-                coefs = [(self.vector(k) * w).sum(dim=1) for k in range(self.stored)]
-                for k, c in enumerate(coefs):
-                    w = w - c[:, None] * self.vector(k)
-                correction = correction + coefs[j]
-                continue
-            before = w.norm(dim=1)
-            views = self._views()
-            if coefs is None or sweep > 0:  # (B, stored) coefficients against the same w
-                coefs = torch.cat([_project(Q, w) for Q in views], 1)
-            start = 0
-            for Q in views:
-                c = coefs[:, start : start + Q.shape[1]]
-                w = w - torch.bmm(c.unsqueeze(1), Q).squeeze(1)
-                start += Q.shape[1]
-            correction = correction + coefs[:, j]
-            if sweep == 0 and bool((w.norm(dim=1) >= _DGKS * before).all()):
-                break
-        return w, correction
+        return self.basis.vector(j)
 
     def _apply(self, q: Tensor) -> Tensor:
         n_active = int(self.active.sum())
@@ -231,10 +153,10 @@ class _Lanczos:
         if j > 0:
             w = w - self.betas[:, j - 1].to(w.dtype)[:, None] * self.vector(j - 1)
         if legacy():
-            w, correction = self._orthogonalize(w)
+            w, correction = self.basis.orthogonalize(w)
             alpha = (alpha + correction).double()
         else:
-            w, alpha = self._partial_reorthogonalization(j, w, alpha)
+            w, alpha = self.basis.reorthogonalize(j, w, alpha, self.active)
         beta = w.norm(dim=1).double()
         self.alphas[:, j] = torch.where(act, alpha, 0.0)
         self.betas[:, j] = torch.where(act, beta, 0.0)
@@ -244,8 +166,8 @@ class _Lanczos:
         self.active = act & ~broke
         scale = torch.where(self.active, beta, 1.0).to(w.dtype)
         if j + 1 < self.max_steps:  # the last step's residual is never used as a vector
-            self._store(torch.where(self.active[:, None], w / scale[:, None],
-                                    torch.zeros_like(w)))
+            self.basis.store(torch.where(self.active[:, None], w / scale[:, None],
+                                         torch.zeros_like(w)))
         self.steps = j + 1
 
     def stop(self, rows: Tensor) -> None:
