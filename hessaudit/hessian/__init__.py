@@ -19,6 +19,7 @@ examples. Models must be in eval mode. Estimators take their own ``torch.Generat
 - :mod:`.trace`: Hutchinson and Hutch++ trace estimates with standard errors.
 """
 
+from hessaudit.hessian._util import random_rademacher
 from hessaudit.hessian.gauss_newton import (
     BlockGaussNewton,
     confirm_piecewise_linear,
@@ -48,7 +49,6 @@ from hessaudit.hessian.per_example import (
     per_example_directional_second_derivative,
     per_example_hvp,
 )
-from hessaudit.hessian._util import random_rademacher
 from hessaudit.hessian.power import power_iteration
 from hessaudit.hessian.quadrature import QuadratureResult, lanczos_quadrature
 from hessaudit.hessian.sweep import LayerwiseGaussNewton, OutputJacobianGaussNewton
