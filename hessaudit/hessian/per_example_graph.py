@@ -105,8 +105,11 @@ class CachedPerExampleHVP:
 
     def _fits(self, n: int) -> bool:
         if self._per_example is None:
-            self._per_example = graph_bytes_per_example(self.model, self.x, self.y,
-                                                        self.param_name)
+            try:
+                self._per_example = graph_bytes_per_example(self.model, self.x, self.y,
+                                                            self.param_name)
+            except RuntimeError:  # an operation without a batched double backward
+                self._per_example = self.budget + 1
         return n * self._per_example <= self.budget
 
     def matvec(self, U: Tensor, rows: Tensor) -> Tensor:
