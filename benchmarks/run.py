@@ -2,7 +2,13 @@
 """hessaudit benchmarks: ratios measured in one run, medians over repeats.
 
     python benchmarks/run.py [--quick] [--only hvp,per_example,...] [--device cpu|cuda]
-                             [--out benchmarks/results.json]
+                             [--out benchmarks/results.json] [--threads N]
+                             [--engine-version new|old]
+
+``speed_jvp`` and ``speed_lanczos`` (issue 16) time the engine against the one before it in the
+same run (``hessaudit.hessian.version``): old and new interleaved, medians, ratio old/new.
+``--engine-version old`` runs every other section with the old engine (for comparisons across
+runs); ``--threads`` sets the intra-op threads of the speed sections.
 
 Every micro-benchmark runs with ``torch.set_num_threads(1)`` (the shared CI-like machines this
 is written for have two noisy cores; one intra-op thread keeps ratios stable), and so do the
@@ -37,6 +43,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
 from benchmarks import _fixtures as fx  # noqa: E402
+from benchmarks import _speed  # noqa: E402
+from hessaudit.hessian.version import VERSIONS, set_engine_version  # noqa: E402
 
 torch.set_num_threads(1)
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -407,8 +415,11 @@ def _run_measured(cmd: list[str]) -> tuple[int, float, float]:
     return int(rc), float(wall), float(rss_kb) / 1024.0
 
 
-def _measure_cmd(files: dict, model: str, out_json: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "hessaudit", "measure", files["pretrained"],
+def _measure_cmd(files: dict, model: str, out_json: Path, extra: list[str],
+                 version: str = "new") -> list[str]:
+    from benchmarks._speed import CLI
+
+    return [sys.executable, "-c", CLI, version, "measure", files["pretrained"],
             files["finetuned"], "--model", model, "--data", files["data"], "--json",
             str(out_json), "--input-size", "32", "--quiet", *extra]
 
@@ -426,7 +437,7 @@ def bench_end_to_end(args, device) -> dict:
             extra = ["--lanczos-steps", "10", "--samples", "16"]
         files = fx.write_audit_inputs(tmp / name, name, examples)
         _, wall, rss = _run_measured(_measure_cmd(files, model_spec, tmp / f"{name}.json",
-                                                  extra + dev))
+                                                  extra + dev, args.engine_version))
         _, _, rss_train = _run_measured([sys.executable, "-c", _TRAIN_STEP.format(
             root=str(HERE.parent), name=name)])
         doc = json.loads((tmp / f"{name}.json").read_text())
@@ -527,6 +538,8 @@ SECTIONS = {
     "end_to_end": bench_end_to_end,
     "jvp_vs_lanczos": bench_jvp_vs_lanczos,
     "trainer": bench_trainer,
+    "speed_jvp": _speed.bench_speed_jvp,
+    "speed_lanczos": _speed.bench_speed_lanczos,
 }
 
 
@@ -537,12 +550,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out", default=str(HERE / "results.json"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads of the speed sections (the issue: 1 and 2)")
+    parser.add_argument("--engine-version", choices=VERSIONS, default="new",
+                        help="engine for every section but the speed ones, which run both")
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 7)
+    set_engine_version(args.engine_version)
     device = torch.device(args.device)
     results = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "engine_version": args.engine_version,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count(), "torch": torch.__version__,
                     "device": str(device), "threads": torch.get_num_threads(),

@@ -9,6 +9,8 @@ model: :func:`check_determinism` refuses one whose two forward passes disagree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -45,12 +47,15 @@ def choose_engine_path(
     requested: str,
     *,
     piecewise: bool | None = None,
+    confirm: Callable[..., tuple[bool, float]] | None = None,
 ) -> str:
     """Return ``"jvp"`` or ``"lanczos"`` for one layer, as described in the module docstring.
 
     The numerical confirmation uses the first :data:`_CONFIRM_EXAMPLES` examples of ``x``
     (a smooth operation downstream of the layer moves every example's form, so a few suffice).
-    ``piecewise`` passes a precomputed :func:`~hessaudit.hessian.is_piecewise_linear`.
+    ``piecewise`` passes a precomputed :func:`~hessaudit.hessian.is_piecewise_linear`;
+    ``confirm`` replaces :func:`~hessaudit.hessian.confirm_piecewise_linear` (without its model
+    argument), e.g. by :meth:`~hessaudit.hessian.LayerwiseGaussNewton.confirm`.
     """
 
     if requested == "lanczos":
@@ -65,5 +70,6 @@ def choose_engine_path(
     if not bool(torch.any(v != 0)):
         return "jvp"
     xs, ys = x[:_CONFIRM_EXAMPLES], y[:_CONFIRM_EXAMPLES]
-    agrees, _ = confirm_piecewise_linear(model, xs, ys, layer.name, v, rtol=_CONFIRM_RTOL)
+    check = confirm or (lambda *a, **k: confirm_piecewise_linear(model, *a, **k))
+    agrees, _ = check(xs, ys, layer.name, v, rtol=_CONFIRM_RTOL)
     return "jvp" if agrees else "lanczos"

@@ -53,14 +53,12 @@ from hessaudit.audit.settings import ENGINES, FORMS, REDUCTIONS, MeasureSettings
 from hessaudit.audit.work import Work, plan_work
 from hessaudit.errors import HessauditError
 from hessaudit.hessian import (
-    BlockGaussNewton,
     BlockHessian,
-    gauss_newton_probe_forms,
+    LayerwiseGaussNewton,
     hutchinson_trace,
     is_piecewise_linear,
     lanczos_top_eigenvalue,
     per_example_directional_second_derivative,
-    per_example_gauss_newton_forms,
     random_rademacher,
     trace_from_samples,
 )
@@ -159,6 +157,10 @@ def measure_layers(
         cross_values = cross_forms(model, vectors, work, settings.reduce)
 
     piecewise = settings.engine == "auto" and is_piecewise_linear(model)
+    if settings.engine == "jvp" or piecewise:
+        work.gn = LayerwiseGaussNewton(
+            model, {layer.name: distance_vector(model, layer) for layer in layers}
+        )
     results = []
     for index, layer in enumerate(layers):
         results.append(
@@ -215,8 +217,9 @@ def _quadratic_forms(
         return _Forms(0.0, 0.0)
     ctx = work.ctx
     if path == "jvp":  # Gauss-Newton forms: PSD, so the raw form is the positive part
+        gn = work.gn or LayerwiseGaussNewton(model, {})
         value = reduce_per_example(
-            [per_example_gauss_newton_forms(model, x, y, layer.name, v) for x, y in work.local],
+            [gn.forms(x, y, layer.name, v) for x, y in work.local],
             settings.reduce,
             ctx,
         )
@@ -254,7 +257,8 @@ def _measure_one(
 ) -> LayerMeasure:
     v = distance_vector(model, layer)
     path = choose_engine_path(
-        model, *work.batches[0], layer, settings.engine, piecewise=piecewise
+        model, *work.batches[0], layer, settings.engine, piecewise=piecewise,
+        confirm=work.gn.confirm if work.gn else None,
     )
     forms = _quadratic_forms(model, layer, v, path, work, settings)
     cross = cross_values.get(layer.name)
@@ -312,10 +316,11 @@ def _spectrum(
     param = dict(model.named_parameters())[name]
     size, dtype, device = param.numel(), param.dtype, param.device
     local = None
+    gn = work.gn or LayerwiseGaussNewton(model, {})
     if work.spectrum_local:
         cache = cache_fits(work.spectrum_local_n)
         local = (
-            BlockGaussNewton(model, work.spectrum_local, name, cache_graph=cache)
+            gn.block(work.spectrum_local, name, cache_graph=cache)
             if path == "jvp"
             else BlockHessian(model, work.spectrum_local, name, cache_graph=cache)
         )
@@ -340,9 +345,7 @@ def _spectrum(
         )
         sums = torch.zeros(settings.trace_probes, dtype=torch.float64, device=device)
         for x, _ in work.spectrum_local:
-            forms = gauss_newton_probe_forms(
-                model, x, name, probes, chunk_size=_PROBE_CHUNK
-            )
+            forms = gn.probe_forms(x, name, probes, chunk_size=_PROBE_CHUNK)
             sums += forms.double().sum(dim=1)
         samples = ctx.sum(sums) / work.spectrum_n
         trace = trace_from_samples(samples)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from hessaudit.audit.distributed import Context
+from hessaudit.hessian import LayerwiseGaussNewton
 from hessaudit.inputs.data import Dataset
 
 __all__ = ["Batches", "Work", "plan_work"]
@@ -25,6 +26,9 @@ class Work:
     spectrum_local_n: int
     spectrum_n: int
     ctx: Context
+    # the JVP path's forms and spectrum operators, shared by all layers (None: no layer can
+    # take that path)
+    gn: LayerwiseGaussNewton | None = None
 
 
 def plan_work(

@@ -9,6 +9,9 @@ examples. Models must be in eval mode. Estimators take their own ``torch.Generat
 - :mod:`.per_example`: per-example block HVPs and exact per-example quadratic forms, vectorized
   with ``torch.func``.
 - :mod:`.gauss_newton`: the exact one-JVP fast path for piecewise-linear networks.
+- :mod:`.sweep`: the same quantities for many layers at once, from reverse passes shared by
+  every layer (:class:`LayerwiseGaussNewton`, what ``measure`` uses).
+- :mod:`.version`: the pre-issue-16 implementations, selectable for benchmarks only.
 - :mod:`.lanczos`: batched Lanczos with full reorthogonalization, top eigenvalue.
 - :mod:`.quadrature`: Gauss quadrature for v^T H^+ v with an error estimate behind its
   stopping rule.
@@ -48,6 +51,7 @@ from hessaudit.hessian.per_example import (
 )
 from hessaudit.hessian.power import power_iteration
 from hessaudit.hessian.quadrature import QuadratureResult, lanczos_quadrature
+from hessaudit.hessian.sweep import LayerwiseGaussNewton, OutputJacobianGaussNewton
 from hessaudit.hessian.trace import (
     TraceResult,
     hutchinson_trace,
@@ -61,6 +65,8 @@ __all__ = [
     "EigenResult",
     "LanczosInfo",
     "LanczosTridiagonal",
+    "LayerwiseGaussNewton",
+    "OutputJacobianGaussNewton",
     "PerExampleBlockHessians",
     "QuadratureResult",
     "TraceResult",

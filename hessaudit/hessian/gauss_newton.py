@@ -360,6 +360,12 @@ def confirm_piecewise_linear(
     tol = default_rtol(param.dtype) if rtol is None else float(rtol)
     gn = per_example_gauss_newton_forms(model, x, y, param_name, v)
     exact = per_example_directional_second_derivative(model, x, y, param_name, v)
+    return agreement(gn, exact, tol)
+
+
+def agreement(gn: Tensor, exact: Tensor, tol: float) -> tuple[bool, float]:
+    """``(deviation <= tol, deviation)`` of Gauss-Newton forms ``gn`` from exact forms ``exact``
+    (see :func:`confirm_piecewise_linear`)."""
     if not (torch.isfinite(gn).all() and torch.isfinite(exact).all()):
         return False, float("inf")
     scale = float(exact.abs().max())

@@ -17,7 +17,8 @@ Conventions shared by every routine here:
   61 GB: size B to the layer.
 - Start vectors ``v`` may be ``(B, d)`` or 1-D ``(d,)``. For a 1-D start vector the per-row
   fields of the result are 0-d tensors; for ``(B, d)`` they are ``(B,)`` tensors.
-- Lanczos vectors live in the operator's dtype and device (float32 by default in an audit);
+- Lanczos vectors live in the operator's dtype and device (stored and orthogonalized by
+  :class:`~hessaudit.hessian._basis.LanczosBasis`) (float32 by default in an audit);
   the tridiagonal coefficients and their small eigenproblems are float64.
 
 The Lanczos process from q_1 = v / ||v|| builds an orthonormal basis Q_m of the Krylov space
@@ -50,7 +51,9 @@ import torch
 from torch import Tensor
 
 from hessaudit.errors import HessauditError
+from hessaudit.hessian._basis import LanczosBasis
 from hessaudit.hessian._util import check_generator, random_normal
+from hessaudit.hessian.version import legacy
 
 MatVec = Callable[..., Tensor]
 
@@ -91,6 +94,7 @@ class _Lanczos:
         self.matvec = matvec
         self.pass_rows = _accepts_rows(matvec)
         self.B, self.d = V.shape
+        self.dtype = V.dtype
         self.max_steps = max_steps
         self.tol = default_breakdown_tol(V.dtype) if breakdown_tol is None else breakdown_tol
         norms = V.norm(dim=1)
@@ -98,9 +102,8 @@ class _Lanczos:
         self.active = norms > 0
         safe = norms.clamp_min(torch.finfo(V.dtype).tiny)[:, None]
         q = torch.where(self.active[:, None], V / safe, torch.zeros_like(V))
-        # Lanczos vectors, one (B, d) tensor per step: memory grows with the steps actually taken
-        # and never needs a second copy (a growing stacked buffer would, when it is resized).
-        self.Q: list[Tensor] = [q]
+        self.basis = LanczosBasis(self.B, self.d, max_steps, dtype=V.dtype, device=V.device)
+        self.basis.store(q)
         self.alphas = torch.zeros(self.B, max_steps, dtype=torch.float64, device=V.device)
         self.betas = torch.zeros(self.B, max_steps, dtype=torch.float64, device=V.device)
         self.rayleigh = torch.zeros(self.B, dtype=torch.float64, device=V.device)
@@ -109,6 +112,14 @@ class _Lanczos:
         self.scale = torch.zeros(self.B, dtype=torch.float64, device=V.device)
         self.steps = 0
         self.matvecs = 0
+
+    @property
+    def stored(self) -> int:
+        return self.basis.stored
+
+    def vector(self, j: int) -> Tensor:
+        """The j-th Lanczos vector, (B, d) (a view into its block)."""
+        return self.basis.vector(j)
 
     def _apply(self, q: Tensor) -> Tensor:
         n_active = int(self.active.sum())
@@ -131,7 +142,7 @@ class _Lanczos:
         if j >= self.max_steps:
             raise RuntimeError("Lanczos step budget exhausted")
         act = self.active
-        q = self.Q[j]
+        q = self.vector(j)
         w = self._apply(q)
         self.scale = torch.where(act, torch.maximum(self.scale, w.norm(dim=1).double()),
                                  self.scale)
@@ -140,14 +151,12 @@ class _Lanczos:
             self.rayleigh = alpha.double()
         w = w - alpha[:, None] * q
         if j > 0:
-            w = w - self.betas[:, j - 1].to(w.dtype)[:, None] * self.Q[j - 1]
-        correction = torch.zeros_like(alpha)
-        for _ in range(2):  # classical Gram-Schmidt, twice
-            coefs = [(qk * w).sum(dim=1) for qk in self.Q]  # all against the same w
-            for qk, c in zip(self.Q, coefs, strict=True):
-                w = w - c[:, None] * qk
-            correction = correction + coefs[j]
-        alpha = (alpha + correction).double()
+            w = w - self.betas[:, j - 1].to(w.dtype)[:, None] * self.vector(j - 1)
+        if legacy():
+            w, correction = self.basis.orthogonalize(w)
+            alpha = (alpha + correction).double()
+        else:
+            w, alpha = self.basis.reorthogonalize(j, w, alpha, self.active)
         beta = w.norm(dim=1).double()
         self.alphas[:, j] = torch.where(act, alpha, 0.0)
         self.betas[:, j] = torch.where(act, beta, 0.0)
@@ -157,8 +166,8 @@ class _Lanczos:
         self.active = act & ~broke
         scale = torch.where(self.active, beta, 1.0).to(w.dtype)
         if j + 1 < self.max_steps:  # the last step's residual is never used as a vector
-            self.Q.append(torch.where(self.active[:, None], w / scale[:, None],
-                                      torch.zeros_like(w)))
+            self.basis.store(torch.where(self.active[:, None], w / scale[:, None],
+                                         torch.zeros_like(w)))
         self.steps = j + 1
 
     def stop(self, rows: Tensor) -> None:

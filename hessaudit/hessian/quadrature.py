@@ -51,6 +51,7 @@ from torch import Tensor
 
 from hessaudit.errors import HessauditError
 from hessaudit.hessian.lanczos import MatVec, _Lanczos, _tensor_to_python
+from hessaudit.hessian.version import legacy
 
 DEFAULT_QUADRATURE_STEPS = 100
 DEFAULT_QUADRATURE_TOL = 1e-3
@@ -63,6 +64,9 @@ _NODE_GAP_RTOL = 1e-10
 _BISECTION_STEPS = 80
 # The spread of the last ``window`` Gauss values, times this, is the mixed-sign error estimate.
 _SPREAD_SAFETY = 2.0
+# Relative safety margin of the screening comparison (float round-off of ||H v||, v^T H v and
+# of the caller's lower bound, far below it).
+_SCREEN_MARGIN = 1e-3
 # Ritz values within this many machine epsilons (of the Lanczos vectors' dtype) times the
 # operator scale of zero count as zero (see _one_sided_bound).
 _RITZ_NOISE = 100
@@ -86,6 +90,9 @@ class QuadratureResult:
         row_steps: Lanczos steps taken by each row.
         breakdown: the row's Krylov space was exhausted, so its estimate is exact.
         rule: ``"gauss"`` or ``"averaged"`` (see :func:`lanczos_quadrature`).
+        screened: rows stopped after one step because they provably cannot be the maximum
+            (``screen_below`` of :func:`lanczos_quadrature`); their ``positive`` is a lower
+            bound, not an estimate.
 
     Holds tensors, so it compares by identity (``eq=False``).
     """
@@ -100,6 +107,7 @@ class QuadratureResult:
     breakdown: Tensor
     error: Tensor
     rule: str = "gauss"
+    screened: Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values: floats for a 1-D start vector, lists for a batch."""
@@ -114,6 +122,7 @@ class QuadratureResult:
             "row_steps": _tensor_to_python(self.row_steps),
             "breakdown": _tensor_to_python(self.breakdown),
             "rule": self.rule,
+            "screened": None if self.screened is None else _tensor_to_python(self.screened),
         }
 
 
@@ -190,6 +199,26 @@ def _one_sided_bound(theta: Tensor, weights: Tensor, v_norm2: Tensor,
     return out
 
 
+def screening_bound(v_norm2: Tensor, hv_norm: Tensor, raw: Tensor) -> Tensor:
+    """(||v|| ||H v|| + v^T H v) / 2, an upper bound of v^T H^+ v from one product.
+
+    The quadratic p(t) = (t + c)^2 / (4c), c > 0, satisfies p(t) - t^+ = (t - c)^2 / (4c) >= 0
+    for t >= 0 and p(t) >= 0 = t^+ for t <= 0, so v^T H^+ v <= v^T p(H) v
+    = (||Hv||^2 + 2c v^T H v + c^2 ||v||^2) / (4c); c = ||Hv|| / ||v|| minimizes it. (The
+    maximum of v^T H^+ v over all spectra with these three moments, attained by eigenvalues
+    +-c.)"""
+    return 0.5 * (v_norm2.sqrt() * hv_norm + raw)
+
+
+def _screen(lz: _Lanczos, v_norm2: Tensor, below: float) -> Tensor:
+    """Rows (after the first step) whose :func:`screening_bound` plus a round-off margin (the
+    Ritz noise level, and 1e-3 relative) is below ``below``."""
+    hv_norm = lz.v_norm * lz.scale  # ||H v||: after one step, scale = ||H q_1||
+    bound = screening_bound(v_norm2, hv_norm, v_norm2 * lz.alphas[:, 0])
+    noise = v_norm2 * _RITZ_NOISE * torch.finfo(lz.dtype).eps * lz.scale
+    return lz.active & ((bound + noise) * (1 + _SCREEN_MARGIN) < below)
+
+
 def _check_arguments(tol: float, window: int, rule: str) -> None:
     if not tol >= 0 or window < 2:
         raise HessauditError("tol must be >= 0 and window >= 2")
@@ -209,6 +238,7 @@ def lanczos_quadrature(
     floor: float = 1e-8,
     rule: str = "gauss",
     breakdown_tol: float | None = None,
+    screen_below: float = 0.0,
 ) -> QuadratureResult:
     """v^T H v (exact) and v^T H^+ v (Lanczos quadrature) for each row's operator.
 
@@ -223,6 +253,12 @@ def lanczos_quadrature(
     (G_{m-1} + A_m) / 2 with A_m Laurie's anti-Gauss rule (T_m with its last off-diagonal
     scaled by sqrt(2)); its error estimate is that of G_m plus its distance from G_m. Both rules
     are exact on breakdown (there the Gauss value is reported).
+
+    ``screen_below`` (for a row of a *maximum*): a lower bound ell of the maximum of
+    v^T H^+ v over the rows of the reduction this call is part of, e.g. max(max raw form, 0).
+    After the first step a row whose certified upper bound (:func:`screening_bound`) is below
+    ell cannot be that maximum: it stops, ``screened`` and ``converged``, with error 0 and its
+    first Gauss value max(v^T H v, 0) <= ell (so it does not move the maximum either).
 
     Rows with ``v = 0`` return 0 and count as converged; a zero operator returns 0. Never NaN
     for finite inputs.
@@ -240,6 +276,7 @@ def lanczos_quadrature(
     last_change = torch.zeros(B, **f64)
     error = torch.where(lz.active, math.inf, 0.0).to(**f64)
     converged = ~lz.active  # v = 0 rows are done and exact
+    screened = torch.zeros(B, dtype=torch.bool, device=dev)
     while lz.steps < max_steps and bool(lz.active.any()):
         running = lz.active.clone()
         lz.step()
@@ -281,12 +318,17 @@ def lanczos_quadrature(
             ok = broke
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         done[rows] = ok
+        if m == 1 and screen_below > 0 and not legacy():
+            screened = _screen(lz, v_norm2, screen_below) & ~done
+            error[screened] = 0.0
+            done |= screened
         converged |= done
         lz.stop(done)
     raw = v_norm2 * lz.rayleigh
     fields = dict(
         raw=raw, positive=positive, last_change=last_change, converged=converged,
         row_steps=lz.lengths.clone(), breakdown=lz.breakdown.clone(), error=error,
+        screened=screened,
     )
     if squeeze:
         fields = {k: t[0] for k, t in fields.items()}
