@@ -85,14 +85,26 @@ def run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:
 
     Click reports usage errors with exit code 2, which hessaudit reserves for failed gates;
     they are mapped to 1 here. A closed stdout or stderr (``| head``) is handled as described
-    in :mod:`hessaudit.commands._pipes`.
+    in :mod:`hessaudit.commands._pipes`; Ctrl-C always ends as 130
+    (:mod:`hessaudit.commands._interrupt`).
     """
+    from hessaudit.commands import _interrupt
     from hessaudit.commands._pipes import guarded_streams
 
-    with warnings.catch_warnings(), guarded_streams() as streams:
-        if not debug_requested(args):
-            warnings.showwarning = _show_warning
-        return streams.exit_code(_run_app(command, args, prog_name=prog_name), args)
+    with _interrupt.sigint_recorded():
+        try:
+            with warnings.catch_warnings(), guarded_streams() as streams:
+                if not debug_requested(args):
+                    warnings.showwarning = _show_warning
+                code = _run_app(command, args, prog_name=prog_name)
+                if _interrupt.received() and code != EXIT_INTERRUPTED:
+                    # Ctrl-C came but its exception was swallowed on the way up (a finalizer,
+                    # a library's bare except): the command did not finish as the user asked.
+                    sys.stderr.write("\ninterrupted\n")
+                    code = EXIT_INTERRUPTED
+                return streams.exit_code(code, args)
+        except KeyboardInterrupt:  # a second Ctrl-C, while the first one was being handled
+            return EXIT_INTERRUPTED
 
 
 def _run_app(command: Any, args: Sequence[str], *, prog_name: str) -> int:

@@ -316,6 +316,7 @@ def _run(request: Any, gate_specs: list[Any], *, progress: bool, to_stdout: bool
     from hessaudit import _paths
     from hessaudit.audit import gates
     from hessaudit.audit.run import run_audit
+    from hessaudit.commands import _interrupt
     from hessaudit.report.progress import step_progress
 
     try:
@@ -323,7 +324,9 @@ def _run(request: Any, gate_specs: list[Any], *, progress: bool, to_stdout: bool
             step_progress("auditing layers", enabled=progress) as advance,
             _paths.stdout_reserved(to_stdout),  # the model's prints go to stderr
         ):
-            result = run_audit(request, progress=advance, layer_gates=gate_specs)
+            result = run_audit(request, progress=_interrupt.checked(advance),
+                               layer_gates=gate_specs)
+            _interrupt.check()  # a Ctrl-C whose exception was swallowed: write nothing
     except KeyboardInterrupt:
         sys.stderr.write("\ninterrupted: the audit did not finish; nothing was written\n")
         sys.stderr.flush()

@@ -359,3 +359,97 @@ def test_ctrl_c_during_measure_writes_nothing(tmp_path, monkeypatch) -> None:
     assert "nothing was written" in err
     assert not out_json.exists() and not out_csv.exists()
     assert leftovers(tmp_path) == []
+
+
+INTERRUPTING_FACTORY = textwrap.dedent(
+    """
+    import os
+    import signal
+    import time
+
+    import torch
+    from torch import nn
+
+    CALLS = [0]
+
+
+    def ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)  # the KeyboardInterrupt is raised here
+
+
+    class Net(nn.Module):
+        def __init__(self, how, num_classes=2):
+            super().__init__()
+            self.how = how
+            self.fc = nn.Linear(16, num_classes)
+
+        def forward(self, x):
+            CALLS[0] += 1
+            if CALLS[0] == 2:  # the first forward is the input check; this one is the audit's
+                if self.how == "exec":
+                    exec("ctrl_c()")  # as namedtuple, numpy.f2py, scipy run code at import
+                else:
+                    try:
+                        ctrl_c()
+                    except BaseException:  # a library that swallows every exception
+                        pass
+            return self.fc(x.flatten(1))
+
+
+    def in_exec(num_classes=2):
+        torch.manual_seed(0)
+        return Net("exec", num_classes)
+
+
+    def swallowed(num_classes=2):
+        torch.manual_seed(0)
+        return Net("swallow", num_classes)
+    """
+)
+
+
+def _interrupting_measure(tmp_path: Path, factory_name: str) -> list:
+    """Arguments of a measure run whose model sends itself SIGINT in its second forward."""
+    import numpy as np
+
+    from hessaudit.inputs.checkpoints import save_checkpoint
+
+    factory = tmp_path / "interrupting.py"
+    factory.write_text(INTERRUPTING_FACTORY)
+    state = {"fc.weight": torch.zeros(2, 16), "fc.bias": torch.zeros(2)}
+    save_checkpoint(tmp_path / "pre.safetensors", state)
+    save_checkpoint(tmp_path / "ft.safetensors", {k: v + 0.01 for k, v in state.items()})
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.normal(size=(8, 1, 4, 4)).astype(np.float32),
+             y=np.arange(8) % 2)
+    return [
+        "measure", tmp_path / "pre.safetensors", tmp_path / "ft.safetensors",
+        "--model", f"{factory}:{factory_name}", "--data", tmp_path / "data.npz", "--quiet",
+        "--no-spectrum", "--json", tmp_path / "audit.json", "--csv", tmp_path / "layers.csv",
+    ]
+
+
+def _assert_interrupted(code: int, err: str, tmp_path: Path) -> None:
+    assert code == 130, err
+    assert "Traceback" not in err
+    assert "nothing was written" in err
+    assert not (tmp_path / "audit.json").exists() and not (tmp_path / "layers.csv").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_ctrl_c_inside_exec_code_exits_130(tmp_path) -> None:
+    """A KeyboardInterrupt that leaves code run by exec() (namedtuple, numpy.f2py and scipy
+    run such code while being imported) counts as "unhandled" for CPython even when caught:
+    ``python -m hessaudit`` then killed itself with SIGINT at exit (return code -2)."""
+    proc = _start(_interrupting_measure(tmp_path, "in_exec"))
+    _, err = proc.communicate(timeout=60)
+    _assert_interrupted(proc.returncode, err, tmp_path)
+
+
+def test_ctrl_c_swallowed_on_its_way_up_still_exits_130(tmp_path, capsys) -> None:
+    """Code that swallows the KeyboardInterrupt (a finalizer, a library's bare except) must
+    not turn Ctrl-C into a completed audit, exit 0 and outputs written."""
+    code, _, err = run_cli(_interrupting_measure(tmp_path, "swallowed"), capsys)
+    _assert_interrupted(code, err, tmp_path)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
