@@ -147,7 +147,7 @@ def load_checkpoint(
             Python objects, holds no tensors, or holds NaN/Inf values.
     """
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() and not any(fmt.folder and fmt.claims(p) for fmt in FORMATS):
         return _load_model_dir(p, map_location)
     fmt = _find_format(p)
     record = fmt.record(p)

@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from hessaudit.errors import HessauditError
-from hessaudit.inputs import data, digits, image_folder, npz
+from hessaudit.inputs import data, digits, image_folder, npz, text_files
 from hessaudit.inputs.data import SOURCES, choose_subset, find_source, load_data
 from hessaudit.inputs.data_config import InputConfig
 from hessaudit.inputs.dataset import Dataset, DataSource, SourceRequest
 
 
 def _csv_source(calls: list[SourceRequest], *, draws_samples: bool = False) -> DataSource:
-    """A stand-in for a new source (one module + one line): ``.csv`` files of ``label,v1,v2``."""
+    """A stand-in for a new source (one module + one line): ``.dat`` files of ``label,v1,v2``
+    (``.csv`` is the text-table source's)."""
 
     def load(request: SourceRequest) -> Dataset:
         calls.append(request)
@@ -29,27 +30,27 @@ def _csv_source(calls: list[SourceRequest], *, draws_samples: bool = False) -> D
         return Dataset(x=x, y=y, num_classes=int(y.max()) + 1, source=str(request.path))
 
     return DataSource(
-        name="csv",
-        matches=lambda request: request.path.suffix.lower() == ".csv",
+        name="dat",
+        matches=lambda request: request.path.suffix.lower() == ".dat",
         load=load,
-        offer="a .csv file",
+        offer="a .dat file",
         draws_samples=draws_samples,
     )
 
 
 @pytest.fixture
 def table(tmp_path: Path) -> Path:
-    path = tmp_path / "t.csv"
+    path = tmp_path / "t.dat"
     rows = [[i % 3, float(i), float(-i)] for i in range(12)]
     path.write_text("\n".join(",".join(f"{v:g}" for v in row) for row in rows) + "\n")
     return path
 
 
 def test_the_table_holds_one_source_per_module_named_first() -> None:
-    assert SOURCES == (digits.SOURCE, image_folder.SOURCE, npz.SOURCE)
+    assert SOURCES == (digits.SOURCE, image_folder.SOURCE, npz.SOURCE, text_files.SOURCE)
     named = [s.named for s in SOURCES]
     assert named == sorted(named, reverse=True)  # named sources are tried on the text first
-    assert [s.draws_samples for s in SOURCES] == [False, True, False]
+    assert [s.draws_samples for s in SOURCES] == [False, True, False, True]
 
 
 def test_each_kind_of_value_finds_its_source(tmp_path: Path) -> None:
@@ -73,13 +74,16 @@ def test_missing_and_unknown_paths_list_the_sources(tmp_path: Path) -> None:
     with pytest.raises(HessauditError) as missing:
         load_data(str(tmp_path / "nope"))
     assert missing.value.hint == (
-        "give an ImageFolder directory, a .npz file, or a built-in: digits, digits:train, "
-        "digits:test, digits:all"
+        "give an ImageFolder directory, a .npz file, a text table (.csv, .tsv, .jsonl, "
+        ".parquet), or a built-in: digits, digits:train, digits:test, digits:all"
     )
     (tmp_path / "t.txt").write_text("1")
     with pytest.raises(HessauditError, match=r"unknown kind of file \(extension '.txt'\)") as unk:
         load_data(str(tmp_path / "t.txt"))
-    assert unk.value.hint == "give an ImageFolder directory, a .npz file with x and y, or 'digits'"
+    assert unk.value.hint == (
+        "give an ImageFolder directory, a .npz file with x and y, a text table (.csv, .tsv, "
+        ".jsonl, .parquet), or 'digits'"
+    )
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
@@ -111,9 +115,10 @@ def test_a_new_source_plugs_in_with_one_table_entry(table: Path, monkeypatch) ->
     assert load_data(str(table), num_classes=7).num_classes == 7
     # ... and names the new source in the hint for a missing path
     with pytest.raises(HessauditError) as missing:
-        load_data(str(table.parent / "gone.csv"))
+        load_data(str(table.parent / "gone.dat"))
     assert missing.value.hint.startswith(
-        "give an ImageFolder directory, a .npz file, a .csv file, or a built-in: digits"
+        "give an ImageFolder directory, a .npz file, a text table (.csv, .tsv, .jsonl, "
+        ".parquet), a .dat file, or a built-in: digits"
     )
 
 

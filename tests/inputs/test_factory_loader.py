@@ -77,8 +77,8 @@ def test_is_factory_spec(spec: str, expected: bool) -> None:
 
 
 def test_the_kinds_table_ends_with_timm() -> None:
-    assert [kind.name for kind in MODEL_KINDS] == ["factory", "timm"]
-    assert MODEL_KINDS[0].build is build_factory and MODEL_KINDS[-1].build is build_timm
+    assert [kind.name for kind in MODEL_KINDS] == ["huggingface", "factory", "timm"]
+    assert MODEL_KINDS[1].build is build_factory and MODEL_KINDS[-1].build is build_timm
 
 
 def test_resolve_a_file_factory_and_its_folder(factory: Path) -> None:
