@@ -64,10 +64,18 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _interactive_sigint() -> None:
+    # Ctrl-C at a terminal: SIGINT is not ignored. A job started in the background of a
+    # non-interactive shell (``bash .ci/run &``) inherits SIGINT ignored, and Python then (rightly)
+    # leaves it ignored: these tests are about the terminal case.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "hessaudit", *map(str, args)],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_interactive_sigint,
     )
 
 
@@ -450,6 +458,11 @@ def test_ctrl_c_inside_exec_code_exits_130(tmp_path) -> None:
 def test_ctrl_c_swallowed_on_its_way_up_still_exits_130(tmp_path, capsys) -> None:
     """Code that swallows the KeyboardInterrupt (a finalizer, a library's bare except) must
     not turn Ctrl-C into a completed audit, exit 0 and outputs written."""
-    code, _, err = run_cli(_interrupting_measure(tmp_path, "swallowed"), capsys)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
+    try:
+        code, _, err = run_cli(_interrupting_measure(tmp_path, "swallowed"), capsys)
+    finally:
+        restored = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, previous)
     _assert_interrupted(code, err, tmp_path)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert restored is signal.default_int_handler  # the command restored the handler
