@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from hessaudit.audit.layers import Pairing
     from hessaudit.inputs.checkpoints import FileRecord
     from hessaudit.inputs.safetensors_arrays import ArrayTensor
 
@@ -134,15 +135,7 @@ def compare_weights(
         )
         for layer in pairing.layers
     ]
-    return DistanceReport(
-        pretrained=pretrained.record,
-        finetuned=finetuned.record,
-        model=model,
-        layers=layers,
-        only_in_pretrained=list(pairing.only_in_pretrained),
-        only_in_finetuned=list(pairing.only_in_finetuned),
-        shape_mismatches=list(pairing.shape_mismatches),
-    )
+    return _report(pretrained.record, finetuned.record, model, layers, pairing)
 
 
 def _compare_plain_safetensors(
@@ -180,10 +173,16 @@ def _compare_plain_safetensors(
             name=layer.name, shape=tuple(layer.shape), numel=layer.numel, dist_fro=dist_fro,
             rel_dist=rel_dist, is_new_head=layer.is_new_head,
         ))
+    return _report(pretrained.record, finetuned.record, None, layers, pairing)
+
+
+def _report(pretrained: FileRecord, finetuned: FileRecord, model: str | None,
+            layers: list[LayerDistance], pairing: Pairing) -> DistanceReport:
+    """The report of ``layers`` and of the tensors ``pairing`` left unpaired."""
     return DistanceReport(
-        pretrained=pretrained.record,
-        finetuned=finetuned.record,
-        model=None,
+        pretrained=pretrained,
+        finetuned=finetuned,
+        model=model,
         layers=layers,
         only_in_pretrained=list(pairing.only_in_pretrained),
         only_in_finetuned=list(pairing.only_in_finetuned),
