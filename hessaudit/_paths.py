@@ -6,7 +6,9 @@ Rules (docs/errors.md, "Outputs never destroy anything"):
    path that *is* this process's stdout (``/dev/stdout``, same device and inode as fd 1).
 2. An output is never one of the command's inputs (checkpoints, data, audit JSONs, the model
    factory file, a config file): neither the same resolved path (symlinks followed) nor the
-   same file under another name (same ``(st_dev, st_ino)``, e.g. a hard link).
+   same file under another name (same ``(st_dev, st_ino)``, e.g. a hard link); nor inside an
+   input that is a folder (a Hugging Face model, adapter or tokenizer directory, an
+   ImageFolder), which is read as a whole.
 3. Two outputs never name the same file (same tests as 2).
 4. An output is never inside a folder that the command itself writes (``folders``: the demo's
    cache), and a run folder (``finetune``/``tune --out``) neither holds an input nor lies
@@ -92,13 +94,16 @@ def check_outputs(
     inputs: Mapping[str, PathArg] | None = None,
     *,
     folders: Mapping[str, PathArg] | None = None,
+    input_folders: bool = False,
 ) -> OutputCheck:
     """Refuse, before any work, outputs that could destroy something (rules in the module doc).
 
     ``outputs`` maps each output flag to its path (None: not given); ``inputs`` maps a
     description of each input ("the fine-tuned checkpoint") to its path (paths that do not
     exist, and names such as ``digits``, simply never match); ``folders`` maps a description
-    to a folder that the command writes into itself. Raises HessauditError naming the flag.
+    to a folder that the command writes into itself. With ``input_folders`` (commands whose
+    inputs may be folders: checkpoints, models, tokenizers, data), no output lies inside an
+    input that is a folder. Raises HessauditError naming the flag.
     """
     given = _given(outputs)
     # target_kind also refuses what may not be written at all (a folder, a socket, ...).
@@ -125,6 +130,15 @@ def check_outputs(
                 raise HessauditError(
                     f"{out.shown()} is {name} ({path}); an output never replaces an input",
                     hint="choose another output path",
+                )
+            # a folder input (a Hugging Face model or adapter directory, a tokenizer, an
+            # ImageFolder) is read as a whole: nothing is written into it
+            inside = source.is_dir and _inside(out.real, source.real)
+            if input_folders and out.path != "-" and inside:
+                raise HessauditError(
+                    f"{out.shown()} is inside {name} ({path}); an output never writes into an "
+                    "input folder",
+                    hint="choose an output path outside it",
                 )
     for name, path in _given(folders or {}):
         folder = _where(name, path)

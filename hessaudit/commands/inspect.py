@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated
 
 import typer
@@ -54,7 +55,9 @@ def inspect_command(
             "the pretrained checkpoint": pretrained,
             "the fine-tuned checkpoint": finetuned,
             "the --model factory file": _paths.factory_file(model),
+            "the --model folder": model if model and os.path.isdir(model) else None,
         },
+        input_folders=True,
     )
     with _paths.stdout_reserved(outputs.to_stdout):  # the model factory's prints go to stderr
         report = compare_weights(

@@ -270,8 +270,11 @@ def measure_command(
             "the --eval-data input": eval_data,
             "the --labels file": labels,
             "the --model factory file": _paths.factory_file(model),
+            "the --model folder": model if os.path.isdir(model) else None,
+            "the --tokenizer folder": tokenizer,
             "the gates config": config if config is not None else "pyproject.toml",
         },
+        input_folders=True,
     )
     gate_specs = gates.measure_gates(
         max_bound=max_bound,

@@ -415,3 +415,24 @@ def test_finetune_out_inside_the_data_folder_is_refused(
     )
     assert_refused(code, out, err, f"--out {out_dir}", "--data")
     assert not out_dir.exists()
+
+
+def test_an_output_inside_an_input_folder_is_refused(tmp_path: Path, capsys) -> None:
+    """A Hugging Face model directory is an input read as a whole: ``--json`` naming its
+    ``model.safetensors`` (or any new file in it) is refused before any work."""
+    from tests.text_cases import make_text_case, rows, write_rows
+
+    case = make_text_case(tmp_path / "case")
+    data = write_rows(tmp_path / "train.csv", rows(4, seed=1))
+    weights = case.ft / "model.safetensors"
+    before = weights.read_bytes()
+    capsys.readouterr()  # the setup's save_pretrained progress bars
+    for target in (weights, case.ft / "audit.json"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["measure", str(case.pre), str(case.ft), "--model", str(case.ft),
+                  "--data", str(data), "--json", str(target), "-q"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1, err
+        assert "inside the fine-tuned checkpoint" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert weights.read_bytes() == before and not (case.ft / "audit.json").exists()
