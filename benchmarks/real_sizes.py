@@ -12,7 +12,10 @@ not targets: they tell users what to expect and where a GPU is needed.
 Cases (issue 16): timm ``resnet50`` at 224 pixels (``--samples 32`` on CPU, 256 on CUDA),
 ``vit_base_patch16_224`` (``--samples 8`` on CPU), and a BERT-base-sized classifier (12
 layers, hidden 768, random weights) on 16 examples of 128 tokens with the default layer set
-and with ``--include`` on one layer.
+and with ``--include`` on one layer (the classifier, or a middle block's query, whose
+Hessian-vector products go through half the network: the average layer's cost). The
+``*_layer`` cases measure one middle layer where the default set takes CPU-hours.
+``--timeout S`` stops a case after S seconds and records that it did not finish.
 """
 
 from __future__ import annotations
@@ -97,12 +100,15 @@ def _bert_inputs(root: Path, examples: int, tokens: int) -> list[str]:
             "--data", str(root / "data.csv"), "--max-length", str(tokens)]
 
 
-def _run(args: list[str], out_json: Path, device: str) -> dict:
+def _run(args: list[str], out_json: Path, device: str, timeout: float | None) -> dict:
     cmd = [sys.executable, "-c", _RUNNER, "measure", *args, "--device", device,
            "--json", str(out_json), "--quiet"]
     t = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
-                         "PYTHONWARNINGS": "ignore"}, cwd=str(HERE.parent))
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
+                             "PYTHONWARNINGS": "ignore"}, cwd=str(HERE.parent), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {timeout:.0f} s (stopped)", "wall_s": timeout}
     line = [ln for ln in res.stderr.splitlines() if ln.startswith("BENCH")]
     if not line or line[-1].split()[1] != "0":
         return {"error": res.stderr[-1500:], "wall_s": time.perf_counter() - t}
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", default="resnet50,vit_base,bert_base,bert_base_one_layer")
     parser.add_argument("--out", default=str(HERE / "real_sizes.json"))
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per case")
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     tmp = Path(tempfile.mkdtemp(prefix="hessaudit-real-"))
@@ -134,11 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         "bert_base": lambda: (_bert_inputs(tmp / "bert", 16, 128), []),
         "bert_base_one_layer": lambda: (_bert_inputs(tmp / "bert1", 16, 128),
                                         ["--include", "classifier.weight"]),
+        "bert_base_layer": lambda: (
+            _bert_inputs(tmp / "bert2", 16, 128),
+            ["--include", "bert.encoder.layer.5.attention.self.query.weight"]),
+        "vit_base_layer": lambda: (
+            _timm_inputs(tmp / "vit1", "vit_base_patch16_224", 8, 224),
+            ["--input-size", "224", "--include", "blocks.5.attn.qkv.weight"]),
     }
     results = {"device": args.device, "threads": os.environ.get("OMP_NUM_THREADS"), "cases": {}}
     for name in args.cases.split(","):
         inputs, extra = cases[name]()
-        res = _run(inputs + extra, tmp / f"{name}.json", args.device)
+        res = _run(inputs + extra, tmp / f"{name}.json", args.device, args.timeout)
         results["cases"][name] = {"options": extra, **res}
         print(name, json.dumps({k: v for k, v in res.items() if k != "hvps_per_layer"}),
               flush=True)

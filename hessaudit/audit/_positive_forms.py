@@ -24,17 +24,23 @@ from torch import nn
 
 from hessaudit.audit.distributed import Context, ShardedOperator
 from hessaudit.audit.settings import MeasureSettings
-from hessaudit.audit.work import Work
+from hessaudit.audit.work import Batches, Work
 from hessaudit.hessian import (
     BlockHessian,
     PerExampleBlockHessians,
     QuadratureResult,
     lanczos_quadrature,
 )
+from hessaudit.hessian.per_example_graph import examples_per_graph
+from hessaudit.hessian.version import legacy
 
 # The per-example Lanczos keeps (steps + 2) vectors of the layer's size per example; chunk the
 # examples so that this stays below a fixed budget.
 LANCZOS_MEMORY_BUDGET_BYTES = 1 << 30
+# At most this many examples per chunk: beyond it the per-step cost per example hardly falls
+# while the memory grows (the benchmark ViT, 256 examples, whole `measure`, 2 threads: chunks
+# of 32 examples 213 s / 1.9 GB peak, 64: 174 s / 2.2 GB, all 256: 164 s / 3.2 GB).
+EXAMPLES_PER_CHUNK = 64
 # Operators keep their batches' graphs between products (cache_graph=True) up to this many
 # examples per rank; above it they rebuild the graph for every product to bound memory.
 CACHE_GRAPH_MAX_EXAMPLES = 256
@@ -48,6 +54,7 @@ class PositiveForms(NamedTuple):
     """The reduced positive-part form and its diagnostics (over every row and rank)."""
 
     value: float  # the reduced v^T H^+ v
+    raw: float  # the reduced v^T H v (exact: from the first Lanczos step of every row)
     steps: int  # most Lanczos steps of any row
     last_change: float  # largest relative change over a row's last step
     converged: bool  # every row's error estimate met its tolerance
@@ -57,32 +64,68 @@ class PositiveForms(NamedTuple):
 
 def combine(results: list[QuadratureResult], ctx: Context) -> PositiveForms:
     """Maximum over the rows of ``results`` and over ranks, with the error of that maximum
-    (largest absolute row error, relative to the maximum)."""
+    (largest absolute row error, relative to the maximum); the same maximum of the raw forms
+    (a row is an example, a batch, or the one mean Hessian, so it is the reduced raw form)."""
     if results:
         values = torch.cat([r.positive.reshape(-1) for r in results])
         changes = torch.cat([r.last_change.reshape(-1) for r in results])
         errors = torch.cat([r.error.reshape(-1) for r in results])
         ok = bool(torch.cat([r.converged.reshape(-1) for r in results]).all())
+        raws = torch.cat([r.raw.reshape(-1) for r in results])
         local = torch.tensor(
             [float(values.max()), max(r.steps for r in results), float(changes.max()),
-             float(errors.max())],
+             float(errors.max()), float(raws.max())],
             dtype=torch.float64,
         )
         matvecs = sum(r.matvecs for r in results)
     else:
-        local = torch.tensor([-math.inf, 0.0, -math.inf, 0.0], dtype=torch.float64)
+        local = torch.tensor([-math.inf, 0.0, -math.inf, 0.0, -math.inf], dtype=torch.float64)
         ok, matvecs = True, 0
-    value, steps, change, error = ctx.max(local).tolist()
+    value, steps, change, error, raw = ctx.max(local).tolist()
     # the error of the maximum, relative to it (0 when exact, inf when there is no estimate)
     relative = error / abs(value) if value != 0 else (0.0 if error == 0 else math.inf)
     return PositiveForms(
         value=value,
+        raw=raw,
         steps=int(steps),
         last_change=change,
         converged=ctx.all_true(ok),
         error=relative,
         matvecs=int(ctx.sum_float(float(matvecs))),
     )
+
+
+def example_chunks(
+    model: nn.Module, name: str, flat: torch.Tensor, batches: Batches, steps: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The examples of ``batches`` regrouped for the per-example Lanczos: consecutive batches of
+    the same example shape (text batches are padded per batch) are joined, then cut into chunks
+    that fit both the Lanczos vectors' budget and the cached graph's
+    (:func:`~hessaudit.hessian.per_example_graph.examples_per_graph`).
+
+    The per-example quadratures are independent, so the grouping changes no number beyond
+    round-off; larger chunks amortize the per-step work over more examples
+    (:data:`EXAMPLES_PER_CHUNK`)."""
+    bytes_per_example = flat.numel() * flat.element_size() * (steps + 2)
+    chunk = max(1, min(EXAMPLES_PER_CHUNK,
+                       LANCZOS_MEMORY_BUDGET_BYTES // max(bytes_per_example, 1)))
+    groups: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    for x, y in batches:
+        if not groups or groups[-1][0][0].shape[1:] != x.shape[1:]:
+            groups.append([])
+        groups[-1].append((x, y))
+    out = []
+    for group in groups:
+        x = torch.cat([b[0] for b in group]) if len(group) > 1 else group[0][0]
+        y = torch.cat([b[1] for b in group]) if len(group) > 1 else group[0][1]
+        graph = None if legacy() else examples_per_graph(model, x, y, name)
+        if graph is None:  # products are recomputed per batch: keep the batches
+            out += [(bx[i : i + chunk], by[i : i + chunk]) for bx, by in group
+                    for i in range(0, len(bx), chunk)]
+            continue
+        size = min(chunk, graph)
+        out += [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+    return out
 
 
 def positive_forms(
@@ -92,38 +135,43 @@ def positive_forms(
     work: Work,
     settings: MeasureSettings,
     *,
-    raw: float,
+    raw: float | None = None,
 ) -> PositiveForms:
-    """Reduced v^T H^+ v by Lanczos quadrature, given the (exact) reduced raw form ``raw``."""
+    """Reduced v^T H^+ v and v^T H v by Lanczos quadrature.
+
+    The raw forms come from each row's first Lanczos step (exact: ||v||^2 alpha_1). A maximum's
+    tolerance and screening need a lower bound of it before the rows iterate: the largest raw
+    form of the rows seen so far (``floor_from_raw`` of the quadrature), or ``raw``, the
+    reduced raw form when the caller computed it (the engine before issue 16 did, by a
+    separate forward-over-forward pass per layer)."""
 
     flat = v.reshape(-1)
     ctx = work.ctx
-    # a lower bound of the maximum (the exact raw form, and 0): rows whose certified upper
-    # bound is below it stop after one step (see hessaudit.hessian.quadrature)
-    floor = max(raw, 0.0) if settings.reduce != "mean" else 0.0
-    atol = settings.tol * floor
-    results = []
+    maximum = settings.reduce != "mean"
+    # a lower bound of the maximum (raw forms, and 0): rows whose certified upper bound is
+    # below it stop after one step (see hessaudit.hessian.quadrature)
+    floor = max(raw or 0.0, 0.0) if maximum else 0.0
+    results: list[QuadratureResult] = []
 
     def quadrature(matvec, start):
-        return lanczos_quadrature(
-            matvec, start, max_steps=settings.lanczos_steps, tol=settings.tol, atol=atol,
-            screen_below=floor,
+        nonlocal floor
+        result = lanczos_quadrature(
+            matvec, start, max_steps=settings.lanczos_steps, tol=settings.tol,
+            atol=settings.tol * floor, screen_below=floor, floor_from_raw=maximum and raw is None,
         )
+        if maximum and raw is None:
+            floor = max(floor, float(result.raw.max()))
+        results.append(result)
 
     if settings.reduce == "example-max":
-        bytes_per_example = flat.numel() * flat.element_size() * (settings.lanczos_steps + 2)
-        chunk = max(1, LANCZOS_MEMORY_BUDGET_BYTES // max(bytes_per_example, 1))
-        for x, y in work.local:
-            for start in range(0, len(x), chunk):
-                xs, ys = x[start : start + chunk], y[start : start + chunk]
-                operator = PerExampleBlockHessians(model, xs, ys, name)
-                start_vectors = flat.unsqueeze(0).expand(len(xs), -1).contiguous()
-                results.append(quadrature(operator.matvec, start_vectors))
+        for xs, ys in example_chunks(model, name, flat, work.local, settings.lanczos_steps):
+            operator = PerExampleBlockHessians(model, xs, ys, name)
+            quadrature(operator.matvec, flat.unsqueeze(0).expand(len(xs), -1).contiguous())
         return combine(results, ctx)
     if settings.reduce == "batch-max":
         for batch in work.local:
             operator = BlockHessian(model, [batch], name, cache_graph=cache_fits(len(batch[0])))
-            results.append(quadrature(operator.matvec, flat.unsqueeze(0)))
+            quadrature(operator.matvec, flat.unsqueeze(0))
             operator.clear_cache()
         return combine(results, ctx)
     # mean: one operator over every rank's examples; products are all-reduced, so every rank
@@ -138,5 +186,5 @@ def positive_forms(
     operator = ShardedOperator(
         local, local_n, total, size=flat.numel(), dtype=flat.dtype, device=flat.device, ctx=ctx
     )
-    result = quadrature(operator.matvec, flat.unsqueeze(0))
-    return combine([result], ctx)._replace(matvecs=result.matvecs)
+    quadrature(operator.matvec, flat.unsqueeze(0))
+    return combine(results, ctx)._replace(matvecs=results[0].matvecs)

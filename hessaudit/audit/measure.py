@@ -44,7 +44,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from hessaudit.audit._positive_forms import cache_fits, positive_forms
+from hessaudit.audit._positive_forms import PositiveForms, cache_fits, positive_forms
 from hessaudit.audit.distributed import SINGLE, Context, ShardedOperator
 from hessaudit.audit.engine_choice import check_determinism, choose_engine_path
 from hessaudit.audit.forms import cross_forms, reduce_per_example
@@ -62,6 +62,7 @@ from hessaudit.hessian import (
     random_rademacher,
     trace_from_samples,
 )
+from hessaudit.hessian.version import legacy
 from hessaudit.inputs.data import Dataset
 
 __all__ = [
@@ -224,6 +225,9 @@ def _quadratic_forms(
             ctx,
         )
         return _Forms(value, value)
+    if settings.form == "positive" and not legacy():  # the quadrature gives both forms
+        forms = positive_forms(model, layer.name, v, work, settings)
+        return _lanczos_forms(forms)
     raw = reduce_per_example(
         [
             per_example_directional_second_derivative(model, x, y, layer.name, v)
@@ -235,8 +239,12 @@ def _quadratic_forms(
     if settings.form != "positive":
         return _Forms(raw, None, error=None)
     forms = positive_forms(model, layer.name, v, work, settings, raw=raw)
+    return _lanczos_forms(forms._replace(raw=raw))
+
+
+def _lanczos_forms(forms: PositiveForms) -> _Forms:
     return _Forms(
-        raw,
+        forms.raw,
         forms.value,
         steps=forms.steps,
         last_change=forms.last_change,

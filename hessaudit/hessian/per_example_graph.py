@@ -86,6 +86,18 @@ def graph_bytes_per_example(model: nn.Module, x: Tensor, y: Tensor, param_name: 
     return total + 2 * graph.w.numel() * graph.w.element_size()
 
 
+def examples_per_graph(model: nn.Module, x: Tensor, y: Tensor, param_name: str, *,
+                       memory_budget: int = GRAPH_BUDGET_BYTES) -> int | None:
+    """How many examples like ``x[0]`` an :class:`ExampleGraph` of ``param_name`` may hold
+    within ``memory_budget`` (at least 1); ``None`` when no graph can be built (an operation
+    without a batched double backward: the products are recomputed, at any batch size)."""
+    try:
+        per_example = graph_bytes_per_example(model, x, y, param_name)
+    except RuntimeError:
+        return None
+    return max(1, memory_budget // max(per_example, 1))
+
+
 class CachedPerExampleHVP:
     """``matvec(U, rows)`` for :class:`~hessaudit.hessian.per_example.PerExampleBlockHessians`:
     the blocks of the examples ``rows`` (sorted indices into the batch ``x, y``) times the rows

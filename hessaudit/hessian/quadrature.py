@@ -239,6 +239,7 @@ def lanczos_quadrature(
     rule: str = "gauss",
     breakdown_tol: float | None = None,
     screen_below: float = 0.0,
+    floor_from_raw: bool = False,
 ) -> QuadratureResult:
     """v^T H v (exact) and v^T H^+ v (Lanczos quadrature) for each row's operator.
 
@@ -259,6 +260,12 @@ def lanczos_quadrature(
     After the first step a row whose certified upper bound (:func:`screening_bound`) is below
     ell cannot be that maximum: it stops, ``screened`` and ``converged``, with error 0 and its
     first Gauss value max(v^T H v, 0) <= ell (so it does not move the maximum either).
+
+    ``floor_from_raw`` (the rows are part of a maximum): after the first step every row's exact
+    raw form is known, and v^T H^+ v >= max(v^T H v, 0), so ell' = max(ell, max_r raw_r) is a
+    lower bound of the maximum too; it replaces ``screen_below`` and raises ``atol`` to
+    ``tol * ell'`` (the tolerance of a maximum: see :mod:`hessaudit.audit._positive_forms`).
+    The caller needs no separate pass for the raw forms.
 
     Rows with ``v = 0`` return 0 and count as converged; a zero operator returns 0. Never NaN
     for finite inputs.
@@ -281,6 +288,9 @@ def lanczos_quadrature(
         running = lz.active.clone()
         lz.step()
         m = lz.steps
+        if m == 1 and floor_from_raw:
+            screen_below = max(screen_below, float((v_norm2 * lz.rayleigh).max()))
+            atol_rows = atol_rows.clamp_min(tol * screen_below)
         rows = running.nonzero().squeeze(1)
         T = lz.tridiagonal(rows, m)
         theta, S = torch.linalg.eigh(T)

@@ -143,6 +143,30 @@ def test_screened_rows_cannot_be_the_maximum():
         assert not bool(lanczos_quadrature(matvec, V, screen_below=floor).screened.any())
 
 
+def test_floor_from_raw_screens_like_the_reduced_raw_form_given():
+    """The quadrature's own lower bound of the maximum (the largest raw form, known after the
+    first step) screens and stops exactly as the same bound passed in by the caller."""
+    lam = torch.linspace(-1.0, 3.0, 16)
+    ops = torch.stack([known_spectrum(lam * s, seed=k)
+                       for k, s in enumerate([1.0, 1e-3, 2e-3, 0.9, 0.05])])
+    V = torch.randn(5, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    floor = max(float(torch.einsum("bi,bij,bj->b", V, ops, V).max()), 0.0)
+
+    def matvec(U):
+        return torch.einsum("bij,bj->bi", ops, U)
+
+    given = lanczos_quadrature(matvec, V, atol=1e-3 * floor, screen_below=floor)
+    own = lanczos_quadrature(matvec, V, floor_from_raw=True)
+    assert given.screened.any() and torch.equal(own.screened, given.screened)
+    assert torch.equal(own.row_steps, given.row_steps)
+    assert torch.allclose(own.positive, given.positive, rtol=1e-12, atol=0)
+    assert torch.allclose(own.raw, torch.einsum("bi,bij,bj->b", V, ops, V), rtol=1e-12)
+    # a larger bound from the caller (rows of an earlier chunk) wins
+    higher = lanczos_quadrature(lambda U: torch.einsum("bij,bj->bi", ops[1:3], U), V[1:3],
+                                screen_below=floor, floor_from_raw=True)
+    assert bool(higher.screened.all())
+
+
 def _audit(make, shape, n, *, seed=0, scale_half=1.0):
     model = make(seed)
     x, y = make_data(seed + 1, n, shape)
