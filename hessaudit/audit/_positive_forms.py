@@ -119,7 +119,7 @@ def example_chunks(
         x = torch.cat([b[0] for b in group]) if len(group) > 1 else group[0][0]
         y = torch.cat([b[1] for b in group]) if len(group) > 1 else group[0][1]
         graph = None if legacy() else examples_per_graph(model, x, y, name)
-        if graph is None:  # products are recomputed per batch: keep the batches
+        if not graph:  # no graph fits: products are recomputed per batch, keep the batches
             out += [(bx[i : i + chunk], by[i : i + chunk]) for bx, by in group
                     for i in range(0, len(bx), chunk)]
             continue
@@ -151,15 +151,16 @@ def positive_forms(
     # a lower bound of the maximum (raw forms, and 0): rows whose certified upper bound is
     # below it stop after one step (see hessaudit.hessian.quadrature)
     floor = max(raw or 0.0, 0.0) if maximum else 0.0
+    own_floor = maximum and raw is None  # raise the floor from the rows' raw forms
     results: list[QuadratureResult] = []
 
     def quadrature(matvec, start):
         nonlocal floor
         result = lanczos_quadrature(
             matvec, start, max_steps=settings.lanczos_steps, tol=settings.tol,
-            atol=settings.tol * floor, screen_below=floor, floor_from_raw=maximum and raw is None,
+            atol=settings.tol * floor, screen_below=floor, floor_from_raw=own_floor,
         )
-        if maximum and raw is None:
+        if own_floor:
             floor = max(floor, float(result.raw.max()))
         results.append(result)
 

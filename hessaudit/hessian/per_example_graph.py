@@ -24,6 +24,7 @@ ones are (a finished row's product would still cost as much as a live one's).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -89,13 +90,19 @@ def graph_bytes_per_example(model: nn.Module, x: Tensor, y: Tensor, param_name: 
 def examples_per_graph(model: nn.Module, x: Tensor, y: Tensor, param_name: str, *,
                        memory_budget: int = GRAPH_BUDGET_BYTES) -> int | None:
     """How many examples like ``x[0]`` an :class:`ExampleGraph` of ``param_name`` may hold
-    within ``memory_budget`` (at least 1); ``None`` when no graph can be built (an operation
-    without a batched double backward: the products are recomputed, at any batch size)."""
+    within ``memory_budget`` (0 when not even one fits); ``None`` when no graph can be built
+    (an operation without a batched double backward). In both cases the products are
+    recomputed, at any batch size."""
+    per_example = _graph_bytes_or_none(model, x, y, param_name)
+    return None if per_example is None else memory_budget // max(per_example, 1)
+
+
+def _graph_bytes_or_none(model: nn.Module, x: Tensor, y: Tensor, param_name: str) -> int | None:
+    """:func:`graph_bytes_per_example`, or ``None`` when the graph cannot be built."""
     try:
-        per_example = graph_bytes_per_example(model, x, y, param_name)
-    except RuntimeError:
+        return graph_bytes_per_example(model, x, y, param_name)
+    except RuntimeError:  # an operation without a batched double backward
         return None
-    return max(1, memory_budget // max(per_example, 1))
 
 
 class CachedPerExampleHVP:
@@ -110,19 +117,17 @@ class CachedPerExampleHVP:
         self.model, self.x, self.y, self.param_name = model, x, y, param_name
         self.fallback = fallback
         self.budget = memory_budget
-        self._per_example: int | None = None
         self._graph: ExampleGraph | None = None
         self._rows: Tensor | None = None  # example indices of the cached graph
         self.rebuilds = 0
 
+    @functools.cached_property
+    def _per_example(self) -> int | None:
+        """Bytes of the graph per example, measured once on first use (None: no graph)."""
+        return _graph_bytes_or_none(self.model, self.x, self.y, self.param_name)
+
     def _fits(self, n: int) -> bool:
-        if self._per_example is None:
-            try:
-                self._per_example = graph_bytes_per_example(self.model, self.x, self.y,
-                                                            self.param_name)
-            except RuntimeError:  # an operation without a batched double backward
-                self._per_example = self.budget + 1
-        return n * self._per_example <= self.budget
+        return self._per_example is not None and n * self._per_example <= self.budget
 
     def matvec(self, U: Tensor, rows: Tensor) -> Tensor:
         n = int(rows.shape[0])

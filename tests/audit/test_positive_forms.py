@@ -62,12 +62,13 @@ def test_chunks_respect_the_memory_budgets(monkeypatch):
     assert [len(x) for x, _ in chunks] == [2, 2, 1]
 
 
-@pytest.mark.parametrize("graph", ["none", "old engine"])
+@pytest.mark.parametrize("graph", ["none", "not one example", "old engine"])
 def test_without_a_cached_graph_the_batches_are_kept(monkeypatch, graph):
     model = make_smooth_cnn(0)
     batches = _batches([4, 3])
-    if graph == "none":  # products are recomputed: a larger chunk saves nothing
-        monkeypatch.setattr(positive_forms, "examples_per_graph", lambda *a, **k: None)
+    if graph != "old engine":  # products are recomputed: a larger chunk saves nothing
+        capacity = None if graph == "none" else 0
+        monkeypatch.setattr(positive_forms, "examples_per_graph", lambda *a, **k: capacity)
         chunks = positive_forms.example_chunks(model, NAME, _flat(model), batches, steps=10)
     else:
         with use_engine_version("old"):
